@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+# No network is assumed: litellm reads its bundled cost map, W&B stays offline, and `import art`
+# must not load a developer's .env into the tests.
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export WANDB_MODE := offline
+export PYTHON_DOTENV_DISABLED := 1
+
+.PHONY: demo test lint ui clean bench
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=... to use another 3.11+)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP) $@
+
+demo: $(STAMP)
+	DAGSTER_HOME="$$($(BIN)/babylon instance)" $(BIN)/babylon demo
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check babylon_assets tests bench
+	$(BIN)/mypy babylon_assets
+
+bench: $(STAMP)
+	$(BIN)/python bench/window_read.py
+
+clean:
+	rm -rf $(VENV) .babylon .dagster

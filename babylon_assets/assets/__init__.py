@@ -1,0 +1,1 @@
+"""Software-defined assets, one module per domain (the window graph arrives with issue 4)."""

@@ -1,0 +1,212 @@
+"""`babylon ...`: thin commands over the store, the core and (later) the Dagster graph."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from babylon_assets.core.eligibility import (
+    EligibilityRules,
+    ReadinessVerdict,
+    WindowSummary,
+    readiness_verdict,
+)
+from babylon_assets.core.windows import as_utc, utcnow
+from babylon_assets.db.store import Store, StoreError
+from babylon_assets.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Babylon Assets: train LLM trading agents from their own live play.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+# Wide enough that CI logs keep the report's rows on one line.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _load_environment() -> None:
+    """Read `.env` from the working directory (the environment wins), as the game's tools do."""
+    from dotenv import find_dotenv, load_dotenv
+
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+
+
+def _open_store(settings: Settings) -> Store:
+    store = Store.from_settings(settings)
+    store.ensure_schema()
+    return store
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[int], None]]:
+    """A spinner with a row count on stderr (shown only while the work runs)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,.0f} rows"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda count: progress.update(task, completed=count)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items())) or "-"
+
+
+def render_readiness_report(
+    summaries: list[WindowSummary], verdict: ReadinessVerdict, rules: EligibilityRules, title: str
+) -> None:
+    """Print the per-window table and the verdict."""
+    table = Table(title=title, title_justify="left")
+    for header, justify in (
+        ("window (UTC)", "left"),
+        ("rows", "right"),
+        ("agents", "right"),
+        ("eligible agents", "right"),
+        ("excluded (reason: count)", "left"),
+        ("quarantined (reason: count)", "left"),
+        ("outcomes", "center"),
+        ("verdict", "left"),
+    ):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for summary in summaries:
+        ready = summary.is_ready(rules)
+        table.add_row(
+            summary.window_id,
+            str(summary.rows),
+            str(summary.agents),
+            str(summary.eligible_agents),
+            _reasons(summary.excluded),
+            _reasons(summary.quarantined),
+            "yes" if summary.outcomes_recorded else ("closed" if summary.closed else "open"),
+            "[green]ready[/green]" if ready
+            else f"[yellow]needs {rules.min_agents - summary.eligible_agents} more agent(s)[/yellow]",
+        )
+    console.print(table)
+    style = "bold green" if verdict.ready else "bold red"
+    console.print(verdict.message, style=style, highlight=False)
+
+
+def readiness_report(
+    settings: Settings, rules: EligibilityRules, lookback_hours: int, until: datetime | None
+) -> tuple[list[WindowSummary], ReadinessVerdict]:
+    """Compute the readiness report over the lookback."""
+    store = _open_store(settings)
+    try:
+        with _progress("Reading windows") as update:
+            summaries = store.window_summaries(
+                rules, lookback_hours, until, grace_minutes=settings.GRACE_MINUTES, on_progress=update
+            )
+    finally:
+        store.dispose()
+    return summaries, readiness_verdict(summaries, rules)
+
+
+def _parse_until(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a time like 2025-01-15T10:00") from None
+
+
+@app.command("check-windows")
+def check_windows(
+    min_agents: Annotated[int | None, typer.Option(help="Agents a window needs [MIN_AGENTS].")] = None,
+    min_actions: Annotated[
+        int | None, typer.Option(help="LLM decisions an agent-window needs [MIN_ACTIONS].")
+    ] = None,
+    lookback_hours: Annotated[int | None, typer.Option(help="Hours to look back [LOOKBACK_HOURS].")] = None,
+    min_ready_windows: Annotated[
+        int | None, typer.Option(help="Ready windows needed for training [MIN_READY_WINDOWS].")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End of the lookback (UTC); default: now.")] = None,
+) -> None:
+    """Per window: rows, agents, eligible, excluded and quarantined by reason; exit 0 when ready."""
+    settings = get_settings()
+    rules = EligibilityRules(
+        min_actions=settings.MIN_ACTIONS if min_actions is None else min_actions,
+        min_agents=settings.MIN_AGENTS if min_agents is None else min_agents,
+        min_ready_windows=settings.MIN_READY_WINDOWS if min_ready_windows is None else min_ready_windows,
+    )
+    hours = settings.LOOKBACK_HOURS if lookback_hours is None else lookback_hours
+    end = _parse_until(until)
+    try:
+        summaries, verdict = readiness_report(settings, rules, hours, end)
+    except (StoreError, ValueError) as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    title = f"Windows in the {hours} h before {(end or utcnow()):%Y-%m-%dT%H:%M}Z"
+    render_readiness_report(summaries, verdict, rules, title)
+    raise typer.Exit(0 if verdict.ready else 1)
+
+
+@app.command()
+def demo(seed: Annotated[int, typer.Option(help="Seed of the fixture's play.")] = 7) -> None:
+    """Load the demo fixture into the store (embedded by default) and print the readiness report."""
+    from babylon_assets.demo_fixture import load_demo_fixture
+
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        with _progress("Loading the demo fixture"):
+            loaded = load_demo_fixture(store, utcnow(), seed=seed)
+    except StoreError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+    console.print(
+        f"Demo fixture in {store.target.redacted()}: windows {', '.join(loaded.windows)}; "
+        f"{loaded.trajectories_written} trajectories written, {loaded.trajectories_skipped} already there."
+    )
+    rules = EligibilityRules(settings.MIN_ACTIONS, settings.MIN_AGENTS, settings.MIN_READY_WINDOWS)
+    summaries, verdict = readiness_report(settings, rules, settings.LOOKBACK_HOURS, None)
+    render_readiness_report(summaries, verdict, rules, "Readiness report")
+
+
+@app.command()
+def instance() -> None:
+    """Prepare DAGSTER_HOME (absolute, with the chosen dagster.yaml) and print its path."""
+    from babylon_assets.instance import prepare_dagster_home
+
+    print(prepare_dagster_home(get_settings()))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or update the store's schema (our tables; the game's tables only in a store of our own)."""
+    settings = get_settings()
+    store = Store.from_settings(settings)
+    try:
+        store.upgrade()
+        kind = "game database (its tables untouched)" if store.is_game_database else "store of our own"
+        console.print(f"{store.target.redacted()}: schema up to date ({kind}).")
+    except StoreError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+
+
+if __name__ == "__main__":
+    app()

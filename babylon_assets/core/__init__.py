@@ -1,0 +1,1 @@
+"""Pure logic: windows, parsing, eligibility, outcomes. Nothing here imports Dagster."""

@@ -1,0 +1,270 @@
+"""SQLAlchemy models: the game's tables exactly as its Prisma schema creates them, and our own tables.
+
+The game's tables use Prisma's naming (snake_case tables, quoted camelCase columns, TEXT ids without
+defaults, `updatedAt` NOT NULL without default) so that `DATABASE_URL` can point at a real game
+database. Our tables live in their own schema, `babylon_assets`, so Prisma never sees them as drift;
+on SQLite the schema is translated away and they share the file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+OUR_SCHEMA = "babylon_assets"
+GAME_USER_TABLE = "User"
+
+# Prisma's DateTime is TIMESTAMP(3) without a zone; values are UTC.
+Timestamp = DateTime(timezone=False).with_variant(postgresql.TIMESTAMP(precision=3), "postgresql")
+# Prisma's Json is JSONB on PostgreSQL.
+Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+Float = Double()
+
+
+class GameBase(DeclarativeBase):
+    """The game's tables (schema: the game's, `public` unless the URL names another)."""
+
+    metadata = MetaData()
+
+
+class OurBase(DeclarativeBase):
+    """Our own tables, in schema `babylon_assets`."""
+
+    metadata = MetaData(schema=OUR_SCHEMA)
+
+
+class Trajectory(GameBase):
+    """`trajectories`: one recorded episode or tick of one agent."""
+
+    __tablename__ = "trajectories"
+    __table_args__ = (
+        UniqueConstraint("trajectoryId", name="trajectories_trajectoryId_key"),
+        Index("trajectories_windowId_idx", "windowId"),
+        Index("trajectories_windowId_agentId_idx", "windowId", "agentId"),
+        Index("trajectories_agentId_startTime_idx", "agentId", "startTime"),
+        Index("trajectories_isTrainingData_usedInTraining_idx", "isTrainingData", "usedInTraining"),
+        Index("trajectories_scenarioId_createdAt_idx", "scenarioId", "createdAt"),
+        Index("trajectories_trainedInBatch_idx", "trainedInBatch"),
+        Index("trajectories_aiJudgeReward_idx", "aiJudgeReward"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    trajectoryId: Mapped[str] = mapped_column(Text)
+    agentId: Mapped[str] = mapped_column(Text)
+    startTime: Mapped[datetime] = mapped_column(Timestamp)
+    endTime: Mapped[datetime] = mapped_column(Timestamp)
+    durationMs: Mapped[int] = mapped_column(Integer)
+    windowId: Mapped[str | None] = mapped_column(String(50))
+    windowHours: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    episodeId: Mapped[str | None] = mapped_column(String(100))
+    scenarioId: Mapped[str | None] = mapped_column(String(100))
+    batchId: Mapped[str | None] = mapped_column(String(100))
+    stepsJson: Mapped[str] = mapped_column(Text)
+    rewardComponentsJson: Mapped[str] = mapped_column(Text)
+    metricsJson: Mapped[str] = mapped_column(Text)
+    metadataJson: Mapped[str] = mapped_column(Text)
+    totalReward: Mapped[float] = mapped_column(Float)
+    episodeLength: Mapped[int] = mapped_column(Integer)
+    finalStatus: Mapped[str] = mapped_column(Text)
+    finalBalance: Mapped[float | None] = mapped_column(Float)
+    finalPnL: Mapped[float | None] = mapped_column(Float)
+    tradesExecuted: Mapped[int | None] = mapped_column(Integer)
+    postsCreated: Mapped[int | None] = mapped_column(Integer)
+    aiJudgeReward: Mapped[float | None] = mapped_column(Float)
+    aiJudgeReasoning: Mapped[str | None] = mapped_column(Text)
+    judgedAt: Mapped[datetime | None] = mapped_column(Timestamp)
+    isTrainingData: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    isEvaluation: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    usedInTraining: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    trainedInBatch: Mapped[str | None] = mapped_column(Text)
+    createdAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
+    updatedAt: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class LlmCallLog(GameBase):
+    """`llm_call_logs`: one LLM call of a trajectory step."""
+
+    __tablename__ = "llm_call_logs"
+    __table_args__ = (
+        UniqueConstraint("callId", name="llm_call_logs_callId_key"),
+        Index("llm_call_logs_trajectoryId_idx", "trajectoryId"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    trajectoryId: Mapped[str] = mapped_column(Text)
+    stepId: Mapped[str] = mapped_column(Text)
+    callId: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[datetime] = mapped_column(Timestamp)
+    latencyMs: Mapped[int | None] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(Text)
+    actionType: Mapped[str | None] = mapped_column(Text)
+    systemPrompt: Mapped[str] = mapped_column(Text)
+    userPrompt: Mapped[str] = mapped_column(Text)
+    messagesJson: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    reasoning: Mapped[str | None] = mapped_column(Text)
+    temperature: Mapped[float] = mapped_column(Float)
+    maxTokens: Mapped[int] = mapped_column(Integer)
+    topP: Mapped[float | None] = mapped_column(Float)
+    promptTokens: Mapped[int | None] = mapped_column(Integer)
+    completionTokens: Mapped[int | None] = mapped_column(Integer)
+    totalTokens: Mapped[int | None] = mapped_column(Integer)
+    metadata_: Mapped[str | None] = mapped_column("metadata", Text)
+    createdAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
+
+
+class MarketOutcome(GameBase):
+    """`market_outcomes`: the ground truth of a window; a stock row or a prediction-market row."""
+
+    __tablename__ = "market_outcomes"
+    __table_args__ = (
+        Index("market_outcomes_windowId_idx", "windowId"),
+        Index("market_outcomes_windowId_stockTicker_idx", "windowId", "stockTicker"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    windowId: Mapped[str] = mapped_column(String(50))
+    stockTicker: Mapped[str | None] = mapped_column(String(20))
+    startPrice: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    endPrice: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    changePercent: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
+    sentiment: Mapped[str | None] = mapped_column(String(20))
+    newsEvents: Mapped[Any | None] = mapped_column(Json)
+    predictionMarketId: Mapped[str | None] = mapped_column(Text)
+    question: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    finalProbability: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
+    volume: Mapped[Decimal | None] = mapped_column(Numeric(15, 2))
+    createdAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
+
+
+class RewardJudgment(GameBase):
+    """`reward_judgments`: the latest judgment of a trajectory."""
+
+    __tablename__ = "reward_judgments"
+    __table_args__ = (
+        UniqueConstraint("trajectoryId", name="reward_judgments_trajectoryId_key"),
+        Index("reward_judgments_overallScore_idx", "overallScore"),
+        Index("reward_judgments_groupId_rank_idx", "groupId", "rank"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    trajectoryId: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey(
+            "trajectories.trajectoryId",
+            name="reward_judgments_trajectoryId_fkey",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+        ),
+    )
+    judgeModel: Mapped[str] = mapped_column(Text)
+    judgeVersion: Mapped[str] = mapped_column(Text)
+    overallScore: Mapped[float] = mapped_column(Float)
+    componentScoresJson: Mapped[str | None] = mapped_column(Text)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    normalizedScore: Mapped[float | None] = mapped_column(Float)
+    groupId: Mapped[str | None] = mapped_column(Text)
+    reasoning: Mapped[str] = mapped_column(Text)
+    strengthsJson: Mapped[str | None] = mapped_column(Text)
+    weaknessesJson: Mapped[str | None] = mapped_column(Text)
+    criteriaJson: Mapped[str] = mapped_column(Text)
+    judgedAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
+
+
+class TrainingBatch(GameBase):
+    """`training_batches`: one training run over a set of trajectories."""
+
+    __tablename__ = "training_batches"
+    __table_args__ = (UniqueConstraint("batchId", name="training_batches_batchId_key"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    batchId: Mapped[str] = mapped_column(Text)
+    scenarioId: Mapped[str | None] = mapped_column(Text)
+    baseModel: Mapped[str] = mapped_column(Text)
+    modelVersion: Mapped[str] = mapped_column(Text)
+    trajectoryIds: Mapped[str] = mapped_column(Text)
+    rankingsJson: Mapped[str | None] = mapped_column(Text)
+    rewardsJson: Mapped[str] = mapped_column(Text)
+    trainingLoss: Mapped[float | None] = mapped_column(Float)
+    policyImprovement: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    error: Mapped[str | None] = mapped_column(Text)
+    createdAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
+    startedAt: Mapped[datetime | None] = mapped_column(Timestamp)
+    completedAt: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class TrainedModel(GameBase):
+    """`trained_models`: a model version and where it stands (training ... deployed, archived)."""
+
+    __tablename__ = "trained_models"
+    __table_args__ = (UniqueConstraint("modelId", name="trained_models_modelId_key"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    modelId: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(Text)
+    baseModel: Mapped[str] = mapped_column(Text)
+    trainingBatch: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'training'"))
+    deployedAt: Mapped[datetime | None] = mapped_column(Timestamp)
+    archivedAt: Mapped[datetime | None] = mapped_column(Timestamp)
+    storagePath: Mapped[str] = mapped_column(Text)
+    benchmarkScore: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    avgReward: Mapped[float | None] = mapped_column(Float)
+    evalMetrics: Mapped[Any | None] = mapped_column(Json)
+    wandbRunId: Mapped[str | None] = mapped_column(Text)
+    wandbArtifactId: Mapped[str | None] = mapped_column(Text)
+    agentsUsing: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    totalInferences: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    createdAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
+    updatedAt: Mapped[datetime] = mapped_column(Timestamp)
+
+
+GAME_TABLES = tuple(GameBase.metadata.sorted_tables)
+GAME_TABLE_NAMES = frozenset(table.name for table in GAME_TABLES)
+
+
+class QuarantinedTrajectory(OurBase):
+    """A game row that did not parse, with the reason; one row per (trajectory row, reason)."""
+
+    __tablename__ = "quarantined_trajectories"
+    __table_args__ = (
+        UniqueConstraint("trajectory_row_id", "reason", name="quarantined_trajectories_row_reason_key"),
+        Index("quarantined_trajectories_window_idx", "window_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    trajectory_row_id: Mapped[str] = mapped_column(Text)
+    trajectory_id: Mapped[str | None] = mapped_column(Text)
+    window_id: Mapped[str] = mapped_column(String(50))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))

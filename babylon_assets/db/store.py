@@ -1,0 +1,438 @@
+"""The store: every read and write of the platform, one code path for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    bindparam,
+    exists,
+    inspect,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from babylon_assets.core.eligibility import (
+    EligibilityRules,
+    WindowRead,
+    WindowSummary,
+    WindowTally,
+    split_window,
+)
+from babylon_assets.core.outcomes import PredictionOutcome, StockOutcome, WindowOutcomes
+from babylon_assets.core.trajectory import (
+    TRAJECTORY_COLUMNS,
+    ParsedTrajectory,
+    ParseRules,
+    QuarantinedRow,
+    TrajectoryRow,
+    parse_trajectory_rows,
+)
+from babylon_assets.core.windows import (
+    Clock,
+    as_utc,
+    is_window_closed,
+    lookback_window_ids,
+    parse_window_id,
+    utcnow,
+    window_bounds,
+)
+from babylon_assets.db.engine import make_engine
+from babylon_assets.db.inspection import game_schema_of
+from babylon_assets.db.migrate import current_revision, head_revision, upgrade_to_head
+from babylon_assets.db.models import (
+    GAME_USER_TABLE,
+    LlmCallLog,
+    MarketOutcome,
+    QuarantinedTrajectory,
+    Trajectory,
+)
+from babylon_assets.db.url import DatabaseTarget, resolve_database_url
+
+DEFAULT_BATCH_SIZE = 1000
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done, with what to do about it."""
+
+
+class GameReadOnlyError(StoreError):
+    """A write into the game's tables while GAME_READ_ONLY is set."""
+
+
+class NotOurStoreError(StoreError):
+    """A simulator or fixture write into a database that holds the game's own players."""
+
+
+class DuplicateTrajectoryError(StoreError):
+    """A trajectoryId that is already recorded."""
+
+
+class UnknownAgentError(StoreError):
+    """An agentId that the game's "User" table does not have."""
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """The form timestamps are stored in: UTC without a zone, as Prisma writes them."""
+    return as_utc(moment).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    """A TEXT id for a new row (Prisma's ids have no database default)."""
+    return uuid.uuid4().hex
+
+
+def _float(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedPlay:
+    """Trajectory rows and their LLM call rows, written together."""
+
+    trajectories: Sequence[dict[str, Any]]
+    llm_calls: Sequence[dict[str, Any]] = ()
+
+
+_ROW_COLUMNS = [Trajectory.__table__.c[name] for name in TRAJECTORY_COLUMNS]
+
+
+class Store:
+    """Reads and writes the game's tables and ours at one database URL (DESIGN 2)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        game_read_only: bool = False,
+        parse_rules: ParseRules | None = None,
+        clock: Clock = utcnow,
+        engine: Engine | None = None,
+    ) -> None:
+        self.target: DatabaseTarget = resolve_database_url(database_url)
+        self.engine: Engine = engine or make_engine(self.target)
+        self.game_read_only = game_read_only
+        self.parse_rules = parse_rules or ParseRules()
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, clock: Clock = utcnow) -> Store:
+        """A store configured from `Settings`."""
+        return cls(
+            settings.DATABASE_URL,
+            game_read_only=settings.GAME_READ_ONLY,
+            parse_rules=ParseRules(
+                max_chars=settings.MAX_TRAJECTORY_CHARS,
+                future_tolerance=timedelta(minutes=settings.FUTURE_TOLERANCE_MINUTES),
+            ),
+            clock=clock,
+        )
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Bring our schema to the newest revision; game tables only in a store of our own."""
+        upgrade_to_head(self.engine)
+        self.__dict__.pop("is_game_database", None)
+
+    def is_up_to_date(self) -> bool:
+        """True when the database is at the newest revision."""
+        return current_revision(self.engine) == head_revision()
+
+    def ensure_schema(self) -> None:
+        """Upgrade only when needed (cheap to call at every start)."""
+        if not self.is_up_to_date():
+            self.upgrade()
+
+    @cached_property
+    def is_game_database(self) -> bool:
+        """True when the database holds the game's "User" table: the game's own players live here."""
+        with self.engine.connect() as connection:
+            names = inspect(connection).get_table_names(schema=game_schema_of(connection))
+        return GAME_USER_TABLE in names
+
+    # -- reading trajectories -------------------------------------------------------------------
+
+    def _iter_rows(
+        self, where: ColumnElement[bool], params: dict[str, Any], batch_size: int, ordered: bool
+    ) -> Iterator[list[TrajectoryRow]]:
+        statement = select(*_ROW_COLUMNS).where(where)
+        if ordered:
+            statement = statement.order_by(Trajectory.startTime, Trajectory.id)
+        with self.engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(
+                statement, params
+            )
+            for partition in result.partitions(batch_size):
+                yield [TrajectoryRow(*row) for row in partition]
+
+    def _parse_stream(
+        self, batches: Iterable[list[TrajectoryRow]], window_ids: set[str]
+    ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
+        rows = (row for batch in batches for row in batch)
+        for item in parse_trajectory_rows(rows, now=self.clock(), rules=self.parse_rules):
+            # A candidate row can belong to another hour (a game windowId that differs from its
+            # start hour); it is counted in that window, not here.
+            if item.window_id in window_ids:
+                yield item
+
+    def iter_window(
+        self, window_id: str, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
+        """Stream one window's rows, parsed or quarantined, in time order."""
+        start, end = window_bounds(window_id)
+        where = or_(
+            Trajectory.windowId == bindparam("window_id"),
+            and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
+        )
+        params = {"window_id": window_id, "lo": naive_utc(start), "hi": naive_utc(end)}
+        yield from self._parse_stream(self._iter_rows(where, params, batch_size, True), {window_id})
+
+    def iter_lookback(
+        self, lookback_hours: int, until: datetime | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
+        """Stream every row of the windows in the lookback, parsed or quarantined (no order)."""
+        window_ids = lookback_window_ids(lookback_hours, until or self.clock())
+        lo = parse_window_id(window_ids[0])
+        hi = parse_window_id(window_ids[-1]) + timedelta(hours=1)
+        where = or_(
+            Trajectory.windowId.in_(bindparam("window_ids", expanding=True)),
+            and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
+        )
+        params = {"window_ids": window_ids, "lo": naive_utc(lo), "hi": naive_utc(hi)}
+        yield from self._parse_stream(self._iter_rows(where, params, batch_size, False), set(window_ids))
+
+    def read_window(self, window_id: str, rules: EligibilityRules) -> WindowRead:
+        """One window: eligible agent-windows (stitched), exclusions with reasons, quarantined rows."""
+        return split_window(window_id, self.iter_window(window_id), rules)
+
+    def window_summaries(
+        self,
+        rules: EligibilityRules,
+        lookback_hours: int,
+        until: datetime | None = None,
+        grace_minutes: int = 15,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[WindowSummary]:
+        """Per window with rows in the lookback: counts, exclusions and quarantine by reason."""
+        until = until or self.clock()
+        tallies: dict[str, WindowTally] = {}
+        for count, item in enumerate(self.iter_lookback(lookback_hours, until), start=1):
+            if on_progress is not None and count % 1000 == 0:
+                on_progress(count)
+            tally = tallies.get(item.window_id)
+            if tally is None:
+                tally = tallies[item.window_id] = WindowTally(item.window_id)
+            tally.add(item)
+        with_outcomes = self.windows_with_outcomes(list(tallies))
+        summaries = []
+        for window_id in sorted(tallies):
+            summary = tallies[window_id].finish(rules)
+            summary.outcomes_recorded = window_id in with_outcomes
+            summary.closed = is_window_closed(
+                window_id,
+                outcomes_recorded=summary.outcomes_recorded,
+                now=self.clock(),
+                grace_minutes=grace_minutes,
+            )
+            summaries.append(summary)
+        return summaries
+
+    # -- outcomes -----------------------------------------------------------------------------------
+
+    def windows_with_outcomes(self, window_ids: Sequence[str]) -> set[str]:
+        """The windows among `window_ids` that have market outcomes recorded."""
+        if not window_ids:
+            return set()
+        statement = (
+            select(MarketOutcome.windowId)
+            .where(MarketOutcome.windowId.in_(bindparam("ids", expanding=True)))
+            .distinct()
+        )
+        with self.engine.connect() as connection:
+            return set(connection.execute(statement, {"ids": list(window_ids)}).scalars())
+
+    def window_outcomes(self, window_id: str) -> WindowOutcomes:
+        """A window's ground truth: stock moves and resolved prediction markets."""
+        statement = (
+            select(MarketOutcome)
+            .where(MarketOutcome.windowId == bindparam("window_id"))
+            .order_by(MarketOutcome.stockTicker, MarketOutcome.predictionMarketId, MarketOutcome.id)
+        )
+        stocks: list[StockOutcome] = []
+        predictions: list[PredictionOutcome] = []
+        unrecognised = 0
+        with self.engine.connect() as connection:
+            for row in connection.execute(statement, {"window_id": window_id}).mappings():
+                news = row["newsEvents"] if isinstance(row["newsEvents"], list) else (
+                    [] if row["newsEvents"] is None else [row["newsEvents"]]
+                )
+                if row["stockTicker"] is not None:
+                    stocks.append(
+                        StockOutcome(
+                            ticker=row["stockTicker"],
+                            start_price=_float(row["startPrice"]),
+                            end_price=_float(row["endPrice"]),
+                            change_percent=_float(row["changePercent"]),
+                            sentiment=row["sentiment"],
+                            news=news,
+                        )
+                    )
+                elif row["predictionMarketId"] is not None or row["question"] is not None:
+                    predictions.append(
+                        PredictionOutcome(
+                            market_id=row["predictionMarketId"],
+                            question=row["question"],
+                            outcome=row["outcome"],
+                            final_probability=_float(row["finalProbability"]),
+                            volume=_float(row["volume"]),
+                            news=news,
+                        )
+                    )
+                else:
+                    unrecognised += 1
+        return WindowOutcomes(window_id, stocks, predictions, unrecognised)
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def _require_game_writes(self, what: str) -> None:
+        if self.game_read_only:
+            raise GameReadOnlyError(f"GAME_READ_ONLY is set: refusing to write {what}")
+
+    def require_own_store(self, what: str) -> None:
+        """Refuse simulated or fixture play in a database that holds the game's players (DESIGN 2)."""
+        self._require_game_writes(what)
+        if self.is_game_database:
+            raise NotOurStoreError(
+                f"refusing to write {what} into {self.target.redacted()}: it has the game's "
+                f"\"{GAME_USER_TABLE}\" table, so it is a game database. Simulated play goes to the "
+                "embedded store (unset DATABASE_URL) or to a database made for it."
+            )
+
+    def _require_known_agents(self, connection: Any, agent_ids: set[str]) -> None:
+        user = inspect(connection).get_table_names(schema=game_schema_of(connection))
+        if GAME_USER_TABLE not in user:
+            return
+        from sqlalchemy import column, table
+
+        users = table(GAME_USER_TABLE, column("id"), schema=game_schema_of(connection))
+        known = set(
+            connection.execute(
+                select(users.c.id).where(users.c.id.in_(bindparam("ids", expanding=True))),
+                {"ids": sorted(agent_ids)},
+            ).scalars()
+        )
+        unknown = sorted(agent_ids - known)
+        if unknown:
+            raise UnknownAgentError(
+                f"agentId(s) {', '.join(unknown)} are not in the game's \"User\" table; "
+                "record play only for the game's own agents"
+            )
+
+    def record_play(self, play: RecordedPlay) -> None:
+        """Write trajectories and their LLM call logs in one transaction (recorder, gateway)."""
+        self._require_game_writes("trajectories")
+        now = naive_utc(self.clock())
+        trajectories = [{"updatedAt": now, **row} for row in play.trajectories]
+        with self.engine.begin() as connection:
+            self._require_known_agents(connection, {row["agentId"] for row in trajectories})
+            try:
+                connection.execute(Trajectory.__table__.insert(), trajectories)
+                if play.llm_calls:
+                    connection.execute(LlmCallLog.__table__.insert(), list(play.llm_calls))
+            except IntegrityError as error:
+                ids = ", ".join(row["trajectoryId"] for row in trajectories)
+                raise DuplicateTrajectoryError(
+                    f"trajectory {ids} (or one of its LLM calls) is already recorded; nothing was written"
+                ) from error
+
+    def existing_trajectory_ids(self, trajectory_ids: Iterable[str]) -> set[str]:
+        """Which of these trajectoryIds are already recorded."""
+        ids = sorted(set(trajectory_ids))
+        if not ids:
+            return set()
+        statement = select(Trajectory.trajectoryId).where(
+            Trajectory.trajectoryId.in_(bindparam("ids", expanding=True))
+        )
+        with self.engine.connect() as connection:
+            return set(connection.execute(statement, {"ids": ids}).scalars())
+
+    def replace_market_outcomes(self, window_id: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Set a window's outcomes (simulator and fixtures only; idempotent: replaces, never adds)."""
+        self.require_own_store("market outcomes")
+        table = MarketOutcome.__table__
+        with self.engine.begin() as connection:
+            connection.execute(table.delete().where(table.c.windowId == bindparam("window_id")),
+                               {"window_id": window_id})
+            if rows:
+                connection.execute(
+                    table.insert(), [{"id": new_id(), **row, "windowId": window_id} for row in rows]
+                )
+        return len(rows)
+
+    def record_quarantine(self, items: Iterable[QuarantinedRow]) -> int:
+        """Store quarantined rows with their reasons; seeing one again updates it, never duplicates."""
+        now = as_utc(self.clock())
+        values = [
+            {
+                "trajectory_row_id": item.row_id,
+                "trajectory_id": item.trajectory_id,
+                "window_id": item.window_id,
+                "reason": item.reason,
+                "detail": item.detail[:2000],
+                "first_seen_at": now,
+                "last_seen_at": now,
+            }
+            for item in items
+        ]
+        if not values:
+            return 0
+        table = QuarantinedTrajectory.__table__
+        dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        statement = dialect_insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["trajectory_row_id", "reason"],
+            set_={
+                "detail": statement.excluded.detail,
+                "window_id": statement.excluded.window_id,
+                "last_seen_at": statement.excluded.last_seen_at,
+                "times_seen": table.c.times_seen + literal(1),
+            },
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement, values)
+        return len(values)
+
+    def quarantine_counts(self, window_id: str | None = None) -> dict[str, int]:
+        """Stored quarantined rows by reason (one window, or all)."""
+        from sqlalchemy import func
+
+        table = QuarantinedTrajectory.__table__
+        statement = select(table.c.reason, func.count()).group_by(table.c.reason)
+        params: dict[str, Any] = {}
+        if window_id is not None:
+            statement = statement.where(table.c.window_id == bindparam("window_id"))
+            params["window_id"] = window_id
+        with self.engine.connect() as connection:
+            return {reason: count for reason, count in connection.execute(statement, params)}
+
+    def has_trajectories(self) -> bool:
+        """True when any trajectory row exists."""
+        with self.engine.connect() as connection:
+            return bool(connection.execute(select(exists().where(Trajectory.id.is_not(None)))).scalar())

@@ -1,0 +1,42 @@
+"""The Dagster instance (DESIGN 8): one DAGSTER_HOME for the UI and the CLI, SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from babylon_assets.settings import Settings
+
+SQLITE_INSTANCE_FILE = "dagster.yaml"
+POSTGRES_INSTANCE_FILE = "dagster.postgres.yaml"
+# dagster.postgres.yaml reads these; setting DAGSTER_PG_HOST chooses it.
+POSTGRES_INSTANCE_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
+
+
+def project_root() -> Path:
+    """The folder holding the top-level instance files: the working directory, else the checkout."""
+    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (candidate / SQLITE_INSTANCE_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no {SQLITE_INSTANCE_FILE} in {Path.cwd()} or beside the package; run from the project folder"
+    )
+
+
+def instance_file(environ: dict[str, str] | None = None) -> str:
+    """Which instance configuration applies: PostgreSQL when DAGSTER_PG_HOST is set, else SQLite."""
+    environ = dict(os.environ) if environ is None else environ
+    return POSTGRES_INSTANCE_FILE if environ.get("DAGSTER_PG_HOST") else SQLITE_INSTANCE_FILE
+
+
+def prepare_dagster_home(settings: Settings, environ: dict[str, str] | None = None) -> Path:
+    """Make DAGSTER_HOME absolute, create it, put the chosen instance file in it, export it."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    source = project_root() / instance_file(environ)
+    target = home / "dagster.yaml"
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home

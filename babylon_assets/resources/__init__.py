@@ -1,0 +1,1 @@
+"""Resources: one module per outside thing, chosen by environment in `definitions.py`."""

@@ -1,0 +1,97 @@
+"""Every setting of the platform, read in one place (DESIGN 7); each has a default that works on the
+embedded SQLite store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_DATABASE_PATH = Path(".babylon") / "babylon.db"
+
+
+class Settings(BaseSettings):
+    """Settings read from the environment (names as in DESIGN 7); the CLI also reads `.env`."""
+
+    # Environment only: `.env` is loaded explicitly by the CLI, never implicitly, so tests and
+    # Dagster runs see exactly the environment they were given.
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=True)
+
+    # Stores
+    DATABASE_URL: str = Field(default=f"sqlite:///{EMBEDDED_DATABASE_PATH}")
+    GAME_READ_ONLY: bool = False
+    DAGSTER_HOME: str = ".dagster"
+
+    # Windows and eligibility (DESIGN 3, 4)
+    PARTITION_START: str = "2025-01-01T00:00"
+    GRACE_MINUTES: int = Field(default=15, ge=0)
+    MIN_AGENTS: int = Field(default=5, ge=1)
+    MIN_ACTIONS: int = Field(default=5, ge=0)
+    MIN_READY_WINDOWS: int = Field(default=3, ge=1)
+    MAX_PER_GROUP: int = Field(default=8, ge=2)
+    TARGET_TRAJECTORIES: int = Field(default=1000, ge=1)
+    MAX_DROPOUT: float = Field(default=0.3, ge=0.0, le=1.0)
+    LOOKBACK_HOURS: int = Field(default=168, ge=1)
+    # A row whose JSON columns together exceed this many characters is quarantined before parsing: a
+    # decision that long cannot be trained on, and parsing it would cost memory for nothing.
+    MAX_TRAJECTORY_CHARS: int = Field(default=2_000_000, ge=1_000)
+    # Rows that start this far after "now" are quarantined as clock errors.
+    FUTURE_TOLERANCE_MINUTES: int = Field(default=5, ge=0)
+
+    # Judge (DESIGN 6)
+    JUDGE_MODEL: str | None = None
+    JUDGE_API_BASE: str | None = None
+    JUDGE_API_KEY: str | None = None
+    JUDGE_MAX_CONCURRENCY: int = Field(default=4, ge=1)
+    JUDGE_RETRIES: int = Field(default=3, ge=0)
+    JUDGE_BUDGET_USD: float | None = None
+    JUDGE_BUDGET_TOKENS: int | None = None
+    RUBRIC_VERSION: str = "trading-v1"
+
+    # Training (DESIGN 6)
+    TRAIN_BACKEND: str = "torch"
+    BASE_MODEL: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    PROJECT_NAME: str = "babylon-agents"
+    MODEL_NAME: str = "babylon-mmo"
+    LEARNING_RATE: float = 5e-5
+    LORA_RANK: int = 8
+    LORA_ALPHA: int = 16
+    KL_COEF: float = 0.0
+    KEEP_CHECKPOINTS: int = 3
+    ITERATIONS: int = 10
+    WINDOWS_PER_ITERATION: int = 20
+    NEW_WINDOWS_BEFORE_RETRAIN: int = 6
+    GATE_MIN_PNL_DELTA: float = 0.0
+    WANDB_MODE: str = "offline"
+
+    # Agents and gateway
+    AGENT_MODEL: str | None = None
+    AGENT_API_BASE: str | None = None
+    AGENT_API_KEY: str | None = None
+    GATEWAY_PORT: int = 8787
+
+    @field_validator("PARTITION_START")
+    @classmethod
+    def _partition_start_is_a_window(cls, value: str) -> str:
+        from babylon_assets.core.windows import parse_window_id
+
+        parse_window_id(value)
+        return value
+
+    @property
+    def partition_start(self) -> datetime:
+        from babylon_assets.core.windows import parse_window_id
+
+        return parse_window_id(self.PARTITION_START)
+
+    @property
+    def dagster_home(self) -> Path:
+        """DAGSTER_HOME made absolute: Dagster refuses a relative one."""
+        return Path(self.DAGSTER_HOME).expanduser().resolve()
+
+
+def get_settings() -> Settings:
+    """Read the settings now (not cached, so a changed environment is always seen)."""
+    return Settings()
