@@ -59,7 +59,7 @@ class Trajectory(GameBase):
 
     __tablename__ = "trajectories"
     __table_args__ = (
-        UniqueConstraint("trajectoryId", name="trajectories_trajectoryId_key"),
+        Index("trajectories_trajectoryId_key", "trajectoryId", unique=True),
         Index("trajectories_windowId_idx", "windowId"),
         Index("trajectories_windowId_agentId_idx", "windowId", "agentId"),
         Index("trajectories_agentId_startTime_idx", "agentId", "startTime"),
@@ -107,7 +107,7 @@ class LlmCallLog(GameBase):
 
     __tablename__ = "llm_call_logs"
     __table_args__ = (
-        UniqueConstraint("callId", name="llm_call_logs_callId_key"),
+        Index("llm_call_logs_callId_key", "callId", unique=True),
         Index("llm_call_logs_trajectoryId_idx", "trajectoryId"),
     )
 
@@ -165,7 +165,7 @@ class RewardJudgment(GameBase):
 
     __tablename__ = "reward_judgments"
     __table_args__ = (
-        UniqueConstraint("trajectoryId", name="reward_judgments_trajectoryId_key"),
+        Index("reward_judgments_trajectoryId_key", "trajectoryId", unique=True),
         Index("reward_judgments_overallScore_idx", "overallScore"),
         Index("reward_judgments_groupId_rank_idx", "groupId", "rank"),
     )
@@ -198,7 +198,7 @@ class TrainingBatch(GameBase):
     """`training_batches`: one training run over a set of trajectories."""
 
     __tablename__ = "training_batches"
-    __table_args__ = (UniqueConstraint("batchId", name="training_batches_batchId_key"),)
+    __table_args__ = (Index("training_batches_batchId_key", "batchId", unique=True),)
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     batchId: Mapped[str] = mapped_column(Text)
@@ -221,7 +221,7 @@ class TrainedModel(GameBase):
     """`trained_models`: a model version and where it stands (training ... deployed, archived)."""
 
     __tablename__ = "trained_models"
-    __table_args__ = (UniqueConstraint("modelId", name="trained_models_modelId_key"),)
+    __table_args__ = (Index("trained_models_modelId_key", "modelId", unique=True),)
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     modelId: Mapped[str] = mapped_column(Text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
+    Table,
     Engine,
     and_,
     bindparam,
@@ -104,6 +107,15 @@ class RecordedPlay:
 
     trajectories: Sequence[dict[str, Any]]
     llm_calls: Sequence[dict[str, Any]] = ()
+
+
+def _insert_many(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows in as few statements as possible; executemany needs one column set per statement."""
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_columns[frozenset(row)].append(row)
+    for group in by_columns.values():
+        connection.execute(table.insert(), group)
 
 
 _ROW_COLUMNS = [Trajectory.__table__.c[name] for name in TRAJECTORY_COLUMNS]
@@ -353,9 +365,8 @@ class Store:
         with self.engine.begin() as connection:
             self._require_known_agents(connection, {row["agentId"] for row in trajectories})
             try:
-                connection.execute(Trajectory.__table__.insert(), trajectories)
-                if play.llm_calls:
-                    connection.execute(LlmCallLog.__table__.insert(), list(play.llm_calls))
+                _insert_many(connection, Trajectory.__table__, trajectories)
+                _insert_many(connection, LlmCallLog.__table__, play.llm_calls)
             except IntegrityError as error:
                 ids = ", ".join(row["trajectoryId"] for row in trajectories)
                 raise DuplicateTrajectoryError(
@@ -380,10 +391,7 @@ class Store:
         with self.engine.begin() as connection:
             connection.execute(table.delete().where(table.c.windowId == bindparam("window_id")),
                                {"window_id": window_id})
-            if rows:
-                connection.execute(
-                    table.insert(), [{"id": new_id(), **row, "windowId": window_id} for row in rows]
-                )
+            _insert_many(connection, table, [{"id": new_id(), **row, "windowId": window_id} for row in rows])
         return len(rows)
 
     def record_quarantine(self, items: Iterable[QuarantinedRow]) -> int:

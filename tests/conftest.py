@@ -1,0 +1,92 @@
+"""Shared fixtures: an isolated environment per test, and real PostgreSQL databases made per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg2
+import pytest
+
+from babylon_assets.db.store import Store
+from babylon_assets.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get("BABYLON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# The tests' fixed "now": every window they write is closed and inside the default lookback.
+NOW = datetime(2025, 1, 15, 14, 30, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """No developer setting leaks in: each test starts from the defaults and its own SQLite file."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD",
+                 "DAGSTER_PG_DB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("PYTHON_DOTENV_DISABLED", "1")
+
+
+def _admin_connection():
+    connection = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3)
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server's admin DSN; skips off CI when it is unreachable, fails on CI."""
+    try:
+        _admin_connection().close()
+    except psycopg2.OperationalError as error:
+        message = (
+            f"PostgreSQL is not reachable at {PG_ADMIN_DSN} ({str(error).strip()}); start it "
+            "(e.g. `pg_ctlcluster 15 main start`) or set BABYLON_TEST_PG_URL"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return PG_ADMIN_DSN
+
+
+@pytest.fixture
+def fresh_pg_url(postgres_server: str) -> Iterator[str]:
+    """A new empty database; yields its URL as the game's .env writes it (no driver named)."""
+    name = f"babylon_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_connection()
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg2.extensions.parse_dsn(postgres_server)
+    user = dsn.get("user", "postgres")
+    host = dsn.get("host", "127.0.0.1")
+    port = dsn.get("port", "5432")
+    try:
+        yield f"postgresql://{user}@{host}:{port}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The same test on the embedded SQLite store and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'param-store.db'}"
+    return request.getfixturevalue("fresh_pg_url")
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated store of our own at `database_url`, clocked at NOW."""
+    opened = Store(database_url, clock=lambda: NOW)
+    opened.upgrade()
+    try:
+        yield opened
+    finally:
+        opened.dispose()
