@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from babylon_assets.core.trajectory import ParsedTrajectory, QuarantinedRow, Step
 
@@ -172,7 +173,7 @@ class _AgentTally:
     def __init__(self) -> None:
         self.decisions = 0
         self.final_pnl: float | None = None
-        self.last_start = None
+        self.last_start: datetime | None = None
 
 
 class WindowTally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 WINDOW = timedelta(hours=1)
 WINDOW_ID_FORMAT = "%Y-%m-%dT%H:00"
@@ -43,8 +44,10 @@ def parse_window_id(window_id: str) -> datetime:
     return datetime.strptime(f"{match.group(1)}T{match.group(2)}", "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
+@lru_cache(maxsize=8192)
 def normalize_window_id(window_id: str | None) -> str | None:
     """The canonical form of a game windowId that names an hour, or None when it names none."""
+    # Cached: a week's rows name only 168 distinct windows, and every row is normalized.
     if window_id is None:
         return None
     try:

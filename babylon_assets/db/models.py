@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -39,7 +40,7 @@ GAME_USER_TABLE = "User"
 Timestamp = DateTime(timezone=False).with_variant(postgresql.TIMESTAMP(precision=3), "postgresql")
 # Prisma's Json is JSONB on PostgreSQL.
 Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
-Float = Double()
+Float: Double[float] = Double()
 
 
 class GameBase(DeclarativeBase):
@@ -242,6 +243,11 @@ class TrainedModel(GameBase):
     totalInferences: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     createdAt: Mapped[datetime] = mapped_column(Timestamp, server_default=func.current_timestamp())
     updatedAt: Mapped[datetime] = mapped_column(Timestamp)
+
+
+def table_of(model: type[GameBase] | type[OurBase]) -> Table:
+    """The Core table of a model, typed as a Table (for inserts, deletes and upserts)."""
+    return cast(Table, model.__table__)
 
 
 GAME_TABLES = tuple(GameBase.metadata.sorted_tables)

@@ -14,16 +14,19 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Table,
     Engine,
+    Table,
     and_,
     bindparam,
+    column,
     exists,
+    func,
     inspect,
     literal,
     or_,
     select,
 )
+from sqlalchemy import table as table_clause
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -61,6 +64,7 @@ from babylon_assets.db.models import (
     MarketOutcome,
     QuarantinedTrajectory,
     Trajectory,
+    table_of,
 )
 from babylon_assets.db.url import DatabaseTarget, resolve_database_url
 
@@ -118,7 +122,7 @@ def _insert_many(connection: Connection, table: Table, rows: Sequence[dict[str, 
         connection.execute(table.insert(), group)
 
 
-_ROW_COLUMNS = [Trajectory.__table__.c[name] for name in TRAJECTORY_COLUMNS]
+_ROW_COLUMNS = [table_of(Trajectory).c[name] for name in TRAJECTORY_COLUMNS]
 
 
 class Store:
@@ -341,9 +345,7 @@ class Store:
         user = inspect(connection).get_table_names(schema=game_schema_of(connection))
         if GAME_USER_TABLE not in user:
             return
-        from sqlalchemy import column, table
-
-        users = table(GAME_USER_TABLE, column("id"), schema=game_schema_of(connection))
+        users = table_clause(GAME_USER_TABLE, column("id"), schema=game_schema_of(connection))
         known = set(
             connection.execute(
                 select(users.c.id).where(users.c.id.in_(bindparam("ids", expanding=True))),
@@ -365,8 +367,8 @@ class Store:
         with self.engine.begin() as connection:
             self._require_known_agents(connection, {row["agentId"] for row in trajectories})
             try:
-                _insert_many(connection, Trajectory.__table__, trajectories)
-                _insert_many(connection, LlmCallLog.__table__, play.llm_calls)
+                _insert_many(connection, table_of(Trajectory), trajectories)
+                _insert_many(connection, table_of(LlmCallLog), play.llm_calls)
             except IntegrityError as error:
                 ids = ", ".join(row["trajectoryId"] for row in trajectories)
                 raise DuplicateTrajectoryError(
@@ -387,7 +389,7 @@ class Store:
     def replace_market_outcomes(self, window_id: str, rows: Sequence[dict[str, Any]]) -> int:
         """Set a window's outcomes (simulator and fixtures only; idempotent: replaces, never adds)."""
         self.require_own_store("market outcomes")
-        table = MarketOutcome.__table__
+        table = table_of(MarketOutcome)
         with self.engine.begin() as connection:
             connection.execute(table.delete().where(table.c.windowId == bindparam("window_id")),
                                {"window_id": window_id})
@@ -411,7 +413,7 @@ class Store:
         ]
         if not values:
             return 0
-        table = QuarantinedTrajectory.__table__
+        table = table_of(QuarantinedTrajectory)
         dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         statement = dialect_insert(table)
         statement = statement.on_conflict_do_update(
@@ -429,9 +431,7 @@ class Store:
 
     def quarantine_counts(self, window_id: str | None = None) -> dict[str, int]:
         """Stored quarantined rows by reason (one window, or all)."""
-        from sqlalchemy import func
-
-        table = QuarantinedTrajectory.__table__
+        table = table_of(QuarantinedTrajectory)
         statement = select(table.c.reason, func.count()).group_by(table.c.reason)
         params: dict[str, Any] = {}
         if window_id is not None:

@@ -8,7 +8,7 @@ from babylon_assets.core.eligibility import (
     split_window,
     stitch_agent_windows,
 )
-from babylon_assets.core.trajectory import ParsedTrajectory, parse_trajectory_rows
+from babylon_assets.core.trajectory import parse_trajectory_rows
 from tests.builders import as_trajectory_row, game_row, step
 
 NOW = datetime(2025, 1, 15, 14, 30, tzinfo=UTC)
