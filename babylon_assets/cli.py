@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from babylon_assets.core.eligibility import (
@@ -19,9 +19,11 @@ from babylon_assets.core.eligibility import (
     WindowSummary,
     readiness_verdict,
 )
-from babylon_assets.core.windows import as_utc, utcnow
+from babylon_assets.core.windows import as_utc, parse_window_id, utcnow
 from babylon_assets.db.store import Store, StoreError
+from babylon_assets.llm_agent import LlmEndpoint
 from babylon_assets.settings import Settings, get_settings
+from babylon_assets.simulate import SimulationPlan, SimulationSummary, simulate
 
 app = typer.Typer(
     help="Babylon Assets: train LLM trading agents from their own live play.",
@@ -160,25 +162,85 @@ def check_windows(
     raise typer.Exit(0 if verdict.ready else 1)
 
 
-@app.command()
-def demo(seed: Annotated[int, typer.Option(help="Seed of the fixture's play.")] = 7) -> None:
-    """Load the demo fixture into the store (embedded by default) and print the readiness report."""
-    from babylon_assets.demo_fixture import load_demo_fixture
+def _parse_hour(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_window_id(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
-    settings = get_settings()
+
+def _print_simulation(summary: SimulationSummary, store: Store) -> None:
+    table = Table(title=f"Simulated play in {store.target.redacted()}", title_justify="left")
+    for header in ("window (UTC)", "written", "already there", "best agent (P&L)", "worst agent (P&L)",
+                   "liquidations", "unparseable"):
+        table.add_column(header)
+    for window in summary.windows:
+        ranked = sorted(window.plays, key=lambda p: p.final_pnl)
+        table.add_row(
+            window.window_id,
+            str(window.written),
+            str(window.skipped),
+            f"{ranked[-1].agent_id} ({ranked[-1].final_pnl:+,.2f})",
+            f"{ranked[0].agent_id} ({ranked[0].final_pnl:+,.2f})",
+            str(sum(p.liquidations for p in window.plays)),
+            str(window.unparseable),
+        )
+    console.print(table)
+    console.print(
+        f"{summary.written} trajectories written, {summary.skipped} already there, in {summary.seconds:.2f} s."
+    )
+
+
+def run_simulation(settings: Settings, plan: SimulationPlan) -> SimulationSummary:
+    """Simulate and write the plan with a progress bar; a refusal is printed and exits 2."""
     store = _open_store(settings)
     try:
-        with _progress("Loading the demo fixture"):
-            loaded = load_demo_fixture(store, utcnow(), seed=seed)
-    except StoreError as error:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
+            task = progress.add_task("Simulating windows", total=plan.windows)
+            summary = simulate(store, plan, now=utcnow(), on_window=lambda _: progress.advance(task))
+        _print_simulation(summary, store)
+        return summary
+    except (StoreError, ValueError) as error:
         err_console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     finally:
         store.dispose()
-    console.print(
-        f"Demo fixture in {store.target.redacted()}: windows {', '.join(loaded.windows)}; "
-        f"{loaded.trajectories_written} trajectories written, {loaded.trajectories_skipped} already there."
-    )
+
+
+@app.command("simulate")
+def simulate_command(
+    agents: Annotated[int, typer.Option(min=1, help="Agents playing every window.")] = 8,
+    windows: Annotated[int, typer.Option(min=1, help="Consecutive hourly windows.")] = 3,
+    duration: Annotated[int, typer.Option(min=1, max=59, help="Simulated minutes of play per window.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the market and the scripted agents.")] = 7,
+    start: Annotated[
+        str | None, typer.Option(help="First window's hour (UTC), e.g. 2025-01-15T10:00; default: --windows hours ago.")
+    ] = None,
+    step_seconds: Annotated[int, typer.Option(min=1, help="Simulated seconds between decisions.")] = 60,
+    evaluation: Annotated[bool, typer.Option("--evaluation", help="Mark the play isEvaluation (held out).")] = False,
+    llm: Annotated[bool, typer.Option("--llm", help="LLM agents through AGENT_MODEL / AGENT_API_BASE.")] = False,
+) -> None:
+    """Fill the store with simulated play and market outcomes, fast and deterministically."""
+    settings = get_settings()
+    endpoint = None
+    if llm:
+        if not settings.AGENT_MODEL:
+            err_console.print("[red]error:[/red] --llm needs AGENT_MODEL (and AGENT_API_BASE for a local server)")
+            raise typer.Exit(2)
+        endpoint = LlmEndpoint(settings.AGENT_MODEL, settings.AGENT_API_BASE, settings.AGENT_API_KEY)
+    plan = SimulationPlan(agents=agents, windows=windows, duration_minutes=duration, seed=seed,
+                          start=_parse_hour(start), step_seconds=step_seconds, evaluation=evaluation, llm=endpoint)
+    run_simulation(settings, plan)
+
+
+@app.command()
+def demo(seed: Annotated[int, typer.Option(help="Seed of the simulated market.")] = 7) -> None:
+    """Simulate a few windows into the store (embedded by default) and print the readiness report."""
+    settings = get_settings()
+    run_simulation(settings, SimulationPlan(agents=8, windows=4, duration_minutes=10, seed=seed))
     rules = EligibilityRules(settings.MIN_ACTIONS, settings.MIN_AGENTS, settings.MIN_READY_WINDOWS)
     summaries, verdict = readiness_report(settings, rules, settings.LOOKBACK_HOURS, None)
     render_readiness_report(summaries, verdict, rules, "Readiness report")

@@ -11,8 +11,8 @@ from dagster import AssetExecutionContext, Definitions, MaterializeResult, asset
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.windows import utcnow
 from babylon_assets.db.store import Store
-from babylon_assets.demo_fixture import load_demo_fixture
 from babylon_assets.resources.store import StoreResource
+from babylon_assets.simulate import SimulationPlan, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_the_store_resource_serves_an_asset(tmp_path):
     url = f"sqlite:///{tmp_path / 'resource.db'}"
     seeded = Store(url)
     seeded.upgrade()
-    load_demo_fixture(seeded, utcnow())
+    simulate(seeded, SimulationPlan(agents=6, windows=3), now=utcnow())
     seeded.dispose()
 
     @asset

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, ProviderAccess, Step
+from babylon_assets.core.trajectory import (
+    Action,
+    EnvironmentState,
+    LlmCall,
+    ProviderAccess,
+    Step,
+    TrajectoryMetrics,
+)
 from babylon_assets.core.windows import Clock, as_utc, utcnow, window_id_of
 from babylon_assets.db.store import RecordedPlay, Store, StoreError, naive_utc, new_id
 
@@ -53,6 +60,7 @@ class _Step:
 @dataclass(slots=True)
 class _OpenTrajectory:
     trajectory_id: str
+    row_id: str
     agent_id: str
     start_time: datetime
     scenario_id: str | None
@@ -77,6 +85,7 @@ class TrajectoryRecorder:
         agent_id: str,
         *,
         trajectory_id: str | None = None,
+        row_id: str | None = None,
         start_time: datetime | None = None,
         scenario_id: str | None = None,
         episode_id: str | None = None,
@@ -91,6 +100,7 @@ class TrajectoryRecorder:
             raise RecorderError(f"trajectory {trajectory_id} is already open")
         self._open[trajectory_id] = _OpenTrajectory(
             trajectory_id=trajectory_id,
+            row_id=row_id or new_id(),
             agent_id=agent_id,
             start_time=as_utc(start_time or self.clock()),
             scenario_id=scenario_id,
@@ -177,17 +187,17 @@ class TrajectoryRecorder:
         steps = [recorded.step for recorded in trajectory.steps]
         total_reward = float(sum(step.reward for step in steps))
         error_count = sum(1 for step in steps if not step.action.success)
-        metrics = {
-            "episodeLength": len(steps),
-            "finalStatus": final_status,
-            "finalBalance": final_balance,
-            "finalPnL": final_pnl,
-            "tradesExecuted": trades_executed,
-            "postsCreated": posts_created,
-            "errorCount": error_count,
-        }
+        metrics = TrajectoryMetrics(
+            episodeLength=len(steps),
+            finalStatus=final_status,
+            finalBalance=final_balance,
+            finalPnL=final_pnl,
+            tradesExecuted=trades_executed,
+            postsCreated=posts_created,
+            errorCount=error_count,
+        )
         row = {
-            "id": new_id(),
+            "id": trajectory.row_id,
             "trajectoryId": trajectory.trajectory_id,
             "agentId": trajectory.agent_id,
             "startTime": naive_utc(trajectory.start_time),
@@ -200,15 +210,11 @@ class TrajectoryRecorder:
             "batchId": trajectory.batch_id,
             "stepsJson": json.dumps([step.model_dump(mode="json") for step in steps]),
             "rewardComponentsJson": json.dumps({"environment": total_reward}),
-            "metricsJson": json.dumps(metrics),
+            "metricsJson": metrics.model_dump_json(),
             "metadataJson": json.dumps(trajectory.metadata),
             "totalReward": total_reward,
-            "episodeLength": len(steps),
-            "finalStatus": final_status,
-            "finalBalance": final_balance,
-            "finalPnL": final_pnl,
-            "tradesExecuted": trades_executed,
-            "postsCreated": posts_created,
+            # The game keeps these both in metricsJson and as columns.
+            **metrics.model_dump(exclude={"errorCount"}),
             "isTrainingData": trajectory.is_training_data,
             "isEvaluation": trajectory.is_evaluation,
         }
@@ -229,7 +235,7 @@ class TrajectoryRecorder:
                 )
                 calls.append(
                     {
-                        "id": new_id(),
+                        "id": recorded.call_id,
                         "trajectoryId": trajectory.trajectory_id,
                         "stepId": step_id,
                         "callId": recorded.call_id,

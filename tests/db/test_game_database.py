@@ -22,8 +22,8 @@ from babylon_assets.db.store import (
     Store,
     UnknownAgentError,
 )
-from babylon_assets.demo_fixture import load_demo_fixture
 from babylon_assets.settings import get_settings
+from babylon_assets.simulate import SimulationPlan, simulate
 from tests.builders import game_row
 from tests.conftest import NOW
 
@@ -164,7 +164,7 @@ def test_writes_into_a_game_database_follow_the_rules(fresh_pg_url):
     store.upgrade()
     try:
         with pytest.raises(NotOurStoreError, match="game database"):
-            load_demo_fixture(store, NOW)
+            simulate(store, SimulationPlan(windows=1), now=NOW)
         with pytest.raises(NotOurStoreError):
             store.replace_market_outcomes(W, [])
         with pytest.raises(UnknownAgentError, match="stranger"):
@@ -173,6 +173,7 @@ def test_writes_into_a_game_database_follow_the_rules(fresh_pg_url):
         recorder.start("agent-1", trajectory_id="recorded-by-us", start_time=W_START)
         recorder.end("recorded-by-us", final_pnl=0.0, end_time=W_START + timedelta(minutes=1))
         assert store.existing_trajectory_ids(["recorded-by-us", "x"]) == {"recorded-by-us"}
+        assert store.read_window(W, EligibilityRules(min_actions=5, min_agents=5)).rows == 6
     finally:
         store.dispose()
     read_only = Store(fresh_pg_url, game_read_only=True, clock=lambda: NOW)
@@ -181,6 +182,14 @@ def test_writes_into_a_game_database_follow_the_rules(fresh_pg_url):
             read_only.record_play(RecordedPlay(trajectories=[game_row("y", "agent-1", W_START)]))
     finally:
         read_only.dispose()
+
+
+def test_the_simulate_command_refuses_a_game_database_clearly(fresh_pg_url, monkeypatch):
+    build_game_database(fresh_pg_url)
+    monkeypatch.setenv("DATABASE_URL", fresh_pg_url)
+    result = CliRunner().invoke(app, ["simulate", "--windows", "1"])
+    assert result.exit_code == 2
+    assert "refusing to write simulated play" in result.output and "game database" in result.output
 
 
 def test_a_game_database_missing_tables_is_refused_with_a_reason(fresh_pg_url):

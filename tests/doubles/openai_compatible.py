@@ -1,0 +1,88 @@
+"""A TEST DOUBLE of an OpenAI-compatible chat-completions server on 127.0.0.1.
+
+It stands in for a real model endpoint in tests only: it answers with scripted texts in order,
+reports token usage, and returns per-token logprobs when asked. The product never falls back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import cycle
+from typing import Any
+
+
+class OpenAICompatibleTestDouble:
+    """Serve `replies` (cycled) at http://127.0.0.1:<port>/v1/chat/completions; records every request."""
+
+    def __init__(self, replies: list[str], *, with_logprobs: bool = True, fail_first: int = 0) -> None:
+        self.replies = cycle(replies)
+        self.with_logprobs = with_logprobs
+        self.fail_first = fail_first
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with double._lock:
+                    double.requests.append(body)
+                    failing = len(double.requests) <= double.fail_first
+                    text = next(double.replies)
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                elif failing:
+                    self._send(500, {"error": {"message": "test double: scripted failure", "type": "server_error"}})
+                else:
+                    self._send(200, double.completion(body, text))
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (ends in /v1)."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def completion(self, request: dict[str, Any], text: str) -> dict[str, Any]:
+        """A chat.completion object for `text`, with logprobs when requested."""
+        tokens = [text[i:i + 4] for i in range(0, len(text), 4)] or [""]
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}
+        if request.get("logprobs") and self.with_logprobs:
+            choice["logprobs"] = {"content": [
+                {"token": t, "logprob": -0.05 * (i % 5), "bytes": list(t.encode()), "top_logprobs": []}
+                for i, t in enumerate(tokens)
+            ]}
+        prompt_tokens = sum(len(m.get("content") or "") for m in request.get("messages", [])) // 4
+        return {
+            "id": f"chatcmpl-double-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "test-double"),
+            "choices": [choice],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
+                      "total_tokens": prompt_tokens + len(tokens)},
+        }
+
+    def __enter__(self) -> OpenAICompatibleTestDouble:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
