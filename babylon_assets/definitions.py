@@ -4,23 +4,47 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from babylon_assets.assets.datasets import training_dataset
+from babylon_assets.assets.scores import ruler_scores
+from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
+from babylon_assets.checks import ALL_CHECKS
+from babylon_assets.jobs import training_dataset_job, window_graph_job
+from babylon_assets.resources.judge import JudgeResource
+from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
-from babylon_assets.settings import get_settings
+from babylon_assets.settings import Settings, get_settings
 
 
-def build_definitions() -> Definitions:
-    """Definitions with resources chosen from the environment's settings."""
-    settings = get_settings()
+def build_resources(settings: Settings) -> dict[str, object]:
+    """Resources chosen from the environment's settings (the one place they are chosen)."""
+    return {
+        "store": StoreResource(
+            database_url=settings.DATABASE_URL,
+            game_read_only=settings.GAME_READ_ONLY,
+            max_trajectory_chars=settings.MAX_TRAJECTORY_CHARS,
+            future_tolerance_minutes=settings.FUTURE_TOLERANCE_MINUTES,
+        ),
+        "rules": WindowRulesResource(
+            min_agents=settings.MIN_AGENTS,
+            min_actions=settings.MIN_ACTIONS,
+            min_ready_windows=settings.MIN_READY_WINDOWS,
+            max_per_group=settings.MAX_PER_GROUP,
+            target_trajectories=settings.TARGET_TRAJECTORIES,
+            max_dropout=settings.MAX_DROPOUT,
+            lookback_hours=settings.LOOKBACK_HOURS,
+            grace_minutes=settings.GRACE_MINUTES,
+        ),
+        "judge": JudgeResource(judge_model=settings.JUDGE_MODEL),
+    }
+
+
+def build_definitions(settings: Settings | None = None) -> Definitions:
+    """The code location: window assets, the dataset, checks, jobs and resources."""
     return Definitions(
-        assets=[],
-        resources={
-            "store": StoreResource(
-                database_url=settings.DATABASE_URL,
-                game_read_only=settings.GAME_READ_ONLY,
-                max_trajectory_chars=settings.MAX_TRAJECTORY_CHARS,
-                future_tolerance_minutes=settings.FUTURE_TOLERANCE_MINUTES,
-            )
-        },
+        assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset],
+        asset_checks=ALL_CHECKS,
+        jobs=[window_graph_job, training_dataset_job],
+        resources=build_resources(settings or get_settings()),
     )
 
 

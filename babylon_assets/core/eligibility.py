@@ -112,6 +112,18 @@ class WindowRead:
         ids.update(item.agent_id for item, _ in self.excluded)
         return len(ids)
 
+    def summary(self) -> WindowSummary:
+        """The same counts `WindowTally` produces, from a full read."""
+        return WindowSummary(
+            window_id=self.window_id,
+            rows=self.rows,
+            agents=self.agents,
+            agent_windows=len(self.eligible) + sum(1 for item, _ in self.excluded if isinstance(item, AgentWindow)),
+            eligible_agents=len(self.eligible),
+            excluded=Counter(reason for _, reason in self.excluded),
+            quarantined=Counter(q.reason for q in self.quarantined),
+        )
+
 
 def split_window(
     window_id: str, items: Iterable[ParsedTrajectory | QuarantinedRow], rules: EligibilityRules

@@ -274,3 +274,105 @@ class QuarantinedTrajectory(OurBase):
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+
+
+class WindowState(OurBase):
+    """What the `trajectories` asset found in a window: counts, readiness and a fingerprint of its rows."""
+
+    __tablename__ = "window_states"
+
+    window_id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    agents: Mapped[int] = mapped_column(Integer)
+    eligible: Mapped[int] = mapped_column(Integer)
+    excluded_json: Mapped[str] = mapped_column(Text)
+    quarantined_json: Mapped[str] = mapped_column(Text)
+    ready: Mapped[bool] = mapped_column(Boolean)
+    rows_fingerprint: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GroupMember(OurBase):
+    """An eligible agent-window of a window: kept in a group or dropped, with the reason, and its score."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (Index("group_members_group_idx", "group_id"),)
+
+    window_id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    agent_window_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    agent_id: Mapped[str] = mapped_column(Text)
+    trajectory_ids_json: Mapped[str] = mapped_column(Text)
+    kept: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(String(64))
+    group_id: Mapped[str | None] = mapped_column(String(80))
+    dropout_rate: Mapped[float] = mapped_column(Float)
+    dropout_draw: Mapped[float] = mapped_column(Float)
+    final_pnl: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    reasoning: Mapped[str | None] = mapped_column(Text)
+    judge_name: Mapped[str | None] = mapped_column(String(64))
+    judge_version: Mapped[str | None] = mapped_column(String(200))
+    judged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JudgmentRecord(OurBase):
+    """Every judge's verdict on an agent-window: the history behind the game's latest reward_judgments row."""
+
+    __tablename__ = "judgment_history"
+    __table_args__ = (
+        Index("judgment_history_key", "agent_window_id", "judge_version", "window_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    window_id: Mapped[str] = mapped_column(String(50))
+    agent_window_id: Mapped[str] = mapped_column(Text)
+    group_id: Mapped[str] = mapped_column(String(80))
+    judge_name: Mapped[str] = mapped_column(String(64))
+    judge_version: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int | None] = mapped_column(Integer)
+    reasoning: Mapped[str] = mapped_column(Text)
+    judged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    times_judged: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+
+
+class WindowVerdict(OurBase):
+    """The latest verdict of an asset check on one window (a multi-partition run gives checks no partition)."""
+
+    __tablename__ = "window_verdicts"
+    __table_args__ = (Index("window_verdicts_run_idx", "run_id"),)
+
+    window_id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    check_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TrainingDatasetRecord(OurBase):
+    """A materialized training dataset; its id is a hash of its membership, so a rerun adds nothing."""
+
+    __tablename__ = "training_datasets"
+
+    dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until_window: Mapped[str] = mapped_column(String(50))
+    lookback_hours: Mapped[int] = mapped_column(Integer)
+    windows: Mapped[int] = mapped_column(Integer)
+    groups: Mapped[int] = mapped_column(Integer)
+    trajectories: Mapped[int] = mapped_column(Integer)
+    dropped_json: Mapped[str] = mapped_column(Text)
+
+
+class DatasetMember(OurBase):
+    """One scored agent-window in a training dataset."""
+
+    __tablename__ = "dataset_members"
+
+    dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_window_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_id: Mapped[str] = mapped_column(String(50))
+    group_id: Mapped[str] = mapped_column(String(80))
+    reward: Mapped[float] = mapped_column(Float)

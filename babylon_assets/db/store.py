@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,19 +53,28 @@ from babylon_assets.core.windows import (
     as_utc,
     is_window_closed,
     lookback_window_ids,
+    normalize_window_id,
     parse_window_id,
     utcnow,
     window_bounds,
+    window_id_of,
 )
 from babylon_assets.db.engine import make_engine
 from babylon_assets.db.inspection import game_schema_of
 from babylon_assets.db.migrate import current_revision, head_revision, upgrade_to_head
 from babylon_assets.db.models import (
     GAME_USER_TABLE,
+    DatasetMember,
+    GroupMember,
+    JudgmentRecord,
     LlmCallLog,
     MarketOutcome,
     QuarantinedTrajectory,
+    RewardJudgment,
+    TrainingDatasetRecord,
     Trajectory,
+    WindowState,
+    WindowVerdict,
     table_of,
 )
 from babylon_assets.db.url import DatabaseTarget, resolve_database_url
@@ -413,20 +424,8 @@ class Store:
         ]
         if not values:
             return 0
-        table = table_of(QuarantinedTrajectory)
-        dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        statement = dialect_insert(table)
-        statement = statement.on_conflict_do_update(
-            index_elements=["trajectory_row_id", "reason"],
-            set_={
-                "detail": statement.excluded.detail,
-                "window_id": statement.excluded.window_id,
-                "last_seen_at": statement.excluded.last_seen_at,
-                "times_seen": table.c.times_seen + literal(1),
-            },
-        )
-        with self.engine.begin() as connection:
-            connection.execute(statement, values)
+        self._upsert(table_of(QuarantinedTrajectory), ["trajectory_row_id", "reason"], values,
+                     ["detail", "window_id", "last_seen_at"], increment="times_seen")
         return len(values)
 
     def quarantine_counts(self, window_id: str | None = None) -> dict[str, int]:
@@ -444,3 +443,277 @@ class Store:
         """True when any trajectory row exists."""
         with self.engine.connect() as connection:
             return bool(connection.execute(select(exists().where(Trajectory.id.is_not(None)))).scalar())
+
+    # -- the window graph (our tables) ------------------------------------------------------------------
+
+    def _upsert(
+        self,
+        table: Table,
+        keys: list[str],
+        rows: Sequence[dict[str, Any]],
+        update: Sequence[str],
+        increment: str | None = None,
+    ) -> None:
+        """Insert rows, or update `update` columns (and add 1 to `increment`) where the keys exist."""
+        if not rows:
+            return
+        dialect_insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        statement = dialect_insert(table)
+        changes: dict[str, Any] = {name: statement.excluded[name] for name in update}
+        if increment is not None:
+            changes[increment] = table.c[increment] + literal(1)
+        statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
+        with self.engine.begin() as connection:
+            connection.execute(statement, list(rows))
+
+    def window_fingerprint(self, window_id: str) -> str:
+        """A hash of the window's candidate rows (ids and update times): changes when late rows arrive."""
+        start, end = window_bounds(window_id)
+        statement = (
+            select(Trajectory.id, Trajectory.updatedAt)
+            .where(or_(Trajectory.windowId == bindparam("window_id"),
+                       and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi"))))
+            .order_by(Trajectory.id)
+        )
+        digest = hashlib.sha256()
+        with self.engine.connect() as connection:
+            for row_id, updated in connection.execute(
+                statement, {"window_id": window_id, "lo": naive_utc(start), "hi": naive_utc(end)}
+            ):
+                digest.update(f"{row_id}|{updated}\n".encode())
+        return digest.hexdigest()
+
+    def save_window_state(self, summary: WindowSummary, rules: EligibilityRules, fingerprint: str) -> None:
+        """Remember what the `trajectories` asset found in a window."""
+        self._upsert(
+            table_of(WindowState),
+            ["window_id"],
+            [{
+                "window_id": summary.window_id,
+                "rows": summary.rows,
+                "agents": summary.agents,
+                "eligible": summary.eligible_agents,
+                "excluded_json": json.dumps(dict(summary.excluded), sort_keys=True),
+                "quarantined_json": json.dumps(dict(summary.quarantined), sort_keys=True),
+                "ready": summary.is_ready(rules),
+                "rows_fingerprint": fingerprint,
+                "updated_at": as_utc(self.clock()),
+            }],
+            ["rows", "agents", "eligible", "excluded_json", "quarantined_json", "ready", "rows_fingerprint",
+             "updated_at"],
+        )
+
+    def window_states(self, window_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored window states by window id."""
+        if not window_ids:
+            return {}
+        states = table_of(WindowState)
+        statement = select(states).where(states.c.window_id.in_(bindparam("ids", expanding=True)))
+        with self.engine.connect() as connection:
+            return {row["window_id"]: dict(row)
+                    for row in connection.execute(statement, {"ids": list(window_ids)}).mappings()}
+
+    def summarize_window(self, window_id: str, rules: EligibilityRules) -> WindowSummary:
+        """Counts of one window (streamed: no steps kept in memory)."""
+        tally = WindowTally(window_id)
+        for item in self.iter_window(window_id):
+            tally.add(item)
+        return tally.finish(rules)
+
+    def eligible_in_lookback(self, window_id: str, lookback_hours: int, rules: EligibilityRules) -> int:
+        """Eligible agent-windows in the `lookback_hours` ending with `window_id` (DESIGN 4's total).
+
+        Windows the `trajectories` asset has seen are counted from their stored state; the others are
+        read now and their state stored, so the total never depends on the order of materialization.
+        """
+        ids = lookback_window_ids(lookback_hours, parse_window_id(window_id) + timedelta(hours=1))
+        states = self.window_states(ids)
+        total = sum(state["eligible"] for state in states.values())
+        missing = [w for w in ids if w not in states]
+        if missing:
+            present = self._windows_with_rows(missing)
+            for other in missing:
+                if other in present:
+                    summary = self.summarize_window(other, rules)
+                    self.save_window_state(summary, rules, self.window_fingerprint(other))
+                    total += summary.eligible_agents
+        return total
+
+    def _windows_with_rows(self, window_ids: Sequence[str]) -> set[str]:
+        """Which of these windows have any candidate rows (one cheap query)."""
+        lo = parse_window_id(min(window_ids))
+        hi = parse_window_id(max(window_ids)) + timedelta(hours=1)
+        statement = select(Trajectory.windowId, Trajectory.startTime).where(
+            or_(Trajectory.windowId.in_(bindparam("ids", expanding=True)),
+                and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")))
+        )
+        wanted = set(window_ids)
+        found: set[str] = set()
+        with self.engine.connect() as connection:
+            for window, start in connection.execute(
+                statement, {"ids": list(window_ids), "lo": naive_utc(lo), "hi": naive_utc(hi)}
+            ):
+                candidate = normalize_window_id(window) or window_id_of(start)
+                if candidate in wanted:
+                    found.add(candidate)
+        return found
+
+    def replace_group_members(self, window_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Set a window's membership (idempotent: a rerun replaces it, scores included)."""
+        members = table_of(GroupMember)
+        with self.engine.begin() as connection:
+            connection.execute(members.delete().where(members.c.window_id == bindparam("w")), {"w": window_id})
+            _insert_many(connection, members, [{**row, "window_id": window_id} for row in rows])
+
+    def group_members(self, window_id: str) -> list[dict[str, Any]]:
+        """A window's membership rows, kept and dropped."""
+        members = table_of(GroupMember)
+        statement = select(members).where(members.c.window_id == bindparam("w")).order_by(
+            members.c.group_id, members.c.agent_window_id)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(statement, {"w": window_id}).mappings()]
+
+    def record_judgments(
+        self,
+        window_id: str,
+        judge_name: str,
+        judge_version: str,
+        criteria: dict[str, Any],
+        judged: Sequence[tuple[AgentWindowScore, list[str]]],
+    ) -> None:
+        """Store scores: our membership rows and judgment history, and (unless GAME_READ_ONLY) the game's judge
+        columns of every stitched row and its latest `reward_judgments` row."""
+        now = as_utc(self.clock())
+        members = table_of(GroupMember)
+        with self.engine.begin() as connection:
+            for item, _ in judged:
+                connection.execute(
+                    members.update()
+                    .where(and_(members.c.window_id == bindparam("w"), members.c.agent_window_id == bindparam("aw")))
+                    .values(score=bindparam("score"), rank=bindparam("rank"), reasoning=bindparam("reasoning"),
+                            judge_name=bindparam("judge"), judge_version=bindparam("version"),
+                            judged_at=bindparam("at")),
+                    {"w": window_id, "aw": item.agent_window_id, "score": item.score, "rank": item.rank,
+                     "reasoning": item.reasoning, "judge": judge_name, "version": judge_version, "at": now},
+                )
+        history = table_of(JudgmentRecord)
+        self._upsert(
+            history,
+            ["agent_window_id", "judge_version", "window_id"],
+            [{"window_id": window_id, "agent_window_id": item.agent_window_id, "group_id": item.group_id,
+              "judge_name": judge_name, "judge_version": judge_version, "score": item.score, "rank": item.rank,
+              "reasoning": item.reasoning, "judged_at": now} for item, _ in judged],
+            ["group_id", "score", "rank", "reasoning", "judged_at"],
+            increment="times_judged",
+        )
+        if self.game_read_only:
+            return
+        naive_now = naive_utc(now)
+        criteria_json = json.dumps(criteria, sort_keys=True)
+        trajectories = table_of(Trajectory)
+        judgment_rows: list[dict[str, Any]] = []
+        with self.engine.begin() as connection:
+            for item, trajectory_ids in judged:
+                connection.execute(
+                    trajectories.update()
+                    .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)))
+                    .values(aiJudgeReward=bindparam("score"), aiJudgeReasoning=bindparam("reasoning"),
+                            judgedAt=bindparam("at"), updatedAt=bindparam("at")),
+                    {"ids": trajectory_ids, "score": item.score, "reasoning": item.reasoning, "at": naive_now},
+                )
+                judgment_rows.extend(
+                    {"id": new_id(), "trajectoryId": tid, "judgeModel": judge_name, "judgeVersion": judge_version,
+                     "overallScore": item.score, "rank": item.rank, "normalizedScore": item.normalized,
+                     "groupId": item.group_id, "reasoning": item.reasoning, "criteriaJson": criteria_json,
+                     "judgedAt": naive_now}
+                    for tid in trajectory_ids
+                )
+        self._upsert(
+            table_of(RewardJudgment),
+            ["trajectoryId"],
+            judgment_rows,
+            ["judgeModel", "judgeVersion", "overallScore", "rank", "normalizedScore", "groupId", "reasoning",
+             "criteriaJson", "judgedAt"],
+        )
+
+    def save_verdicts(self, check_name: str, verdicts: Sequence[tuple[str, bool, str]], run_id: str | None) -> None:
+        """Store one check's per-window verdicts (window, passed, detail): the latest wins."""
+        now = as_utc(self.clock())
+        self._upsert(
+            table_of(WindowVerdict),
+            ["window_id", "check_name"],
+            [{"window_id": w, "check_name": check_name, "passed": ok, "detail": detail, "run_id": run_id,
+              "checked_at": now} for w, ok, detail in verdicts],
+            ["passed", "detail", "run_id", "checked_at"],
+        )
+
+    def verdicts(self, check_name: str, *, run_id: str | None = None,
+                 window_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Stored verdicts of a check, for one run or some windows."""
+        table = table_of(WindowVerdict)
+        statement = select(table).where(table.c.check_name == bindparam("c")).order_by(table.c.window_id)
+        params: dict[str, Any] = {"c": check_name}
+        if run_id is not None:
+            statement = statement.where(table.c.run_id == bindparam("r"))
+            params["r"] = run_id
+        if window_ids is not None:
+            statement = statement.where(table.c.window_id.in_(bindparam("ids", expanding=True)))
+            params["ids"] = list(window_ids)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(statement, params).mappings()]
+
+    def scored_members(self, window_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Kept members of these windows with their groups and scores (unscored ones too, score None)."""
+        if not window_ids:
+            return []
+        members = table_of(GroupMember)
+        statement = (
+            select(members)
+            .where(and_(members.c.window_id.in_(bindparam("ids", expanding=True)), members.c.kept.is_(True)))
+            .order_by(members.c.window_id, members.c.group_id, members.c.agent_window_id)
+        )
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(statement, {"ids": list(window_ids)}).mappings()]
+
+    def save_dataset(self, record: dict[str, Any], members: Sequence[dict[str, Any]]) -> bool:
+        """Store a dataset and its members; False when the same membership was already stored."""
+        datasets = table_of(TrainingDatasetRecord)
+        with self.engine.begin() as connection:
+            exists_already = connection.execute(
+                select(datasets.c.dataset_id).where(datasets.c.dataset_id == bindparam("d")),
+                {"d": record["dataset_id"]},
+            ).first()
+            if exists_already:
+                return False
+            connection.execute(datasets.insert(), [record])
+            _insert_many(connection, table_of(DatasetMember),
+                         [{**m, "dataset_id": record["dataset_id"]} for m in members])
+        return True
+
+    def latest_dataset(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """The newest training dataset and its members, or None."""
+        datasets, members = table_of(TrainingDatasetRecord), table_of(DatasetMember)
+        with self.engine.connect() as connection:
+            record = connection.execute(
+                select(datasets).order_by(datasets.c.created_at.desc(), datasets.c.dataset_id).limit(1)
+            ).mappings().first()
+            if record is None:
+                return None
+            rows = connection.execute(
+                select(members).where(members.c.dataset_id == bindparam("d"))
+                .order_by(members.c.window_id, members.c.group_id, members.c.agent_window_id),
+                {"d": record["dataset_id"]},
+            ).mappings().all()
+        return dict(record), [dict(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentWindowScore:
+    """A judged agent-window, as stored."""
+
+    agent_window_id: str
+    group_id: str
+    score: float
+    rank: int
+    normalized: float
+    reasoning: str

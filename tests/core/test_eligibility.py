@@ -101,3 +101,15 @@ def test_verdict_says_what_is_missing():
     assert "window 2025-01-15T11:00 has 1 eligible agent(s); need >= 3" in verdict.message
     assert readiness_verdict([ready, ready], RULES).ready
     assert "No trajectories" in readiness_verdict([], RULES).message
+
+
+def test_a_full_read_and_the_streaming_tally_summarise_alike():
+    items = parsed(window_rows())
+    tally = WindowTally("2025-01-15T10:00")
+    for item in items:
+        tally.add(item)
+    streamed = tally.finish(RULES)
+    full = split_window("2025-01-15T10:00", items, RULES).summary()
+    assert (full.rows, full.agents, full.agent_windows, full.eligible_agents) == (
+        streamed.rows, streamed.agents, streamed.agent_windows, streamed.eligible_agents)
+    assert full.excluded == streamed.excluded and full.quarantined == streamed.quarantined

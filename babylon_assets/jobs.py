@@ -1,0 +1,23 @@
+"""Jobs over the asset graph: one window's assets, and the training dataset."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job
+
+from babylon_assets.assets.datasets import training_dataset
+from babylon_assets.assets.scores import ruler_scores
+from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
+from babylon_assets.partitions import WINDOW_PARTITIONS
+
+window_graph_job = define_asset_job(
+    "window_graph",
+    selection=AssetSelection.assets(trajectories, market_outcomes, window_groups, ruler_scores),
+    partitions_def=WINDOW_PARTITIONS,
+    description="Parse, group and judge one window (or a range of windows).",
+)
+
+training_dataset_job = define_asset_job(
+    "training_dataset_job",
+    selection=AssetSelection.assets(training_dataset),
+    description="Assemble the training dataset from the scores already stored (never re-scores).",
+)
