@@ -236,14 +236,104 @@ def simulate_command(
     run_simulation(settings, plan)
 
 
+def _print_graph_results(store: Store, window_ids: list[str]) -> None:
+    table = Table(title="Scores per window (judge: see ruler_scores metadata)", title_justify="left")
+    for header in ("window (UTC)", "groups", "kept", "dropped", "best agent (score, P&L)", "worst agent (score, P&L)"):
+        table.add_column(header)
+    for window_id in window_ids:
+        members = store.group_members(window_id)
+        scored = sorted((m for m in members if m["score"] is not None), key=lambda m: m["score"])
+        dropped = [m for m in members if not m["kept"]]
+        reasons = ", ".join(sorted({m["reason"] for m in dropped}))
+
+        def line(m: dict[str, object]) -> str:
+            return f"{m['agent_id']} ({m['score']:.3f}, {m['final_pnl']:+,.2f})"
+
+        table.add_row(window_id, str(len({m["group_id"] for m in members if m["kept"]})),
+                      str(sum(1 for m in members if m["kept"])), f"{len(dropped)} {reasons}".strip(),
+                      line(scored[-1]) if scored else "not judged", line(scored[0]) if scored else "-")
+    console.print(table)
+    latest = store.latest_dataset()
+    if latest is None:
+        console.print("Training dataset: none yet.")
+        return
+    record, _ = latest
+    console.print(
+        f"Training dataset {record['dataset_id']}: {record['trajectories']} trajectories in {record['groups']} "
+        f"groups from {record['windows']} windows (lookback {record['lookback_hours']} h to "
+        f"{record['until_window']}); groups dropped: {record['dropped_json']}."
+    )
+
+
+def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
+    """Materialize the window graph for these windows and then the training dataset, on the instance."""
+    from dagster import DagsterInstance
+
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.instance import prepare_dagster_home
+    from babylon_assets.pipeline import materialize_training_dataset, materialize_windows
+
+    prepare_dagster_home(settings)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task("Materializing windows", total=len(window_ids) + 1)
+        runs = materialize_windows(defs, window_ids, instance, on_window=lambda _: progress.advance(task))
+        runs.append(materialize_training_dataset(defs, instance))
+        progress.advance(task)
+    failed = [run for run in runs if not run.success]
+    for run in failed:
+        err_console.print(f"[red]run {run.run_id} ({run.label}) failed[/red]: see it in the UI (make ui)")
+    return not failed
+
+
 @app.command()
 def demo(seed: Annotated[int, typer.Option(help="Seed of the simulated market.")] = 7) -> None:
-    """Simulate a few windows into the store (embedded by default) and print the readiness report."""
+    """Simulate a few windows, materialize the graph through training_dataset, and print what came out."""
     settings = get_settings()
-    run_simulation(settings, SimulationPlan(agents=8, windows=4, duration_minutes=10, seed=seed))
+    summary = run_simulation(settings, SimulationPlan(agents=8, windows=4, duration_minutes=10, seed=seed))
+    window_ids = [w.window_id for w in summary.windows]
+    ok = materialize_graph(settings, window_ids)
     rules = EligibilityRules(settings.MIN_ACTIONS, settings.MIN_AGENTS, settings.MIN_READY_WINDOWS)
     summaries, verdict = readiness_report(settings, rules, settings.LOOKBACK_HOURS, None)
     render_readiness_report(summaries, verdict, rules, "Readiness report")
+    store = _open_store(settings)
+    try:
+        _print_graph_results(store, window_ids)
+    finally:
+        store.dispose()
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("export-dataset")
+def export_dataset(
+    output: Annotated[str, typer.Option("--output", "-o", help="File to write; - for standard output.")] = "-",
+    format: Annotated[str, typer.Option("--format", help="Only jsonl: one art.Trajectory per line.")] = "jsonl",
+) -> None:
+    """Write the newest training dataset as ART trajectories with rewards, one JSON object per line."""
+    from babylon_assets.export import export_dataset_jsonl
+
+    if format != "jsonl":
+        err_console.print(f"[red]error:[/red] format {format!r} is not supported; use jsonl")
+        raise typer.Exit(2)
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        if output == "-":
+            dataset_id, written, missing = export_dataset_jsonl(store, sys.stdout)
+        else:
+            with open(output, "w", encoding="utf-8") as handle:
+                dataset_id, written, missing = export_dataset_jsonl(store, handle)
+    except StoreError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+    note = f"; {missing} member(s) whose rows are gone were skipped" if missing else ""
+    err_console.print(f"dataset {dataset_id}: {written} trajectories written to {output}{note}")
 
 
 @app.command()

@@ -7,12 +7,10 @@ from dagster import AssetSelection, define_asset_job
 from babylon_assets.assets.datasets import training_dataset
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
-from babylon_assets.partitions import WINDOW_PARTITIONS
 
 window_graph_job = define_asset_job(
     "window_graph",
     selection=AssetSelection.assets(trajectories, market_outcomes, window_groups, ruler_scores),
-    partitions_def=WINDOW_PARTITIONS,
     description="Parse, group and judge one window (or a range of windows).",
 )
 

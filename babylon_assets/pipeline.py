@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
 from typing import Any
 
 from dagster import DagsterInstance, Definitions

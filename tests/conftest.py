@@ -90,3 +90,20 @@ def store(database_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.dispose()
+
+
+SIM_START = datetime(2025, 1, 15, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def simulated_store(tmp_path) -> Iterator[Store]:
+    """An embedded store with 3 simulated windows of 6 agents from 2025-01-15T10:00 (seed 7), clocked at NOW."""
+    from babylon_assets.simulate import SimulationPlan, simulate
+
+    opened = Store(f"sqlite:///{tmp_path / 'simulated.db'}", clock=lambda: NOW)
+    opened.upgrade()
+    simulate(opened, SimulationPlan(agents=6, windows=3, duration_minutes=8, seed=7, start=SIM_START), now=NOW)
+    try:
+        yield opened
+    finally:
+        opened.dispose()

@@ -74,7 +74,7 @@ def ruler_scores(
     stored = {m["agent_window_id"]: m["score"] for m in db.group_members(window_id) if m["kept"]}
     valid = len(stored) == len(kept) and all(s is not None and 0.0 <= s <= 1.0 for s in stored.values())
     db.save_verdicts(SCORES_CHECK, [(window_id, valid, f"{len(stored)} of {len(kept)} kept agent-windows scored "
-                                                       "in [0, 1]")], context.run_id)
+                                                       "in [0, 1]")], context.run.run_id)
     rows = sorted(((by_id[s.agent_window_id], s) for s, _ in judged), key=lambda pair: -pair[1].score)
     scores = [s.score for _, s in rows]
     pnls = [aw.final_pnl or 0.0 for aw, _ in rows]

@@ -56,7 +56,7 @@ def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> Mat
         OUTCOMES_CHECK,
         [(window_id, outcomes.recorded,
           "outcomes recorded" if outcomes.recorded else f"window {window_id} has no market_outcomes rows")],
-        context.run_id,
+        context.run.run_id,
     )
     return MaterializeResult(
         metadata={
@@ -110,7 +110,7 @@ def window_groups(
     ])
     shortfall = summary.shortfall(eligibility)
     db.save_verdicts(READY_CHECK, [(window_id, ready, shortfall or f"{summary.eligible_agents} eligible agents")],
-                     context.run_id)
+                     context.run.run_id)
     sizes: dict[str, int] = {}
     dropped: dict[str, int] = {}
     for m in memberships:

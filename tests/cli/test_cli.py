@@ -18,11 +18,18 @@ def sqlite_path() -> Path:
     return Path(os.environ["DATABASE_URL"].removeprefix("sqlite:///"))
 
 
-def test_demo_simulates_once_and_reports_ready():
+def test_demo_simulates_materializes_the_graph_and_reports(tmp_path):
     first = runner.invoke(app, ["demo"])
     assert first.exit_code == 0, first.output
     assert "32 trajectories written, 0 already there" in first.output
     assert "READY FOR TRAINING: 4 ready window(s)" in first.output
+    assert "Training dataset " in first.output and "32 trajectories in 4 groups from 4 windows" in first.output
+    assert first.output.count("agent-0") >= 8  # best and worst agent of each window
+    # the runs landed in the instance of DESIGN 8
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == 5 and all(r.is_success for r in instance.get_runs())
     again = runner.invoke(app, ["demo"])
     assert again.exit_code == 0, again.output
     assert "0 trajectories written, 32 already there" in again.output
@@ -74,3 +81,22 @@ def test_db_upgrade_on_the_embedded_store():
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0 and "store of our own" in result.output
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+
+
+def test_export_dataset_writes_art_trajectories_with_rewards(tmp_path):
+    import art
+
+    missing = runner.invoke(app, ["export-dataset"])
+    assert missing.exit_code == 2 and "no training dataset yet" in missing.output
+    assert runner.invoke(app, ["demo"]).exit_code == 0
+    target = tmp_path / "dataset.jsonl"
+    result = runner.invoke(app, ["export-dataset", "--format", "jsonl", "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    lines = target.read_text().splitlines()
+    assert len(lines) == 32
+    trajectories = [art.Trajectory.model_validate_json(line) for line in lines]
+    assert all(0.0 <= t.reward <= 1.0 for t in trajectories)
+    assert len({t.metadata["group_id"] for t in trajectories}) == 4
+    assert all(len(t.additional_histories) == 9 and t.messages_and_choices[0]["role"] == "system"
+               for t in trajectories)
+    assert runner.invoke(app, ["export-dataset", "--format", "csv"]).exit_code == 2

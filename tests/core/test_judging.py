@@ -1,0 +1,97 @@
+"""The outcome judge and the judge interface's validation."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from babylon_assets.core.eligibility import stitch_agent_windows
+from babylon_assets.core.judging import (
+    InvalidJudgment,
+    JudgeGroup,
+    JudgeResult,
+    Judgment,
+    OutcomeJudge,
+    average_ranks,
+    spearman,
+    validate_result,
+)
+from babylon_assets.core.outcomes import PredictionOutcome, StockOutcome, WindowOutcomes
+from babylon_assets.core.trajectory import parse_trajectory_rows
+from tests.builders import as_trajectory_row, game_row, step
+
+NOW = datetime(2025, 1, 15, 14, tzinfo=UTC)
+W = datetime(2025, 1, 15, 10, tzinfo=UTC)
+CRASH = WindowOutcomes(
+    "2025-01-15T10:00",
+    stocks=[StockOutcome("NVDX", 100.0, 80.0, -20.0, "bearish", ["NVDX recalls its chips"])],
+    predictions=[PredictionOutcome("pm-1", "Will NVDX fall 10%?", "YES", 0.97, 1000.0)],
+)
+
+
+def trader(agent, actions, pnls, final_pnl):
+    steps = []
+    for n, ((action, target), pnl) in enumerate(zip(actions, pnls, strict=True)):
+        s = step(n, pnl=pnl, agent=agent)
+        key = "marketId" if action.startswith("BUY_") else "ticker"
+        s["action"] = {"actionType": action, "parameters": {key: target}, "success": True}
+        s["environmentState"]["agentBalance"] = 10_000.0 + (pnl if n else 0.0)
+        steps.append(s)
+    return game_row(f"t-{agent}", agent, W + timedelta(minutes=1), steps=json.dumps(steps), final_pnl=final_pnl)
+
+
+def constructed_window():
+    rows = [
+        # shorted the crash and bought YES on the fall: right on every call, best P&L
+        trader("skilled", [("OPEN_SHORT", "NVDX"), ("BUY_YES", "pm-1"), ("HOLD", "NVDX"), ("HOLD", "NVDX"),
+                           ("CLOSE", "NVDX")], [0, 50, 150, 300, 400], 420.0),
+        # a small loss while staying mostly out
+        trader("careful", [("HOLD", "NVDX")] * 4 + [("OPEN_SHORT", "NVDX")], [0, 0, 0, -5, -10], -10.0),
+        # bought the crash with leverage and bet NO: wrong on every call
+        trader("reckless", [("OPEN_LONG", "NVDX"), ("BUY_NO", "pm-1"), ("HOLD", "NVDX"), ("HOLD", "NVDX"),
+                            ("HOLD", "NVDX")], [0, -200, -900, -1500, -2000], -2100.0),
+    ]
+    parsed = list(parse_trajectory_rows([as_trajectory_row(r) for r in rows], now=NOW))
+    return JudgeGroup("g1", "2025-01-15T10:00", stitch_agent_windows(parsed), CRASH)
+
+
+def test_the_outcome_judge_ranks_a_constructed_window_as_expected():
+    group = constructed_window()
+    result = asyncio.run(OutcomeJudge().score([group]))
+    validate_result([group], result)
+    scores = {k.removeprefix("t-"): v.score for k, v in result.scores.items()}
+    assert scores["skilled"] > scores["careful"] > scores["reckless"]
+    assert scores["skilled"] == pytest.approx(1.0) and scores["reckless"] == pytest.approx(0.0)
+    assert result.usage.calls == 0 and result.usage.dollars == 0
+    reasoning = result.scores["t-skilled"].reasoning
+    assert "2 of 2 directional decisions agreed" in reasoning and "not an LLM" in reasoning
+
+
+def test_without_outcomes_timing_is_neutral_and_said_so():
+    group = constructed_window()
+    blind = JudgeGroup(group.group_id, group.window_id, group.members, WindowOutcomes(group.window_id, [], []))
+    result = asyncio.run(OutcomeJudge().score([blind]))
+    assert "no outcomes recorded" in result.scores["t-careful"].reasoning
+    assert result.scores["t-skilled"].score > result.scores["t-reckless"].score
+
+
+def test_judge_results_are_validated():
+    group = constructed_window()
+    ok = {aw.agent_window_id: Judgment(0.5, "fine") for aw in group.members}
+    validate_result([group], JudgeResult(ok))
+    with pytest.raises(InvalidJudgment, match="none for"):
+        validate_result([group], JudgeResult({k: v for k, v in list(ok.items())[:2]}))
+    with pytest.raises(InvalidJudgment, match="unknown ids"):
+        validate_result([group], JudgeResult({**ok, "stranger": Judgment(0.5, "")}))
+    with pytest.raises(InvalidJudgment, match="outside"):
+        validate_result([group], JudgeResult({**ok, "t-careful": Judgment(1.5, "")}))
+    with pytest.raises(InvalidJudgment, match="outside"):
+        validate_result([group], JudgeResult({**ok, "t-careful": Judgment(float("nan"), "")}))
+
+
+def test_ranks_and_spearman():
+    assert average_ranks([10, 20, 20, 5]) == [2, 3.5, 3.5, 1]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None
