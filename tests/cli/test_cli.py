@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from babylon_assets.cli import app
 
 runner = CliRunner()
+# The play `demo` simulates, without materializing the graph.
+DEMO_PLAY = ["simulate", "--agents", "8", "--windows", "4", "--duration", "10", "--seed", "7"]
 
 
 def sqlite_path() -> Path:
@@ -39,7 +41,7 @@ def test_demo_simulates_materializes_the_graph_and_reports(tmp_path):
 
 
 def test_check_windows_exit_codes_and_flags():
-    assert runner.invoke(app, ["demo"]).exit_code == 0
+    assert runner.invoke(app, DEMO_PLAY).exit_code == 0
     ready = runner.invoke(app, ["check-windows"])
     assert ready.exit_code == 0 and "READY FOR TRAINING" in ready.output
     strict = runner.invoke(app, ["check-windows", "--min-agents", "9"])
@@ -61,7 +63,7 @@ def test_check_windows_on_an_empty_store_says_what_to_do(monkeypatch):
 
 
 def test_check_windows_until_before_the_data_sees_nothing():
-    assert runner.invoke(app, ["demo"]).exit_code == 0
+    assert runner.invoke(app, DEMO_PLAY).exit_code == 0
     result = runner.invoke(app, ["check-windows", "--until", "2020-01-01T00:00"])
     assert result.exit_code == 1 and "No trajectories" in result.output
     bad = runner.invoke(app, ["check-windows", "--until", "yesterday"])
@@ -69,7 +71,7 @@ def test_check_windows_until_before_the_data_sees_nothing():
 
 
 def test_settings_give_the_defaults_of_the_flags(monkeypatch):
-    assert runner.invoke(app, ["demo"]).exit_code == 0
+    assert runner.invoke(app, DEMO_PLAY).exit_code == 0
     monkeypatch.setenv("MIN_AGENTS", "9")
     assert runner.invoke(app, ["check-windows"]).exit_code == 1
     monkeypatch.setenv("MIN_AGENTS", "5")
