@@ -6,6 +6,7 @@ import json
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from babylon_assets.core.dropout import assign_groups, dropout_rate
+from babylon_assets.core.windows import is_window_closed
 from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
@@ -26,6 +27,11 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
     summary = read.summary()
     db.save_window_state(summary, rules.eligibility(), db.window_fingerprint(window_id))
     stitched = sum(1 for aw in read.eligible if len(aw.trajectories) > 1)
+    closed = is_window_closed(window_id, outcomes_recorded=bool(db.windows_with_outcomes([window_id])),
+                              now=db.clock(), grace_minutes=rules.grace_minutes)
+    if not closed:
+        context.log.warning(f"window {window_id} is not closed yet (no outcomes, grace period running): rows that "
+                            "arrive later change its fingerprint and call for another materialization")
     examples = [(q.trajectory_id or q.row_id, q.reason, q.detail[:160]) for q in read.quarantined[:10]]
     return MaterializeResult(
         metadata={
@@ -34,6 +40,7 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
             "agents": summary.agents,
             "eligible": summary.eligible_agents,
             "ready": summary.is_ready(rules.eligibility()),
+            "closed": closed,
             "stitched_agent_windows": stitched,
             "excluded": counts_table(summary.excluded),
             "excluded_total": sum(summary.excluded.values()),
