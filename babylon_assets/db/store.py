@@ -133,6 +133,18 @@ def _insert_many(connection: Connection, table: Table, rows: Sequence[dict[str, 
         connection.execute(table.insert(), group)
 
 
+_SCORE_FIELDS = ("score", "rank", "reasoning", "judge_name", "judge_version", "judged_at")
+
+
+def _group_signatures(rows: Iterable[dict[str, Any]]) -> dict[str, frozenset[tuple[str, str]]]:
+    """Each kept group's members and the rows they were stitched from."""
+    groups: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for row in rows:
+        if row["kept"] and row["group_id"] is not None:
+            groups[row["group_id"]].add((row["agent_window_id"], row["trajectory_ids_json"]))
+    return {g: frozenset(members) for g, members in groups.items()}
+
+
 _ROW_COLUMNS = [table_of(Trajectory).c[name] for name in TRAJECTORY_COLUMNS]
 
 
@@ -558,12 +570,22 @@ class Store:
                     found.add(candidate)
         return found
 
-    def replace_group_members(self, window_id: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Set a window's membership (idempotent: a rerun replaces it, scores included)."""
+    def replace_group_members(self, window_id: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Set a window's membership (idempotent). A group whose members and rows are unchanged keeps its
+        scores, so re-cutting the same groups never pays the judge twice; returns how many scores were kept."""
+        previous = self.group_members(window_id)
+        old_groups = _group_signatures(previous)
+        new_groups = _group_signatures(rows)
+        unchanged = {g for g, signature in new_groups.items() if old_groups.get(g) == signature}
+        carried = {m["agent_window_id"]: {k: m[k] for k in _SCORE_FIELDS} for m in previous
+                   if m["group_id"] in unchanged and m["score"] is not None}
         members = table_of(GroupMember)
+        values = [{**{k: None for k in _SCORE_FIELDS}, **row, **carried.get(row["agent_window_id"], {}),
+                   "window_id": window_id} for row in rows]
         with self.engine.begin() as connection:
             connection.execute(members.delete().where(members.c.window_id == bindparam("w")), {"w": window_id})
-            _insert_many(connection, members, [{**row, "window_id": window_id} for row in rows])
+            _insert_many(connection, members, values)
+        return len(carried)
 
     def group_members(self, window_id: str) -> list[dict[str, Any]]:
         """A window's membership rows, kept and dropped."""

@@ -88,14 +88,19 @@ def test_each_window_asset_materializes_with_its_metadata(database_url, instance
     store.dispose()
 
 
-def test_rematerializing_a_window_duplicates_nothing(simulated_store, instance):
+def test_rematerializing_a_window_duplicates_nothing_and_never_pays_the_judge_twice(simulated_store, instance):
     url = simulated_store.target.url.render_as_string(hide_password=False)
-    assert run_window(url, W, instance).success
-    assert run_window(url, W, instance).success
+    first = run_window(url, W, instance)
+    assert first.success and metadata(first, "ruler_scores")["judged_now"] == 6
+    again = run_window(url, W, instance)
+    assert again.success
+    assert metadata(again, "window_groups")["scores_kept"] == 6  # same groups: their scores stay
+    assert metadata(again, "ruler_scores")["judged_now"] == 0
+    assert metadata(again, "ruler_scores")["scores"] == metadata(first, "ruler_scores")["scores"]
     assert count(simulated_store, RewardJudgment) == 6 and count(simulated_store, JudgmentRecord) == 6
     with simulated_store.engine.connect() as connection:
         times = connection.execute(select(table_of(JudgmentRecord).c.times_judged)).scalars().all()
-    assert set(times) == {2}
+    assert set(times) == {1}
     assert len(simulated_store.group_members(W)) == 6
 
 
