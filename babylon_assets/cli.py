@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -19,7 +19,7 @@ from babylon_assets.core.eligibility import (
     WindowSummary,
     readiness_verdict,
 )
-from babylon_assets.core.windows import as_utc, parse_window_id, utcnow
+from babylon_assets.core.windows import as_utc, lookback_window_ids, parse_window_id, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.llm_agent import LlmEndpoint
 from babylon_assets.settings import Settings, get_settings
@@ -280,7 +280,8 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
         console=err_console, transient=True,
     ) as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids) + 1)
-        runs = materialize_windows(defs, window_ids, instance, on_window=lambda _: progress.advance(task))
+        runs = materialize_windows(defs, window_ids, instance,
+                                   on_run=lambda run: progress.advance(task, advance=run.windows))
         runs.append(materialize_training_dataset(defs, instance))
         progress.advance(task)
     failed = [run for run in runs if not run.success]
@@ -306,6 +307,72 @@ def demo(seed: Annotated[int, typer.Option(help="Seed of the simulated market.")
         store.dispose()
     if not ok:
         raise typer.Exit(1)
+
+
+def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) -> None:
+    from dagster import DagsterInstance
+
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.instance import prepare_dagster_home
+    from babylon_assets.pipeline import materialize_windows
+
+    if not window_ids:
+        console.print("No window with trajectories in that range: nothing to do.")
+        return
+    prepare_dagster_home(settings)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task("Materializing windows", total=len(window_ids))
+        runs = materialize_windows(defs, window_ids, instance, max_per_run=max_per_run,
+                                   on_run=lambda run: progress.advance(task, advance=run.windows))
+    table = Table(title=f"Window graph runs (instance {settings.dagster_home})", title_justify="left")
+    for header in ("windows", "count", "run id", "result"):
+        table.add_column(header)
+    for run in runs:
+        table.add_row(run.label, str(run.windows), run.run_id,
+                      "[green]success[/green]" if run.success else "[red]failed[/red]")
+    console.print(table)
+    failed = [run for run in runs if not run.success]
+    if failed:
+        err_console.print(f"[red]{len(failed)} run(s) failed[/red]: the other windows' results are stored; "
+                          "run the same command again to redo only what failed")
+        raise typer.Exit(1)
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--from", help="First window (UTC hour), e.g. 2025-01-15T00:00.")],
+    end: Annotated[str, typer.Option("--to", help="Last window (UTC hour), inclusive.")],
+    per_run: Annotated[int, typer.Option(min=1, help="Windows per run (a week in one run: 168).")] = 24,
+) -> None:
+    """Materialize the window graph for a range of windows on the instance, as a few ranged runs."""
+    first, last = _parse_hour(start), _parse_hour(end)
+    assert first is not None and last is not None
+    if last < first:
+        raise typer.BadParameter("--to is before --from")
+    hours = int((last - first).total_seconds() // 3600) + 1
+    window_ids = [window_id_of(first + timedelta(hours=i)) for i in range(hours)]
+    _run_windows(get_settings(), window_ids, per_run)
+
+
+@app.command()
+def score(
+    lookback_hours: Annotated[int | None, typer.Option(help="Hours to look back [LOOKBACK_HOURS].")] = None,
+    until: Annotated[str | None, typer.Option(help="End of the lookback (UTC); default: now.")] = None,
+) -> None:
+    """Materialize the window assets of every window with trajectories in the lookback, on the instance."""
+    settings = get_settings()
+    hours = settings.LOOKBACK_HOURS if lookback_hours is None else lookback_hours
+    store = _open_store(settings)
+    try:
+        ids = lookback_window_ids(hours, _parse_until(until) or utcnow())
+        window_ids = sorted(store.windows_with_rows(ids))
+    finally:
+        store.dispose()
+    _run_windows(settings, window_ids, 24)
 
 
 @app.command("export-dataset")

@@ -12,6 +12,7 @@ from babylon_assets.jobs import training_dataset_job, window_graph_job
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
+from babylon_assets.sensors import window_sensor
 from babylon_assets.settings import Settings, get_settings
 
 
@@ -38,13 +39,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
-def build_definitions(settings: Settings | None = None) -> Definitions:
-    """The code location: window assets, the dataset, checks, jobs and resources."""
+def build_definitions(settings: Settings | None = None, resource_overrides: dict[str, object] | None = None
+                      ) -> Definitions:
+    """The code location: window assets, the dataset, checks, jobs, sensors and resources."""
     return Definitions(
         assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset],
         asset_checks=ALL_CHECKS,
         jobs=[window_graph_job, training_dataset_job],
-        resources=build_resources(settings or get_settings()),
+        sensors=[window_sensor],
+        resources={**build_resources(settings or get_settings()), **(resource_overrides or {})},
     )
 
 

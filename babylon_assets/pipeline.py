@@ -1,12 +1,18 @@
-"""Running the asset graph in-process on the instance (DESIGN 8): what `make demo` and the CLI use."""
+"""Running the asset graph in-process on the instance (DESIGN 8): what `make demo`, `babylon score` and
+`babylon backfill` use. Consecutive windows run as ranges, one run per chunk (the backfill policy's size)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from dagster import DagsterInstance, Definitions
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from babylon_assets.assets.ranges import MAX_WINDOWS_PER_RUN
+from babylon_assets.core.windows import parse_window_id
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its own summary instead.
 QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -19,24 +25,50 @@ class GraphRun:
     run_id: str
     label: str
     success: bool
+    windows: int = 0
+
+
+def window_ranges(window_ids: Sequence[str], max_per_range: int = MAX_WINDOWS_PER_RUN) -> list[tuple[str, str, int]]:
+    """Consecutive hours grouped into (first, last, count) ranges of at most `max_per_range` windows."""
+    ordered = sorted(set(window_ids))
+    ranges: list[tuple[str, str, int]] = []
+    start = previous = None
+    count = 0
+    for window_id in ordered:
+        consecutive = previous is not None and parse_window_id(window_id) - parse_window_id(previous) == timedelta(
+            hours=1)
+        if start is None or not consecutive or count == max_per_range:
+            if start is not None and previous is not None:
+                ranges.append((start, previous, count))
+            start, count = window_id, 0
+        previous = window_id
+        count += 1
+    if start is not None and previous is not None:
+        ranges.append((start, previous, count))
+    return ranges
 
 
 def materialize_windows(
     defs: Definitions,
     window_ids: Sequence[str],
     instance: DagsterInstance,
-    on_window: Callable[[GraphRun], None] | None = None,
+    on_run: Callable[[GraphRun], None] | None = None,
+    max_per_run: int = MAX_WINDOWS_PER_RUN,
 ) -> list[GraphRun]:
-    """Run the window graph for each window; a failing window does not stop the others."""
+    """Run the window graph over the windows, one run per range; a failing range does not stop the others."""
     job = defs.resolve_job_def("window_graph")
     runs = []
-    for window_id in window_ids:
-        result = job.execute_in_process(partition_key=window_id, instance=instance, raise_on_error=False,
-                                        run_config=QUIET)
-        run = GraphRun(result.run_id, window_id, result.success)
+    for first, last, count in window_ranges(window_ids, max_per_run):
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        )
+        run = GraphRun(result.run_id, first if first == last else f"{first} .. {last}", result.success, count)
         runs.append(run)
-        if on_window is not None:
-            on_window(run)
+        if on_run is not None:
+            on_run(run)
     return runs
 
 

@@ -2,15 +2,19 @@
 window's result as it finishes, so one failing window costs the others nothing."""
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagster import AssetExecutionContext, BackfillPolicy, Failure, MaterializeResult, MetadataValue
+from dagster import AssetExecutionContext, BackfillPolicy, BetaWarning, Failure, MaterializeResult, MetadataValue
 
 from .presentation import markdown_table
 
 # A week's backfill (168 windows) runs as 7 runs of 24 windows, not 168 runs.
-WINDOW_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=24)
+MAX_WINDOWS_PER_RUN = 24
+WINDOW_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=MAX_WINDOWS_PER_RUN)
+# BackfillPolicy is beta in Dagster 1.13; we depend on it knowingly, and the warning would reach every CLI user.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=BetaWarning)
 
 WindowMetadata = dict[str, Any]
 

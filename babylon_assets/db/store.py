@@ -543,7 +543,7 @@ class Store:
         total = sum(state["eligible"] for state in states.values())
         missing = [w for w in ids if w not in states]
         if missing:
-            present = self._windows_with_rows(missing)
+            present = self.windows_with_rows(missing)
             for other in missing:
                 if other in present:
                     summary = self.summarize_window(other, rules)
@@ -551,8 +551,10 @@ class Store:
                     total += summary.eligible_agents
         return total
 
-    def _windows_with_rows(self, window_ids: Sequence[str]) -> set[str]:
-        """Which of these windows have any candidate rows (one cheap query)."""
+    def windows_with_rows(self, window_ids: Sequence[str]) -> set[str]:
+        """Which of these windows have any candidate rows (one query, no JSON read)."""
+        if not window_ids:
+            return set()
         lo = parse_window_id(min(window_ids))
         hi = parse_window_id(max(window_ids)) + timedelta(hours=1)
         statement = select(Trajectory.windowId, Trajectory.startTime).where(
@@ -569,6 +571,32 @@ class Store:
                 if candidate in wanted:
                     found.add(candidate)
         return found
+
+    def window_row_counts(self, since_window: str) -> dict[str, int]:
+        """Rows per window from `since_window` on, read from the (windowId) index (rows without a windowId by
+        their start hour); a windowId that names no hour is left out (those rows are quarantined)."""
+        counts: dict[str, int] = defaultdict(int)
+        by_window = (
+            select(Trajectory.windowId, func.count())
+            .where(Trajectory.windowId >= bindparam("since"))
+            .group_by(Trajectory.windowId)
+        )
+        unassigned = select(Trajectory.startTime).where(
+            and_(Trajectory.windowId.is_(None), Trajectory.startTime >= bindparam("lo")))
+        with self.engine.connect() as connection:
+            for window, count in connection.execute(by_window, {"since": since_window}):
+                normalized = normalize_window_id(window)
+                if normalized is not None:
+                    counts[normalized] += count
+            for (start,) in connection.execute(unassigned, {"lo": naive_utc(parse_window_id(since_window))}):
+                counts[window_id_of(start)] += 1
+        return dict(counts)
+
+    def all_windows_with_outcomes(self, since_window: str) -> set[str]:
+        """Every window from `since_window` on that has market outcomes (from the (windowId) index)."""
+        statement = select(MarketOutcome.windowId).where(MarketOutcome.windowId >= bindparam("since")).distinct()
+        with self.engine.connect() as connection:
+            return set(connection.execute(statement, {"since": since_window}).scalars())
 
     def replace_group_members(self, window_id: str, rows: Sequence[dict[str, Any]]) -> int:
         """Set a window's membership (idempotent). A group whose members and rows are unchanged keeps its
