@@ -10,6 +10,8 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export WANDB_MODE := offline
 export PYTHON_DOTENV_DISABLED := 1
 
+UI_PORT ?= 3000
+
 .PHONY: demo test lint ui clean bench
 
 $(BIN)/python:
@@ -26,7 +28,11 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP) $@
 
 demo: $(STAMP)
-	DAGSTER_HOME="$$($(BIN)/babylon instance)" $(BIN)/babylon demo
+	$(BIN)/babylon demo
+
+# The UI on 127.0.0.1 with the demo data (webserver + daemon, so the window sensor runs).
+ui: demo
+	$(BIN)/babylon ui --port $(UI_PORT)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest

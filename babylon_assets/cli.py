@@ -404,6 +404,46 @@ def export_dataset(
 
 
 @app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 3000,
+    webserver_only: Annotated[bool, typer.Option("--webserver-only", help="No daemon (sensors stay idle).")] = False,
+) -> None:
+    """Start Dagster (webserver + daemon) on 127.0.0.1 with this code location; Ctrl-C or SIGTERM stops it."""
+    import signal as signals
+
+    from babylon_assets.instance import prepare_dagster_home, project_root
+    from babylon_assets.ui import clear_community_popup, start_dagster, stop_dagster, terminate_group, wait_until_ready
+
+    settings = get_settings()
+    home = prepare_dagster_home(settings)
+    url = f"http://127.0.0.1:{port}"
+    process = start_dagster(port, workspace=project_root() / "workspace.yaml", dagster_home=home,
+                            webserver_only=webserver_only)
+
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        # Only signal here: the main thread's wait() returns once the group has exited.
+        stopping.append(signum)
+        terminate_group(process)
+
+    for sig in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
+        signals.signal(sig, forward)
+    try:
+        wait_until_ready(url, process)
+        clear_community_popup(url)
+        console.print(f"Dagster is up at {url} (instance {home}); Ctrl-C stops it.")
+        process.wait()
+    except Exception:
+        if not stopping:
+            raise
+    finally:
+        stop_dagster(process)
+    if not stopping:
+        raise typer.Exit(process.returncode or 1)
+
+
+@app.command()
 def instance() -> None:
     """Prepare DAGSTER_HOME (absolute, with the chosen dagster.yaml) and print its path."""
     from babylon_assets.instance import prepare_dagster_home

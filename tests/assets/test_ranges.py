@@ -89,7 +89,7 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
         assert "1 of 3 window(s) failed (2025-01-15T11:00)" in str(failure[0].dagster_event.event_specific_data)
     scored = {w: all(m["score"] is not None for m in simulated_store.group_members(w)) for w in windows}
     assert scored == {"2025-01-15T10:00": True, broken: False, "2025-01-15T12:00": True}
-    assert JUDGED == Counter(windows)
+    assert Counter(windows) == JUDGED
     # the retry, with the judge back, judges only the window that failed
     JUDGED.clear()
     with DagsterInstance.ephemeral() as instance:
@@ -97,7 +97,7 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
                                  resource_overrides={"judge": FlakyJudgeResource(failing_window="none")})
         (run,) = materialize_windows(defs, windows, instance)
         assert run.success
-    assert JUDGED == Counter({broken: 1})
+    assert Counter({broken: 1}) == JUDGED
     assert all(m["score"] is not None for w in windows for m in simulated_store.group_members(w))
 
 
