@@ -19,46 +19,56 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 WindowMetadata = dict[str, Any]
 
 
-def _scalar(value: Any) -> Any:
-    return value if isinstance(value, (int, float, bool, str)) else None
-
-
 def combine(results: Mapping[str, WindowMetadata]) -> WindowMetadata:
-    """One window: its metadata. Several: totals of the numbers, and a table with a row per window."""
+    """One window: its metadata. Several: totals of the counts and a compact table with a row per window.
+
+    Dagster copies a ranged run's metadata onto every partition's materialization, so the ranged form stays
+    small; each window's full detail is in the store, and in its single-window materializations. Rich values
+    (tables, plots) are given as callables and built only for a single window.
+    """
     if len(results) == 1:
-        return next(iter(results.values()))
+        (only,) = results.values()
+        return {k: v() if callable(v) else v for k, v in only.items()}
     windows = sorted(results)
-    columns = [k for k, v in results[windows[0]].items() if _scalar(v) is not None and k != "window_id"]
+    counts = [k for k, v in results[windows[0]].items()
+              if isinstance(v, (int, bool)) and k != "window_id"][:6]
     totals = {
-        f"total_{k}": sum(results[w].get(k, 0) for w in windows)
-        for k in columns
-        if all(isinstance(results[w].get(k), int) and not isinstance(results[w].get(k), bool) for w in windows)
+        f"total_{k}": sum(int(results[w].get(k, 0)) for w in windows)
+        for k in counts
+        if not any(isinstance(results[w].get(k), bool) for w in windows)
     }
     return {
         "windows": len(windows),
         "window_range": f"{windows[0]} .. {windows[-1]}",
         **totals,
-        "per_window": markdown_table(["window", *columns],
-                                     [[w, *(results[w].get(k, "") for k in columns)] for w in windows]),
+        "per_window": markdown_table(["window", *counts], [[w, *(results[w].get(k, "") for k in counts)]
+                                                            for w in windows]),
     }
 
 
 def for_each_window(
-    context: AssetExecutionContext, work: Callable[[str], WindowMetadata | None]
+    context: AssetExecutionContext,
+    work: Callable[[str], WindowMetadata | None],
+    finish: Callable[[], None] | None = None,
 ) -> MaterializeResult | None:
-    """Do `work` for every window of the run; raise one Failure naming the windows that failed, after the
-    others are stored. Returns None when no window produced anything (nothing to materialize)."""
+    """Do `work` for every window of the run, then `finish` (e.g. store the run's verdicts in one write); raise
+    one Failure naming the windows that failed, after the others are stored. Returns None when no window
+    produced anything (nothing to materialize)."""
     results: dict[str, WindowMetadata] = {}
     failures: dict[str, str] = {}
-    for window_id in context.partition_keys:
-        try:
-            produced = work(window_id)
-        except Exception as error:  # noqa: BLE001 - one window's failure must not cost the others
-            failures[window_id] = f"{type(error).__name__}: {error}"
-            context.log.error(f"window {window_id} failed: {failures[window_id]}")
-            continue
-        if produced is not None:
-            results[window_id] = produced
+    try:
+        for window_id in context.partition_keys:
+            try:
+                produced = work(window_id)
+            except Exception as error:  # noqa: BLE001 - one window's failure must not cost the others
+                failures[window_id] = f"{type(error).__name__}: {error}"
+                context.log.error(f"window {window_id} failed: {failures[window_id]}")
+                continue
+            if produced is not None:
+                results[window_id] = produced
+    finally:
+        if finish is not None:
+            finish()
     if failures:
         raise Failure(
             description=f"{len(failures)} of {len(context.partition_keys)} window(s) failed "

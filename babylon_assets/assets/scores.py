@@ -56,13 +56,13 @@ def score_metadata(window_id: str, kept: list[dict[str, Any]], usage: JudgeUsage
         "judge_tokens_out": usage.tokens_out,
         "judge_dollars": MetadataValue.float(round(usage.dollars, 6)),
         "outcomes_recorded": outcomes_recorded,
-        "scores": markdown_table(
+        "scores": lambda: markdown_table(
             ["agent", "group", "P&L", "score", "rank", "reasoning"],
             [(m["agent_id"], m["group_id"], f"{m['final_pnl']:+,.2f}", f"{m['score']:.3f}", m["rank"], m["reasoning"])
              for m in rows],
         ),
-        "score_vs_pnl": inline_image(scatter_svg(list(zip(pnls, scores, strict=True)), "P&L ($)", "score"),
-                                     "score against P&L"),
+        "score_vs_pnl": lambda: inline_image(scatter_svg(list(zip(pnls, scores, strict=True)), "P&L ($)", "score"),
+                                             "score against P&L"),
     }
 
 
@@ -83,6 +83,7 @@ def ruler_scores(
     """
     db = store.get_store()
     chosen_judges: list[Judge] = []
+    verdicts: list[tuple[str, bool, str]] = []
 
     def score_window(window_id: str) -> WindowMetadata | None:
         kept = [m for m in db.group_members(window_id) if m["kept"]]
@@ -131,12 +132,12 @@ def ruler_scores(
         stored = [m for m in db.group_members(window_id) if m["kept"]]
         valid = all(m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version
                     for m in stored) and len(stored) == len(kept)
-        db.save_verdicts(SCORES_CHECK, [(window_id, valid, f"{sum(m['score'] is not None for m in stored)} of "
-                                                           f"{len(kept)} kept agent-windows scored in [0, 1]")],
-                         context.run.run_id)
+        verdicts.append((window_id, valid, f"{sum(m['score'] is not None for m in stored)} of {len(kept)} kept "
+                                           "agent-windows scored in [0, 1]"))
         return score_metadata(window_id, stored, usage, judged_now, chosen.name, chosen.version, chosen.is_llm,
                               outcomes.recorded)
 
-    result = for_each_window(context, score_window)
+    result = for_each_window(context, score_window,
+                             finish=lambda: db.save_verdicts(SCORES_CHECK, verdicts, context.run.run_id))
     if result is not None:
         yield result

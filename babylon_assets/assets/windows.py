@@ -46,9 +46,9 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
             "stitched_agent_windows": sum(1 for aw in read.eligible if len(aw.trajectories) > 1),
             "excluded_total": sum(summary.excluded.values()),
             "quarantined_total": sum(summary.quarantined.values()),
-            "excluded": counts_table(summary.excluded),
-            "quarantined": counts_table(summary.quarantined),
-            "quarantine_examples": markdown_table(["trajectory", "reason", "detail"], examples),
+            "excluded": lambda: counts_table(summary.excluded),
+            "quarantined": lambda: counts_table(summary.quarantined),
+            "quarantine_examples": lambda: markdown_table(["trajectory", "reason", "detail"], examples),
         }
 
     result = for_each_window(context, parse_window)
@@ -60,35 +60,33 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
 def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
     """The window's ground truth: how each ticker moved and how each prediction market resolved."""
     db = store.get_store()
+    verdicts: list[tuple[str, bool, str]] = []
 
     def read_outcomes(window_id: str) -> WindowMetadata:
         outcomes = db.window_outcomes(window_id)
         if not outcomes.recorded:
             context.log.warning(f"window {window_id} has no market outcomes: flagged; the judge will see none")
-        db.save_verdicts(
-            OUTCOMES_CHECK,
-            [(window_id, outcomes.recorded,
-              "outcomes recorded" if outcomes.recorded else f"window {window_id} has no market_outcomes rows")],
-            context.run.run_id,
-        )
+        verdicts.append((window_id, outcomes.recorded, "outcomes recorded" if outcomes.recorded
+                         else f"window {window_id} has no market_outcomes rows"))
         return {
             "window_id": window_id,
             "recorded": outcomes.recorded,
             "stocks": len(outcomes.stocks),
             "predictions": len(outcomes.predictions),
             "unrecognised_rows": outcomes.unrecognised_rows,
-            "stock_moves": markdown_table(
+            "stock_moves": lambda: markdown_table(
                 ["ticker", "start", "end", "change %", "sentiment", "news"],
                 [(s.ticker, s.start_price, s.end_price, s.change_percent, s.sentiment, "; ".join(map(str, s.news)))
                  for s in outcomes.stocks],
             ),
-            "prediction_markets": markdown_table(
+            "prediction_markets": lambda: markdown_table(
                 ["market", "question", "outcome", "last price"],
                 [(p.market_id, p.question, p.outcome, p.final_probability) for p in outcomes.predictions],
             ),
         }
 
-    result = for_each_window(context, read_outcomes)
+    result = for_each_window(context, read_outcomes,
+                             finish=lambda: db.save_verdicts(OUTCOMES_CHECK, verdicts, context.run.run_id))
     assert result is not None
     return result
 
@@ -106,6 +104,7 @@ def window_groups(
     """The window's GRPO groups after dropout (DESIGN 4); a window that is not ready keeps no group."""
     db = store.get_store()
     eligibility = rules.eligibility()
+    verdicts: list[tuple[str, bool, str]] = []
 
     def cut_groups(window_id: str) -> WindowMetadata:
         read = db.read_window(window_id, eligibility)
@@ -131,8 +130,7 @@ def window_groups(
             for m in memberships
         ])
         shortfall = summary.shortfall(eligibility)
-        db.save_verdicts(READY_CHECK, [(window_id, ready, shortfall or f"{summary.eligible_agents} eligible agents")],
-                         context.run.run_id)
+        verdicts.append((window_id, ready, shortfall or f"{summary.eligible_agents} eligible agents"))
         sizes: dict[str, int] = {}
         dropped: dict[str, int] = {}
         for m in memberships:
@@ -151,10 +149,11 @@ def window_groups(
             "kept": sum(1 for m in memberships if m.kept),
             "groups": len(sizes),
             "scores_kept": kept_scores,
-            "dropped": counts_table(dropped),
-            "group_sizes": markdown_table(["group", "size"], sorted(sizes.items())),
+            "dropped": lambda: counts_table(dropped),
+            "group_sizes": lambda: markdown_table(["group", "size"], sorted(sizes.items())),
         }
 
-    result = for_each_window(context, cut_groups)
+    result = for_each_window(context, cut_groups,
+                             finish=lambda: db.save_verdicts(READY_CHECK, verdicts, context.run.run_id))
     assert result is not None
     return result
