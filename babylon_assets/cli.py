@@ -346,7 +346,7 @@ def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) ->
 def backfill(
     start: Annotated[str, typer.Option("--from", help="First window (UTC hour), e.g. 2025-01-15T00:00.")],
     end: Annotated[str, typer.Option("--to", help="Last window (UTC hour), inclusive.")],
-    per_run: Annotated[int, typer.Option(min=1, help="Windows per run (a week in one run: 168).")] = 24,
+    per_run: Annotated[int, typer.Option(min=1, help="Windows per run (default: a week in one run).")] = 168,
 ) -> None:
     """Materialize the window graph for a range of windows on the instance, as a few ranged runs."""
     first, last = _parse_hour(start), _parse_hour(end)
@@ -372,7 +372,7 @@ def score(
         window_ids = sorted(store.windows_with_rows(ids))
     finally:
         store.dispose()
-    _run_windows(settings, window_ids, 24)
+    _run_windows(settings, window_ids, 168)
 
 
 @app.command("export-dataset")

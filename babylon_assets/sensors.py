@@ -13,7 +13,6 @@ from dagster import (
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from babylon_assets.assets.ranges import MAX_WINDOWS_PER_RUN
 from babylon_assets.core.sensing import parse_cursor, plan_window_requests
 from babylon_assets.core.windows import utcnow
 from babylon_assets.db.store import Store
@@ -22,9 +21,11 @@ from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.settings import get_settings
 
-# At most this many runs per tick (each up to MAX_WINDOWS_PER_RUN windows): a first tick over a year of
-# history works through it 96 windows a tick instead of launching thousands of runs.
+# At most this many runs per tick, each of up to SENSOR_WINDOWS_PER_RUN consecutive windows: a first tick over
+# a year of history works through it 96 windows a tick instead of launching thousands of runs, and new
+# windows in normal operation are picked up in small, quick runs.
 MAX_RUNS_PER_TICK = 4
+SENSOR_WINDOWS_PER_RUN = 24
 
 
 def evaluate_window_sensor(
@@ -40,7 +41,7 @@ def evaluate_window_sensor(
         grace_minutes=rules.grace_minutes,
         partition_start=partition_start,
         max_runs=MAX_RUNS_PER_TICK,
-        max_windows_per_run=MAX_WINDOWS_PER_RUN,
+        max_windows_per_run=SENSOR_WINDOWS_PER_RUN,
     )
     if not plan.requests:
         waiting = f"; {plan.open_windows} window(s) still open" if plan.open_windows else ""
