@@ -43,10 +43,11 @@ class JudgeUsage:
 
 @dataclass(slots=True)
 class JudgeResult:
-    """Scores by agent-window id (never by position) and the usage."""
+    """Scores by agent-window id (never by position), the usage, and the groups that could not be judged."""
 
     scores: dict[str, Judgment]
     usage: JudgeUsage = field(default_factory=JudgeUsage)
+    failures: dict[str, str] = field(default_factory=dict)  # group id -> why
 
 
 class Judge(Protocol):
@@ -69,8 +70,9 @@ class InvalidJudgment(ValueError):
 
 
 def validate_result(groups: Sequence[JudgeGroup], result: JudgeResult) -> None:
-    """Exactly one score per member, known ids only, each score a finite number in [0, 1]."""
-    expected = {aw.agent_window_id for group in groups for aw in group.members}
+    """Exactly one score per member of every group that did not fail, known ids only, each in [0, 1]."""
+    expected = {aw.agent_window_id for group in groups if group.group_id not in result.failures
+                for aw in group.members}
     missing = sorted(expected - set(result.scores))
     unknown = sorted(set(result.scores) - expected)
     if missing or unknown:

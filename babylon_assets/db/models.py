@@ -376,3 +376,19 @@ class DatasetMember(OurBase):
     window_id: Mapped[str] = mapped_column(String(50))
     group_id: Mapped[str] = mapped_column(String(80))
     reward: Mapped[float] = mapped_column(Float)
+
+
+class JudgeCacheEntry(OurBase):
+    """A judged group, keyed by a hash of (judge view, judge model, rubric version): never sent twice."""
+
+    __tablename__ = "judge_cache"
+
+    cache_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    judge_version: Mapped[str] = mapped_column(String(200))
+    window_id: Mapped[str] = mapped_column(String(50))
+    group_id: Mapped[str] = mapped_column(String(80))
+    scores_json: Mapped[str] = mapped_column(Text)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    dollars: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

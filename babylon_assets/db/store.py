@@ -66,6 +66,7 @@ from babylon_assets.db.models import (
     GAME_USER_TABLE,
     DatasetMember,
     GroupMember,
+    JudgeCacheEntry,
     JudgmentRecord,
     LlmCallLog,
     MarketOutcome,
@@ -684,6 +685,30 @@ class Store:
             judgment_rows,
             ["judgeModel", "judgeVersion", "overallScore", "rank", "normalizedScore", "groupId", "reasoning",
              "criteriaJson", "judgedAt"],
+        )
+
+    def cached_judgment(self, cache_key: str) -> dict[str, Any] | None:
+        """A cached group judgment: {"scores": {agent_window_id: [score, reasoning]}, usage...}, or None."""
+        cache = table_of(JudgeCacheEntry)
+        with self.engine.connect() as connection:
+            row = connection.execute(select(cache).where(cache.c.cache_key == bindparam("k")),
+                                     {"k": cache_key}).mappings().first()
+        if row is None:
+            return None
+        return {"scores": json.loads(row["scores_json"]), "tokens_in": row["tokens_in"],
+                "tokens_out": row["tokens_out"], "dollars": row["dollars"]}
+
+    def cache_judgment(self, cache_key: str, judge_version: str, window_id: str, group_id: str,
+                       scores: dict[str, tuple[float, str]], tokens_in: int, tokens_out: int, dollars: float) -> None:
+        """Remember a group's judgment (idempotent)."""
+        self._upsert(
+            table_of(JudgeCacheEntry),
+            ["cache_key"],
+            [{"cache_key": cache_key, "judge_version": judge_version, "window_id": window_id, "group_id": group_id,
+              "scores_json": json.dumps({k: list(v) for k, v in scores.items()}, sort_keys=True),
+              "tokens_in": tokens_in, "tokens_out": tokens_out, "dollars": dollars,
+              "created_at": as_utc(self.clock())}],
+            ["scores_json", "tokens_in", "tokens_out", "dollars"],
         )
 
     def save_verdicts(self, check_name: str, verdicts: Sequence[tuple[str, bool, str]], run_id: str | None) -> None:

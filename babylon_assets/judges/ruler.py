@@ -1,0 +1,416 @@
+"""The `ruler` judge: OpenPipe ART's RULER through litellm, behind the judge interface (DESIGN 6).
+
+What it adds to ART's `ruler()`: the judge view of DESIGN 5 (the window's ground truth in one shared
+system message, agent text JSON-encoded inside its own trajectory block), a cache keyed by (judge view,
+judge model, rubric version), groups of identical trajectories never sent, retries with backoff that
+honour Retry-After, validation of every answer (one score per known id, each in [0, 1]), a token and
+dollar budget that stops before it is exceeded, and a call mode for weak judges that pins the answer's
+JSON schema to the exact ids (`pinned`), beside ART's own call (`art`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
+from babylon_assets.core.rubric import rubric_text
+from babylon_assets.core.views import decision_conversations, judge_messages
+
+Mode = Literal["art", "pinned"]
+PLACEHOLDER_API_KEY = "sk-local-placeholder"
+
+
+class JudgeCache(Protocol):
+    """Where judged groups are remembered (the store implements it)."""
+
+    def cached_judgment(self, cache_key: str) -> dict[str, Any] | None: ...
+
+    def cache_judgment(self, cache_key: str, judge_version: str, window_id: str, group_id: str,
+                       scores: dict[str, tuple[float, str]], tokens_in: int, tokens_out: int,
+                       dollars: float) -> None: ...
+
+
+class BudgetExhausted(RuntimeError):
+    """The next call would exceed JUDGE_BUDGET_USD or JUDGE_BUDGET_TOKENS; it was not sent."""
+
+
+class BadJudgeAnswer(ValueError):
+    """An answer that is not one score in [0, 1] for each known id."""
+
+
+@dataclass(frozen=True, slots=True)
+class RulerConfig:
+    """The RULER judge's settings (JUDGE_* in DESIGN 7)."""
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    max_concurrency: int = 4
+    retries: int = 3
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    rubric_version: str = "trading-v1"
+    mode: Mode = "art"
+    timeout_s: float = 120.0
+    max_tokens: int = 2048
+    backoff_s: float = 1.0
+
+
+@dataclass(slots=True)
+class _Budget:
+    limit_usd: float | None
+    limit_tokens: int | None
+    spent_usd: float = 0.0
+    spent_tokens: int = 0
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
+
+    def reserve(self, tokens: int, dollars: float) -> None:
+        if self.limit_tokens is not None and self.spent_tokens + self.reserved_tokens + tokens > self.limit_tokens:
+            raise BudgetExhausted(
+                f"judge token budget: {self.spent_tokens:,} spent + {self.reserved_tokens:,} in flight + about "
+                f"{tokens:,} for this call would exceed JUDGE_BUDGET_TOKENS={self.limit_tokens:,}"
+            )
+        if self.limit_usd is not None and self.spent_usd + self.reserved_usd + dollars > self.limit_usd:
+            raise BudgetExhausted(
+                f"judge budget: ${self.spent_usd:.4f} spent + ${self.reserved_usd:.4f} in flight + about "
+                f"${dollars:.4f} for this call would exceed JUDGE_BUDGET_USD=${self.limit_usd:.4f}"
+            )
+        self.reserved_tokens += tokens
+        self.reserved_usd += dollars
+
+    def settle(self, reserved_tokens: int, reserved_usd: float, tokens: int, dollars: float) -> None:
+        self.reserved_tokens -= reserved_tokens
+        self.reserved_usd -= reserved_usd
+        self.spent_tokens += tokens
+        self.spent_usd += dollars
+
+
+@dataclass(slots=True)
+class _Call:
+    scores: dict[str, tuple[float, str]]  # by the trajectory label ("1".."n")
+    tokens_in: int
+    tokens_out: int
+    dollars: float
+
+
+@dataclass(slots=True)
+class RulerRunStats:
+    """What one `score` call did, beyond the usage."""
+
+    cache_hits: int = 0
+    identical_groups: int = 0
+    sent_groups: int = 0
+    retries: int = 0
+    per_window: dict[str, JudgeUsage] = field(default_factory=dict)
+
+
+def _labels(count: int) -> list[str]:
+    return [str(i) for i in range(1, count + 1)]
+
+
+def pinned_schema(labels: Sequence[str]) -> dict[str, Any]:
+    """A JSON schema whose `scores` array has exactly one entry per label, in order, ids fixed as constants:
+    a small model cannot repeat, skip or invent an id."""
+    entry = {
+        "type": "object",
+        "properties": {
+            "trajectory_id": {"const": None},
+            "explanation": {"type": "string"},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["trajectory_id", "explanation", "score"],
+        "additionalProperties": False,
+    }
+    items = []
+    for label in labels:
+        item = json.loads(json.dumps(entry))
+        item["properties"]["trajectory_id"] = {"const": label}
+        items.append(item)
+    return {
+        "type": "object",
+        "properties": {"scores": {"type": "array", "prefixItems": items, "items": False,
+                                  "minItems": len(items), "maxItems": len(items)}},
+        "required": ["scores"],
+        "additionalProperties": False,
+    }
+
+
+def ruler_style_messages(message_lists: Sequence[Sequence[dict[str, str]]], rubric: str) -> list[dict[str, str]]:
+    """The pinned mode's prompt, built the way RULER builds its own: the messages every trajectory shares
+    are sent once as context, then each trajectory's own messages, JSON-encoded, in a numbered block."""
+    shared = 0
+    first = message_lists[0]
+    while shared < len(first) and all(len(m) > shared and m[shared] == first[shared] for m in message_lists):
+        shared += 1
+    parts = []
+    if shared:
+        parts.append("<context>\n" + json.dumps(list(first[:shared])) + "\n</context>")
+    blocks = [f'<trajectory id="{label}">\n{json.dumps(list(messages[shared:]))}\n</trajectory>'
+              for label, messages in zip(_labels(len(message_lists)), message_lists, strict=True)]
+    parts.append("Trajectories:\n\n" + "\n\n".join(blocks))
+    instructions = (
+        "Each trajectory below pursued the same goal in the same situation. Compare them and give each a score "
+        "between 0 and 1, with a one-sentence explanation, following these grading standards:\n\n" + rubric
+    )
+    return [{"role": "system", "content": instructions}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def parse_scores(content: str, labels: Sequence[str]) -> dict[str, tuple[float, str]]:
+    """Scores by label from a judge's JSON answer; BadJudgeAnswer unless exactly one valid score per label."""
+    try:
+        data = json.loads(content or "")
+        entries = data["scores"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise BadJudgeAnswer(f"not a JSON object with a 'scores' list ({type(error).__name__})") from None
+    found: dict[str, tuple[float, str]] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            raise BadJudgeAnswer("a score entry is not an object")
+        label = str(entry.get("trajectory_id", "")).strip()
+        if label in found:
+            raise BadJudgeAnswer(f"trajectory {label} scored twice")
+        if label not in labels:
+            raise BadJudgeAnswer(f"unknown trajectory id {label!r}")
+        try:
+            score = float(entry["score"])
+        except (KeyError, TypeError, ValueError):
+            raise BadJudgeAnswer(f"trajectory {label} has no numeric score") from None
+        if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            raise BadJudgeAnswer(f"trajectory {label} scored {score}, outside [0, 1]")
+        found[label] = (score, str(entry.get("explanation", "")))
+    missing = [label for label in labels if label not in found]
+    if missing:
+        raise BadJudgeAnswer(f"no score for trajectory {', '.join(missing)} ({len(found)} of {len(labels)} scored)")
+    return found
+
+
+def _retry_after_s(error: BaseException) -> float | None:
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None) or getattr(error, "litellm_response_headers", None) or {}
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class RulerJudge:
+    """RULER behind the judge interface: relative scores in [0, 1] for each group, from an LLM judge that sees
+    the window's ground truth."""
+
+    is_llm = True
+    name = "ruler"
+
+    def __init__(self, config: RulerConfig, cache: JudgeCache | None = None) -> None:
+        self.config = config
+        self.cache = cache
+        self.rubric = rubric_text(config.rubric_version)
+        self.budget = _Budget(config.budget_usd, config.budget_tokens)
+        self.stats = RulerRunStats()
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+    @property
+    def version(self) -> str:
+        """Judge model + rubric version (+ call mode): what a cached or stored score was made with."""
+        return f"ruler:{self.config.model}:{self.config.rubric_version}:{self.config.mode}"
+
+    # -- one group ------------------------------------------------------------------------------
+
+    def cache_key(self, message_lists: Sequence[Sequence[dict[str, str]]]) -> str:
+        """Hash of (judge view, judge model, rubric version, mode)."""
+        payload = json.dumps({"views": message_lists, "model": self.config.model,
+                              "rubric": self.config.rubric_version, "mode": self.config.mode}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def _estimate(self, messages: Sequence[dict[str, str]]) -> tuple[int, float]:
+        import litellm
+
+        tokens_in = sum(len(m["content"]) for m in messages) // 3 + 64  # a generous chars-per-token estimate
+        tokens = tokens_in + self.config.max_tokens
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=self.config.model, prompt_tokens=tokens_in, completion_tokens=self.config.max_tokens)
+            dollars = prompt_cost + completion_cost
+        except Exception:  # noqa: BLE001 - an unpriced (local) model costs nothing
+            dollars = 0.0
+        return tokens, dollars
+
+    def _litellm_params(self) -> dict[str, Any]:
+        return {
+            "api_base": self.config.api_base,
+            "api_key": self.config.api_key or PLACEHOLDER_API_KEY,
+            "timeout": self.config.timeout_s,
+            "max_tokens": self.config.max_tokens,
+            "num_retries": 0,  # retries are ours: they honour Retry-After and re-validate the answer
+        }
+
+    async def _call_pinned(self, message_lists: Sequence[Sequence[dict[str, str]]]) -> _Call:
+        import litellm
+
+        labels = _labels(len(message_lists))
+        messages = ruler_style_messages(message_lists, self.rubric)
+        response = await litellm.acompletion(
+            model=self.config.model,
+            messages=messages,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "ruler_scores", "schema": pinned_schema(labels), "strict": True}},
+            **self._litellm_params(),
+        )
+        content = response.choices[0].message.content or ""
+        usage = getattr(response, "usage", None)
+        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        return _Call(parse_scores(content, labels), tokens_in, tokens_out, self._dollars(tokens_in, tokens_out))
+
+    async def _call_art(self, message_lists: Sequence[Sequence[dict[str, str]]]) -> _Call:
+        from art.rewards.ruler import ruler
+
+        labels = _labels(len(message_lists))
+        tag = uuid.uuid4().hex
+        _UsageLog.install()
+        scores = await ruler(
+            [list(m) for m in message_lists],  # type: ignore[misc,arg-type]
+            judge_model=self.config.model,
+            extra_litellm_params={**self._litellm_params(), "metadata": {"babylon_call": tag}},
+            rubric=self.rubric,
+        )
+        content = json.dumps({"scores": [s.model_dump() for s in scores]})
+        tokens_in, tokens_out = _UsageLog.pop(tag)
+        return _Call(parse_scores(content, labels), tokens_in, tokens_out, self._dollars(tokens_in, tokens_out))
+
+    def _dollars(self, tokens_in: int, tokens_out: int) -> float:
+        import litellm
+
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=self.config.model, prompt_tokens=tokens_in, completion_tokens=tokens_out)
+            return float(prompt_cost + completion_cost)
+        except Exception:  # noqa: BLE001 - unpriced model
+            return 0.0
+
+    async def _judge_with_retries(self, group: JudgeGroup, message_lists: list[list[dict[str, str]]]) -> _Call:
+        import litellm
+
+        call = self._call_pinned if self.config.mode == "pinned" else self._call_art
+        estimate_tokens, estimate_dollars = self._estimate(ruler_style_messages(message_lists, self.rubric))
+        problems: list[str] = []
+        for attempt in range(self.config.retries + 1):
+            self.budget.reserve(estimate_tokens, estimate_dollars)
+            spent_tokens, spent_dollars = 0, 0.0
+            try:
+                result = await call(message_lists)
+                spent_tokens, spent_dollars = result.tokens_in + result.tokens_out, result.dollars
+                return result
+            except BadJudgeAnswer as error:
+                problems.append(f"attempt {attempt + 1}: bad answer: {error}")
+                delay = self.config.backoff_s * 2**attempt
+            except (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError,
+                    litellm.ServiceUnavailableError, litellm.InternalServerError) as error:
+                retry_after = _retry_after_s(error)
+                problems.append(f"attempt {attempt + 1}: {type(error).__name__}"
+                                + (f" (Retry-After {retry_after:g}s)" if retry_after is not None else ""))
+                delay = retry_after if retry_after is not None else self.config.backoff_s * 2**attempt
+            except Exception as error:  # noqa: BLE001 - ART's ruler raises plain errors on answers it cannot read
+                problems.append(f"attempt {attempt + 1}: {type(error).__name__}: {str(error)[:200]}")
+                delay = self.config.backoff_s * 2**attempt
+            finally:
+                self.budget.settle(estimate_tokens, estimate_dollars, spent_tokens, spent_dollars)
+            if attempt < self.config.retries:
+                self.stats.retries += 1
+                await asyncio.sleep(delay * (1 + random.random() * 0.1))
+        raise RuntimeError(f"group {group.group_id}: the judge gave no valid answer after "
+                           f"{self.config.retries + 1} attempts: " + "; ".join(problems))
+
+    async def _score_group(self, group: JudgeGroup, semaphore: asyncio.Semaphore,
+                           result: JudgeResult) -> None:
+        members = sorted(group.members, key=lambda aw: aw.agent_window_id)
+        views = [decision_conversations(aw) for aw in members]
+        if len(members) > 1 and all(view == views[0] for view in views):
+            self.stats.identical_groups += 1
+            for aw in members:
+                result.scores[aw.agent_window_id] = Judgment(
+                    0.5, "not sent to the judge: every trajectory of the group is identical (left out of training)")
+            return
+        message_lists = [judge_messages(aw, self.rubric, group.outcomes) for aw in members]
+        key = self.cache_key(message_lists)
+        cached = self.cache.cached_judgment(key) if self.cache is not None else None
+        if cached is not None:
+            self.stats.cache_hits += 1
+            for aw in members:
+                score, reasoning = cached["scores"][aw.agent_window_id]
+                result.scores[aw.agent_window_id] = Judgment(float(score), str(reasoning))
+            return
+        async with semaphore:
+            call = await self._judge_with_retries(group, message_lists)
+        self.stats.sent_groups += 1
+        by_id = {aw.agent_window_id: call.scores[label]
+                 for label, aw in zip(_labels(len(members)), members, strict=True)}
+        for agent_window_id, (score, reasoning) in by_id.items():
+            result.scores[agent_window_id] = Judgment(score, reasoning)
+        usage = result.usage
+        usage.calls += 1
+        usage.tokens_in += call.tokens_in
+        usage.tokens_out += call.tokens_out
+        usage.dollars += call.dollars
+        window = self.stats.per_window.setdefault(group.window_id, JudgeUsage())
+        window.calls += 1
+        window.tokens_in += call.tokens_in
+        window.tokens_out += call.tokens_out
+        window.dollars += call.dollars
+        if self.cache is not None:
+            self.cache.cache_judgment(key, self.version, group.window_id, group.group_id, by_id,
+                                      call.tokens_in, call.tokens_out, call.dollars)
+
+    async def score(self, groups: Sequence[JudgeGroup]) -> JudgeResult:
+        """Score every group concurrently (at most JUDGE_MAX_CONCURRENCY calls in flight); a group that fails
+        after its retries is reported in `failures` and costs the others nothing."""
+        result = JudgeResult(scores={}, usage=JudgeUsage())
+        semaphore = asyncio.Semaphore(self.config.max_concurrency)
+
+        async def one(group: JudgeGroup) -> None:
+            try:
+                await self._score_group(group, semaphore, result)
+            except (RuntimeError, BudgetExhausted) as error:
+                result.failures[group.group_id] = str(error)
+
+        await asyncio.gather(*(one(group) for group in groups))
+        return result
+
+
+class _UsageLog:
+    """Token usage of ART's own litellm calls, collected through a litellm callback by a per-call tag."""
+
+    _usage: dict[str, tuple[int, int]] = {}
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        import litellm
+        from litellm.integrations.custom_logger import CustomLogger
+
+        class Collector(CustomLogger):  # type: ignore[misc]
+            async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start: Any,
+                                              end: Any) -> None:
+                tag = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get("babylon_call")
+                usage = getattr(response_obj, "usage", None)
+                if tag and usage is not None:
+                    cls._usage[tag] = (int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+
+        litellm.callbacks = [*litellm.callbacks, Collector()]
+        cls._installed = True
+
+    @classmethod
+    def pop(cls, tag: str) -> tuple[int, int]:
+        return cls._usage.pop(tag, (0, 0))
