@@ -35,7 +35,18 @@ def build_resources(settings: Settings) -> dict[str, object]:
             lookback_hours=settings.LOOKBACK_HOURS,
             grace_minutes=settings.GRACE_MINUTES,
         ),
-        "judge": JudgeResource(judge_model=settings.JUDGE_MODEL),
+        "judge": JudgeResource(
+            judge_model=settings.JUDGE_MODEL,
+            api_base=settings.JUDGE_API_BASE,
+            api_key=settings.JUDGE_API_KEY,
+            max_concurrency=settings.JUDGE_MAX_CONCURRENCY,
+            retries=settings.JUDGE_RETRIES,
+            budget_usd=settings.JUDGE_BUDGET_USD,
+            budget_tokens=settings.JUDGE_BUDGET_TOKENS,
+            rubric_version=settings.RUBRIC_VERSION,
+            mode=settings.JUDGE_MODE,
+            timeout_s=settings.JUDGE_TIMEOUT_SECONDS,
+        ),
     }
 
 

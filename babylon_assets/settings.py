@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
     JUDGE_BUDGET_USD: float | None = None
     JUDGE_BUDGET_TOKENS: int | None = None
     RUBRIC_VERSION: str = "trading-v1"
+    # art: ART's own ruler() call; pinned: RULER's prompt with the answer's JSON schema pinned to the exact
+    # trajectory ids, for weak (small, local) judges that repeat or skip ids.
+    JUDGE_MODE: Literal["art", "pinned"] = "art"
+    JUDGE_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
 
     # Training (DESIGN 6)
     TRAIN_BACKEND: str = "torch"

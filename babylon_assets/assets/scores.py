@@ -3,12 +3,13 @@
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from babylon_assets.core.judging import Judge, JudgeGroup, JudgeUsage, spearman, validate_result
-from babylon_assets.db.store import AgentWindowScore
+from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, spearman, validate_result
+from babylon_assets.db.store import AgentWindowScore, Store
 from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.rules import WindowRulesResource
@@ -66,6 +67,14 @@ def score_metadata(window_id: str, kept: list[dict[str, Any]], usage: JudgeUsage
     }
 
 
+@dataclass
+class _WindowPlan:
+    kept: list[dict[str, Any]]
+    groups: list[JudgeGroup]
+    outcomes_recorded: bool
+    trajectory_ids: dict[str, list[str]]
+
+
 @asset(
     partitions_def=WINDOW_PARTITIONS,
     backfill_policy=WINDOW_BACKFILL_POLICY,
@@ -79,65 +88,89 @@ def ruler_scores(
 ) -> Iterator[MaterializeResult]:
     """Every kept agent-window of the window scored by the judge (RULER, or the deterministic outcome judge).
 
-    Groups already scored by the same judge version are not judged again (a retry redoes only what failed).
+    All groups of the run go to the judge together (calls run concurrently across windows); groups already
+    scored by the same judge version are not judged again, and a window whose group failed fails alone.
     """
     db = store.get_store()
-    chosen_judges: list[Judge] = []
     verdicts: list[tuple[str, bool, str]] = []
+    plans: dict[str, _WindowPlan] = {}
+    problems: dict[str, str] = {}
+    chosen = judge.get_judge(cache=db)
+    for window_id in context.partition_keys:
+        try:
+            plan = _plan_window(db, rules, window_id, chosen.version)
+        except Exception as error:  # noqa: BLE001 - reported as this window's failure below
+            problems[window_id] = f"{type(error).__name__}: {error}"
+            continue
+        if plan is not None:
+            plans[window_id] = plan
+    groups = [group for plan in plans.values() for group in plan.groups]
+    result = JudgeResult(scores={})
+    if groups:
+        try:
+            result = asyncio.run(chosen.score(groups))
+        except Exception as error:  # noqa: BLE001 - a judge that fails as a whole fails every window it was given
+            result.failures.update({g.group_id: f"{type(error).__name__}: {error}" for g in groups})
 
-    def score_window(window_id: str) -> WindowMetadata | None:
-        kept = [m for m in db.group_members(window_id) if m["kept"]]
-        if not kept:
+    def record_window(window_id: str) -> WindowMetadata | None:
+        if window_id in problems:
+            raise RuntimeError(problems[window_id])
+        plan = plans.get(window_id)
+        if plan is None:
             context.log.info(f"window {window_id} has no kept group: nothing to judge")
             return None
-        # The judge is built only for a window that has something to judge.
-        if not chosen_judges:
-            chosen_judges.append(judge.get_judge())
-        chosen = chosen_judges[0]
-        stale: dict[str, list[str]] = defaultdict(list)
-        for m in kept:
-            if m["score"] is None or m["judge_version"] != chosen.version:
-                stale[m["group_id"]].append(m["agent_window_id"])
-        outcomes = db.window_outcomes(window_id)
-        usage = JudgeUsage()
-        judged_now = 0
-        if stale:
-            members_by_group: dict[str, list[str]] = defaultdict(list)
-            for m in kept:
-                if m["group_id"] in stale:
-                    members_by_group[m["group_id"]].append(m["agent_window_id"])
-            read = db.read_window(window_id, rules.eligibility())
-            by_id = {aw.agent_window_id: aw for aw in read.eligible}
-            gone = [i for ids in members_by_group.values() for i in ids if i not in by_id]
-            if gone:
-                raise RuntimeError(f"window {window_id} changed since its groups were cut ({len(gone)} member(s) "
-                                   f"gone, e.g. {gone[0]}); materialize window_groups again")
-            groups = [JudgeGroup(g, window_id, [by_id[i] for i in ids], outcomes)
-                      for g, ids in sorted(members_by_group.items())]
-            result = asyncio.run(chosen.score(groups))
-            validate_result(groups, result)
-            usage = result.usage
-            judged = []
-            for group in groups:
-                ranks = rank_group({aw.agent_window_id: result.scores[aw.agent_window_id].score
-                                    for aw in group.members})
-                for aw in group.members:
-                    verdict = result.scores[aw.agent_window_id]
-                    rank, normalized = ranks[aw.agent_window_id]
-                    judged.append((AgentWindowScore(aw.agent_window_id, group.group_id, verdict.score, rank,
-                                                    normalized, verdict.reasoning), aw.trajectory_ids))
+        failed = {g.group_id: result.failures[g.group_id] for g in plan.groups if g.group_id in result.failures}
+        if failed:
+            raise RuntimeError("; ".join(failed.values()))
+        members = {aw.agent_window_id for group in plan.groups for aw in group.members}
+        validate_result(plan.groups, JudgeResult({k: v for k, v in result.scores.items() if k in members}))
+        judged = []
+        for group in plan.groups:
+            ranks = rank_group({aw.agent_window_id: result.scores[aw.agent_window_id].score for aw in group.members})
+            for aw in group.members:
+                verdict = result.scores[aw.agent_window_id]
+                rank, normalized = ranks[aw.agent_window_id]
+                judged.append((AgentWindowScore(aw.agent_window_id, group.group_id, verdict.score, rank, normalized,
+                                                verdict.reasoning), aw.trajectory_ids))
+        if judged:
             criteria = {"judge": chosen.name, "version": chosen.version, "is_llm": chosen.is_llm}
             db.record_judgments(window_id, chosen.name, chosen.version, criteria, judged)
-            judged_now = len(judged)
         stored = [m for m in db.group_members(window_id) if m["kept"]]
-        valid = all(m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version
-                    for m in stored) and len(stored) == len(kept)
-        verdicts.append((window_id, valid, f"{sum(m['score'] is not None for m in stored)} of {len(kept)} kept "
-                                           "agent-windows scored in [0, 1]"))
-        return score_metadata(window_id, stored, usage, judged_now, chosen.name, chosen.version, chosen.is_llm,
-                              outcomes.recorded)
+        valid = len(stored) == len(plan.kept) and all(
+            m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version
+            for m in stored)
+        verdicts.append((window_id, valid, f"{sum(m['score'] is not None for m in stored)} of {len(plan.kept)} "
+                                           "kept agent-windows scored in [0, 1]"))
+        usage = result.usage_by_window.get(window_id) or (result.usage if len(plans) == 1 else JudgeUsage())
+        return score_metadata(window_id, stored, usage, len(judged), chosen.name, chosen.version, chosen.is_llm,
+                              plan.outcomes_recorded)
 
-    result = for_each_window(context, score_window,
-                             finish=lambda: db.save_verdicts(SCORES_CHECK, verdicts, context.run.run_id))
-    if result is not None:
-        yield result
+    produced = for_each_window(context, record_window,
+                               finish=lambda: db.save_verdicts(SCORES_CHECK, verdicts, context.run.run_id))
+    if produced is not None:
+        yield produced
+
+
+def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_version: str) -> _WindowPlan | None:
+    """The window's kept members and the groups that still need this judge's scores."""
+    kept = [m for m in db.group_members(window_id) if m["kept"]]
+    if not kept:
+        return None
+    stale: dict[str, list[str]] = defaultdict(list)
+    for m in kept:
+        stale[m["group_id"]].append(m["agent_window_id"])
+    fresh = {g for g, ids in stale.items()
+             if all(m["score"] is not None and m["judge_version"] == judge_version
+                    for m in kept if m["group_id"] == g)}
+    outcomes = db.window_outcomes(window_id)
+    groups: list[JudgeGroup] = []
+    needed = {g: ids for g, ids in stale.items() if g not in fresh}
+    if needed:
+        read = db.read_window(window_id, rules.eligibility())
+        by_id = {aw.agent_window_id: aw for aw in read.eligible}
+        gone = [i for ids in needed.values() for i in ids if i not in by_id]
+        if gone:
+            raise RuntimeError(f"window {window_id} changed since its groups were cut ({len(gone)} member(s) gone, "
+                               f"e.g. {gone[0]}); materialize window_groups again")
+        groups = [JudgeGroup(g, window_id, [by_id[i] for i in ids], outcomes) for g, ids in sorted(needed.items())]
+    return _WindowPlan(kept, groups, outcomes.recorded, {})

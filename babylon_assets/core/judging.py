@@ -48,6 +48,7 @@ class JudgeResult:
     scores: dict[str, Judgment]
     usage: JudgeUsage = field(default_factory=JudgeUsage)
     failures: dict[str, str] = field(default_factory=dict)  # group id -> why
+    usage_by_window: dict[str, JudgeUsage] = field(default_factory=dict)
 
 
 class Judge(Protocol):
@@ -76,7 +77,8 @@ def validate_result(groups: Sequence[JudgeGroup], result: JudgeResult) -> None:
     missing = sorted(expected - set(result.scores))
     unknown = sorted(set(result.scores) - expected)
     if missing or unknown:
-        raise InvalidJudgment(f"judge returned scores for unknown ids {unknown} and none for {missing}")
+        raise InvalidJudgment(f"judge returned scores for {len(unknown)} unknown id(s) {unknown[:5]} and none for "
+                              f"{len(missing)} id(s) {missing[:5]}")
     bad = {k: j.score for k, j in result.scores.items() if not (math.isfinite(j.score) and 0.0 <= j.score <= 1.0)}
     if bad:
         raise InvalidJudgment(f"scores outside [0, 1]: {bad}")

@@ -18,7 +18,7 @@ import os
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
@@ -111,7 +111,6 @@ class RulerRunStats:
     identical_groups: int = 0
     sent_groups: int = 0
     retries: int = 0
-    per_window: dict[str, JudgeUsage] = field(default_factory=dict)
 
 
 def _labels(count: int) -> list[str]:
@@ -362,7 +361,7 @@ class RulerJudge:
         usage.tokens_in += call.tokens_in
         usage.tokens_out += call.tokens_out
         usage.dollars += call.dollars
-        window = self.stats.per_window.setdefault(group.window_id, JudgeUsage())
+        window = result.usage_by_window.setdefault(group.window_id, JudgeUsage())
         window.calls += 1
         window.tokens_in += call.tokens_in
         window.tokens_out += call.tokens_out

@@ -30,15 +30,17 @@ class FlakyOutcomeJudge:
     async def score(self, groups: Sequence[JudgeGroup]) -> JudgeResult:
         for group in groups:
             JUDGED[group.window_id] += 1
-            if group.window_id == self.failing_window:
-                raise ConnectionError(f"judge unreachable while scoring {group.window_id}")
-        return await self.inner.score(groups)
+        healthy = [g for g in groups if g.window_id != self.failing_window]
+        result = await self.inner.score(healthy)
+        result.failures.update({g.group_id: f"judge unreachable while scoring {g.window_id}"
+                                for g in groups if g.window_id == self.failing_window})
+        return result
 
 
 class FlakyJudgeResource(JudgeResource):
     failing_window: str = ""
 
-    def get_judge(self):  # noqa: ANN201 - the test double of JudgeResource.get_judge
+    def get_judge(self, cache=None):  # noqa: ANN001, ANN201 - the test double of JudgeResource.get_judge
         return FlakyOutcomeJudge(self.failing_window)
 
 

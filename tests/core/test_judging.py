@@ -82,7 +82,7 @@ def test_judge_results_are_validated():
     validate_result([group], JudgeResult(ok))
     with pytest.raises(InvalidJudgment, match="none for"):
         validate_result([group], JudgeResult({k: v for k, v in list(ok.items())[:2]}))
-    with pytest.raises(InvalidJudgment, match="unknown ids"):
+    with pytest.raises(InvalidJudgment, match="unknown id"):
         validate_result([group], JudgeResult({**ok, "stranger": Judgment(0.5, "")}))
     with pytest.raises(InvalidJudgment, match="outside"):
         validate_result([group], JudgeResult({**ok, "t-careful": Judgment(1.5, "")}))
