@@ -284,7 +284,7 @@ class RulerJudge:
             rubric=self.rubric,
         )
         content = json.dumps({"scores": [s.model_dump() for s in scores]})
-        tokens_in, tokens_out = _UsageLog.pop(tag)
+        tokens_in, tokens_out = await _UsageLog.pop(tag)
         return _Call(parse_scores(content, labels), tokens_in, tokens_out, self._dollars(tokens_in, tokens_out))
 
     def _dollars(self, tokens_in: int, tokens_out: int) -> float:
@@ -400,8 +400,8 @@ class _UsageLog:
         from litellm.integrations.custom_logger import CustomLogger
 
         class Collector(CustomLogger):  # type: ignore[misc]
-            async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start: Any,
-                                              end: Any) -> None:
+            async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
+                                              end_time: Any) -> None:
                 tag = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get("babylon_call")
                 usage = getattr(response_obj, "usage", None)
                 if tag and usage is not None:
@@ -411,5 +411,9 @@ class _UsageLog:
         cls._installed = True
 
     @classmethod
-    def pop(cls, tag: str) -> tuple[int, int]:
+    async def pop(cls, tag: str, wait_s: float = 2.0) -> tuple[int, int]:
+        # litellm runs success callbacks in a task of their own, just after the call returns.
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while tag not in cls._usage and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
         return cls._usage.pop(tag, (0, 0))

@@ -9,16 +9,31 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import cycle
 from typing import Any
 
 
-class OpenAICompatibleTestDouble:
-    """Serve `replies` (cycled) at http://127.0.0.1:<port>/v1/chat/completions; records every request."""
+@dataclass
+class ScriptedReply:
+    """What the double answers to one request: a text, or an HTTP error, after an optional delay."""
 
-    def __init__(self, replies: list[str], *, with_logprobs: bool = True, fail_first: int = 0) -> None:
-        self.replies = cycle(replies)
+    content: str = ""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+class OpenAICompatibleTestDouble:
+    """Serve `replies` (texts, cycled; or a function of the request) at http://127.0.0.1:<port>/v1/chat/completions;
+    records every request."""
+
+    def __init__(self, replies: list[str] | Callable[[dict[str, Any]], ScriptedReply], *,
+                 with_logprobs: bool = True, fail_first: int = 0) -> None:
+        self.responder = replies if callable(replies) else None
+        self.replies = cycle(replies if not callable(replies) else [""])
         self.with_logprobs = with_logprobs
         self.fail_first = fail_first
         self.requests: list[dict[str, Any]] = []
@@ -35,16 +50,25 @@ class OpenAICompatibleTestDouble:
                     double.requests.append(body)
                     failing = len(double.requests) <= double.fail_first
                     text = next(double.replies)
+                reply = double.responder(body) if double.responder is not None else ScriptedReply(text)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                 elif failing:
                     self._send(500, {"error": {"message": "test double: scripted failure", "type": "server_error"}})
+                elif reply.status != 200:
+                    self._send(reply.status, {"error": {"message": f"test double: scripted {reply.status}",
+                                                        "type": "rate_limit_error" if reply.status == 429
+                                                        else "server_error"}}, reply.headers)
                 else:
-                    self._send(200, double.completion(body, text))
+                    self._send(200, double.completion(body, reply.content))
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
