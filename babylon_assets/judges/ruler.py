@@ -11,6 +11,7 @@ JSON schema to the exact ids (`pinned`), beside ART's own call (`art`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -193,6 +194,21 @@ def parse_scores(content: str, labels: Sequence[str]) -> dict[str, tuple[float, 
     return found
 
 
+@functools.lru_cache(maxsize=64)
+def model_prices(model: str) -> tuple[float, float] | None:
+    """Dollars per prompt and per completion token of `model` from litellm's cost table (the bundled copy:
+    LITELLM_LOCAL_MODEL_COST_MAP), or None when it is not priced (a local model). Cached: litellm's lookup of
+    an unknown model takes tens of milliseconds."""
+    import litellm
+
+    try:
+        prompt_cost, _ = litellm.cost_per_token(model=model, prompt_tokens=1_000_000, completion_tokens=0)
+        _, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=0, completion_tokens=1_000_000)
+    except Exception:  # noqa: BLE001 - litellm raises for models it has no price for
+        return None
+    return prompt_cost / 1_000_000, completion_cost / 1_000_000
+
+
 def _retry_after_s(error: BaseException) -> float | None:
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None) or getattr(error, "litellm_response_headers", None) or {}
@@ -231,18 +247,18 @@ class RulerJudge:
                               "rubric": self.config.rubric_version, "mode": self.config.mode}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def _estimate(self, messages: Sequence[dict[str, str]]) -> tuple[int, float]:
-        import litellm
+    @property
+    def prices(self) -> tuple[float, float] | None:
+        """Dollars per prompt and per completion token from litellm's cost table, or None when unpriced."""
+        return model_prices(self.config.model)
 
+    def _dollars(self, tokens_in: int, tokens_out: int) -> float:
+        prices = self.prices
+        return 0.0 if prices is None else tokens_in * prices[0] + tokens_out * prices[1]
+
+    def _estimate(self, messages: Sequence[dict[str, str]]) -> tuple[int, float]:
         tokens_in = sum(len(m["content"]) for m in messages) // 3 + 64  # a generous chars-per-token estimate
-        tokens = tokens_in + self.config.max_tokens
-        try:
-            prompt_cost, completion_cost = litellm.cost_per_token(
-                model=self.config.model, prompt_tokens=tokens_in, completion_tokens=self.config.max_tokens)
-            dollars = prompt_cost + completion_cost
-        except Exception:  # noqa: BLE001 - an unpriced (local) model costs nothing
-            dollars = 0.0
-        return tokens, dollars
+        return tokens_in + self.config.max_tokens, self._dollars(tokens_in, self.config.max_tokens)
 
     def _litellm_params(self) -> dict[str, Any]:
         return {
@@ -286,16 +302,6 @@ class RulerJudge:
         content = json.dumps({"scores": [s.model_dump() for s in scores]})
         tokens_in, tokens_out = await _UsageLog.pop(tag)
         return _Call(parse_scores(content, labels), tokens_in, tokens_out, self._dollars(tokens_in, tokens_out))
-
-    def _dollars(self, tokens_in: int, tokens_out: int) -> float:
-        import litellm
-
-        try:
-            prompt_cost, completion_cost = litellm.cost_per_token(
-                model=self.config.model, prompt_tokens=tokens_in, completion_tokens=tokens_out)
-            return float(prompt_cost + completion_cost)
-        except Exception:  # noqa: BLE001 - unpriced model
-            return 0.0
 
     async def _judge_with_retries(self, group: JudgeGroup, message_lists: list[list[dict[str, str]]]) -> _Call:
         import litellm

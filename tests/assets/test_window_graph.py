@@ -199,3 +199,41 @@ def test_the_training_dataset_unions_scored_groups_and_never_rescores(simulated_
         "ops": {"training_dataset": {"config": {"until": "2025-01-15T09:00"}}}})
     assert metadata(too_early, "training_dataset")["trajectories"] == 0
     assert checks(too_early)["dataset_not_empty"].passed is False
+
+
+def test_ruler_scores_through_the_ruler_judge_with_one_failing_window(simulated_store, instance):
+    """The window graph with JUDGE_MODEL set: RULER via litellm against a test double; a window whose judge
+    answers stay bad fails alone, and a second run sends nothing already judged (the cache)."""
+    import json as jsonlib
+    import re
+
+    from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply
+
+    def responder(request):
+        text = request["messages"][-1]["content"]
+        labels = re.findall(r'<trajectory id=\\?"(\d+)\\?">', text)
+        if "Ground truth of window 2025-01-15T11:00" in text:
+            labels = labels[:-1]  # always one score short
+        return ScriptedReply(jsonlib.dumps({"scores": [{"trajectory_id": label, "explanation": f"#{label}",
+                                                        "score": int(label) / 10} for label in labels]}))
+
+    url = simulated_store.target.url.render_as_string(hide_password=False)
+    windows = [W, "2025-01-15T11:00"]
+    with OpenAICompatibleTestDouble(responder) as double:
+        overrides = {"JUDGE_MODEL": "openai/judge-double", "JUDGE_API_BASE": double.base_url, "JUDGE_RETRIES": 1,
+                     "JUDGE_MODE": "pinned"}
+        defs = graph_defs(url, **overrides)
+        (run,) = materialize_windows(defs, windows, instance)
+        assert not run.success
+        first_requests = len(double.requests)
+        assert first_requests == 3  # one for the good window, two tries for the bad one
+        scored = simulated_store.group_members(W)
+        assert all(m["judge_name"] == "ruler" and m["judge_version"].startswith("ruler:openai/judge-double")
+                   for m in scored)
+        assert all(m["score"] is None for m in simulated_store.group_members("2025-01-15T11:00"))
+        # W alone again: its scores are current, nothing is sent
+        (again,) = materialize_windows(defs, [W], instance)
+        assert again.success and len(double.requests) == first_requests
+    with simulated_store.engine.connect() as connection:
+        reasons = connection.execute(select(Trajectory.aiJudgeReasoning).where(Trajectory.windowId == W)).scalars()
+        assert sorted(reasons)[0].startswith("#")

@@ -16,6 +16,12 @@ from itertools import cycle
 from typing import Any
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops concurrent connects (the client then waits a second to retry).
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class ScriptedReply:
     """What the double answers to one request: a text, or an HTTP error, after an optional delay."""
@@ -74,7 +80,7 @@ class OpenAICompatibleTestDouble:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
