@@ -69,6 +69,12 @@ def _progress(description: str) -> Iterator[Callable[[int], None]]:
         yield lambda count: progress.update(task, completed=count)
 
 
+def _bar() -> Progress:
+    """A progress bar on stderr, shown only while the work runs."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items())) or "-"
 
@@ -197,8 +203,7 @@ def run_simulation(settings: Settings, plan: SimulationPlan) -> SimulationSummar
     """Simulate and write the plan with a progress bar; a refusal is printed and exits 2."""
     store = _open_store(settings)
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
+        with _bar() as progress:
             task = progress.add_task("Simulating windows", total=plan.windows)
             summary = simulate(store, plan, now=utcnow(), on_window=lambda _: progress.advance(task))
         _print_simulation(summary, store)
@@ -275,10 +280,7 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
 
     prepare_dagster_home(settings)
     defs = build_definitions(settings)
-    with DagsterInstance.get() as instance, Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True,
-    ) as progress:
+    with DagsterInstance.get() as instance, _bar() as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids) + 1)
         runs = materialize_windows(defs, window_ids, instance,
                                    on_run=lambda run: progress.advance(task, advance=run.windows))
@@ -321,10 +323,7 @@ def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) ->
         return
     prepare_dagster_home(settings)
     defs = build_definitions(settings)
-    with DagsterInstance.get() as instance, Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True,
-    ) as progress:
+    with DagsterInstance.get() as instance, _bar() as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids))
         runs = materialize_windows(defs, window_ids, instance, max_per_run=max_per_run,
                                    on_run=lambda run: progress.advance(task, advance=run.windows))

@@ -107,3 +107,15 @@ def simulated_store(tmp_path) -> Iterator[Store]:
         yield opened
     finally:
         opened.dispose()
+
+
+@pytest.fixture
+def postgres_instance_env(monkeypatch: pytest.MonkeyPatch, fresh_pg_url: str) -> str:
+    """DAGSTER_PG_* set to a fresh database, as a user sets them to choose dagster.postgres.yaml."""
+    user_host, database = fresh_pg_url.removeprefix("postgresql://").rsplit("/", 1)
+    user, host_port = user_host.split("@")
+    host, port = host_port.split(":")
+    for name, value in (("DAGSTER_PG_HOST", host), ("DAGSTER_PG_PORT", port), ("DAGSTER_PG_USERNAME", user),
+                        ("DAGSTER_PG_PASSWORD", ""), ("DAGSTER_PG_DB", database)):
+        monkeypatch.setenv(name, value)
+    return fresh_pg_url

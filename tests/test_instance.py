@@ -31,13 +31,7 @@ def test_dagster_home_is_made_absolute_and_holds_the_top_level_file(monkeypatch,
 
 
 @pytest.mark.postgres
-def test_postgres_instance_storage_when_its_variables_are_set(monkeypatch, tmp_path, fresh_pg_url):
-    user_host, database = fresh_pg_url.removeprefix("postgresql://").rsplit("/", 1)
-    user, host_port = user_host.split("@")
-    host, port = host_port.split(":")
-    for name, value in (("DAGSTER_PG_HOST", host), ("DAGSTER_PG_PORT", port), ("DAGSTER_PG_USERNAME", user),
-                        ("DAGSTER_PG_PASSWORD", ""), ("DAGSTER_PG_DB", database)):
-        monkeypatch.setenv(name, value)
+def test_postgres_instance_storage_when_its_variables_are_set(monkeypatch, tmp_path, postgres_instance_env):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "pg_home"))
     monkeypatch.chdir(ROOT)
     home = prepare_dagster_home(get_settings())

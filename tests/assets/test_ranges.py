@@ -103,13 +103,7 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
     assert all(m["score"] is not None for w in windows for m in simulated_store.group_members(w))
 
 
-def test_the_window_graph_runs_on_the_postgres_instance(monkeypatch, tmp_path, fresh_pg_url, simulated_store):
-    user_host, database = fresh_pg_url.removeprefix("postgresql://").rsplit("/", 1)
-    user, host_port = user_host.split("@")
-    host, port = host_port.split(":")
-    for name, value in (("DAGSTER_PG_HOST", host), ("DAGSTER_PG_PORT", port), ("DAGSTER_PG_USERNAME", user),
-                        ("DAGSTER_PG_PASSWORD", ""), ("DAGSTER_PG_DB", database)):
-        monkeypatch.setenv(name, value)
+def test_the_window_graph_runs_on_the_postgres_instance(monkeypatch, tmp_path, postgres_instance_env, simulated_store):
     from babylon_assets.instance import prepare_dagster_home
     from tests.test_instance import ROOT
 
