@@ -136,6 +136,12 @@ def _healthy(port: int) -> bool:
 
 def _alive(pid: int) -> bool:
     try:
+        # Reap it first when it is our own child: a zombie still answers kill(pid, 0).
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False

@@ -118,28 +118,34 @@ def _labels(count: int) -> list[str]:
     return [str(i) for i in range(1, count + 1)]
 
 
+SCORE_STEPS = tuple(round(i * 0.05, 2) for i in range(21))
+
+
 def pinned_schema(labels: Sequence[str]) -> dict[str, Any]:
     """A JSON schema whose `scores` array has exactly one entry per label, in order, ids fixed as constants:
-    a small model cannot repeat, skip or invent an id."""
-    entry = {
-        "type": "object",
-        "properties": {
-            "trajectory_id": {"const": None},
-            "explanation": {"type": "string"},
-            "score": {"type": "number", "minimum": 0, "maximum": 1},
-        },
-        "required": ["trajectory_id", "explanation", "score"],
-        "additionalProperties": False,
-    }
-    items = []
-    for label in labels:
-        item = json.loads(json.dumps(entry))
-        item["properties"]["trajectory_id"] = {"const": label}
-        items.append(item)
+    a small model cannot repeat, skip or invent an id.
+
+    Written for grammar-constrained decoding (llama.cpp turns it into a grammar): the score is an enum of
+    0.00, 0.05 .. 1.00 because numeric minimum/maximum are not enforced by such grammars, the explanation is
+    bounded, and the array's length is pinned with minItems/maxItems (`items: false` is refused there).
+    """
+    items = [
+        {
+            "type": "object",
+            "properties": {
+                "trajectory_id": {"const": label},
+                "explanation": {"type": "string", "maxLength": 300},
+                "score": {"enum": list(SCORE_STEPS)},
+            },
+            "required": ["trajectory_id", "explanation", "score"],
+            "additionalProperties": False,
+        }
+        for label in labels
+    ]
     return {
         "type": "object",
-        "properties": {"scores": {"type": "array", "prefixItems": items, "items": False,
-                                  "minItems": len(items), "maxItems": len(items)}},
+        "properties": {"scores": {"type": "array", "prefixItems": items, "minItems": len(items),
+                                  "maxItems": len(items)}},
         "required": ["scores"],
         "additionalProperties": False,
     }

@@ -87,7 +87,7 @@ def test_a_good_answer_maps_scores_by_id_with_usage(simulated_store, mode):
         schema = request["response_format"]["json_schema"]["schema"]
         assert [item["properties"]["trajectory_id"]["const"] for item in schema["properties"]["scores"]
                 ["prefixItems"]] == ["1", "2", "3", "4", "5", "6"]
-        assert schema["properties"]["scores"]["items"] is False
+        assert schema["properties"]["scores"]["maxItems"] == 6
     assert ruler.version == f"ruler:openai/judge-double:trading-v1:{mode}"
 
 
@@ -243,5 +243,6 @@ def test_agent_text_is_data_inside_its_own_block(tmp_path):
 def test_the_pinned_schema_fixes_every_id():
     schema = pinned_schema(["1", "2"])
     scores = schema["properties"]["scores"]
-    assert scores["minItems"] == scores["maxItems"] == 2 and scores["items"] is False
+    assert scores["minItems"] == scores["maxItems"] == 2
     assert scores["prefixItems"][1]["properties"]["trajectory_id"] == {"const": "2"}
+    assert scores["prefixItems"][0]["properties"]["score"]["enum"][:3] == [0.0, 0.05, 0.1]
