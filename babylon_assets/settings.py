@@ -3,7 +3,6 @@ embedded SQLite store."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -84,12 +83,6 @@ class Settings(BaseSettings):
 
         parse_window_id(value)
         return value
-
-    @property
-    def partition_start(self) -> datetime:
-        from babylon_assets.core.windows import parse_window_id
-
-        return parse_window_id(self.PARTITION_START)
 
     @property
     def dagster_home(self) -> Path:

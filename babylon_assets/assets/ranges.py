@@ -1,7 +1,6 @@
 """Running a window asset over every window of its run (one, or a range from a backfill), storing each
 window's result as it finishes, so one failing window costs the others nothing."""
 
-import json
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -82,7 +81,3 @@ def for_each_window(
         return None
     return MaterializeResult(metadata=combine(results))
 
-
-def dumps(value: Any) -> str:
-    """Stable JSON for the store."""
-    return json.dumps(value, sort_keys=True)

@@ -72,7 +72,6 @@ class _WindowPlan:
     kept: list[dict[str, Any]]
     groups: list[JudgeGroup]
     outcomes_recorded: bool
-    trajectory_ids: dict[str, list[str]]
 
 
 @asset(
@@ -173,4 +172,4 @@ def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_ve
             raise RuntimeError(f"window {window_id} changed since its groups were cut ({len(gone)} member(s) gone, "
                                f"e.g. {gone[0]}); materialize window_groups again")
         groups = [JudgeGroup(g, window_id, [by_id[i] for i in ids], outcomes) for g, ids in sorted(needed.items())]
-    return _WindowPlan(kept, groups, outcomes.recorded, {})
+    return _WindowPlan(kept, groups, outcomes.recorded)

@@ -106,11 +106,6 @@ class WindowMarket:
     news: list[NewsEvent] = field(default_factory=list)
     companies: tuple[Company, ...] = COMPANIES
 
-    @property
-    def tickers(self) -> list[str]:
-        """The tickers traded in this window."""
-        return list(self.prices)
-
     def news_until(self, step: int) -> list[NewsEvent]:
         """News published at or before `step`."""
         return [event for event in self.news if event.step <= step]

@@ -35,11 +35,6 @@ class PerpPosition:
         """+1 for long, -1 for short."""
         return 1 if self.side == "long" else -1
 
-    @property
-    def notional(self) -> float:
-        """Size at the entry price."""
-        return self.quantity * self.entry_price
-
     def unrealized_pnl(self, mark: float) -> float:
         """Mark-to-market profit or loss."""
         return self.direction * self.quantity * (mark - self.entry_price)

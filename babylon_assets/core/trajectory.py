@@ -6,10 +6,9 @@ dropped silently and never stops the rest of its window.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -79,11 +78,6 @@ class Step(_GameModel):
     llmCalls: list[LlmCall] = []
     action: Action
     reward: float
-
-    @property
-    def is_llm_decision(self) -> bool:
-        """A decision that carries an LLM call: what MIN_ACTIONS counts and training uses."""
-        return bool(self.llmCalls)
 
 
 class TrajectoryMetrics(_GameModel):
@@ -202,13 +196,6 @@ class ParseRules:
     max_chars: int = 2_000_000
     future_tolerance: timedelta = timedelta(minutes=5)
 
-
-@dataclass(slots=True)
-class ParseOutcome:
-    """Parsed rows and quarantined rows of one batch."""
-
-    parsed: list[ParsedTrajectory] = field(default_factory=list)
-    quarantined: list[QuarantinedRow] = field(default_factory=list)
 
 
 class _Quarantine(Exception):
@@ -366,9 +353,3 @@ def parse_trajectory_rows(
             seen.add(row.trajectoryId)
         yield parse_trajectory_row(row, now=now, rules=rules)
 
-
-def steps_to_json(steps: Iterable[Step | dict[str, Any]]) -> str:
-    """Serialise steps in the game's `stepsJson` shape."""
-    return json.dumps(
-        [step.model_dump(mode="json", exclude_none=True) if isinstance(step, Step) else step for step in steps]
-    )

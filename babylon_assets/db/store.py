@@ -21,7 +21,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     column,
-    exists,
     func,
     inspect,
     literal,
@@ -451,11 +450,6 @@ class Store:
             params["window_id"] = window_id
         with self.engine.connect() as connection:
             return {reason: count for reason, count in connection.execute(statement, params)}
-
-    def has_trajectories(self) -> bool:
-        """True when any trajectory row exists."""
-        with self.engine.connect() as connection:
-            return bool(connection.execute(select(exists().where(Trajectory.id.is_not(None)))).scalar())
 
     # -- the window graph (our tables) ------------------------------------------------------------------
 
