@@ -25,9 +25,9 @@ from typing import Any, Literal, Protocol
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
 from babylon_assets.core.rubric import rubric_text
 from babylon_assets.core.views import decision_conversations, judge_messages
+from babylon_assets.llm_agent import PLACEHOLDER_API_KEY
 
 Mode = Literal["art", "pinned"]
-PLACEHOLDER_API_KEY = "sk-local-placeholder"
 
 
 class JudgeCache(Protocol):
