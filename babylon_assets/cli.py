@@ -448,6 +448,26 @@ def ui(
 
 
 @app.command()
+def gateway(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GATEWAY_PORT].")] = None) -> None:
+    """The agents' OpenAI-compatible endpoint: forwards to AGENT_MODEL, records every call (X-Babylon-Agent)."""
+    import uvicorn
+
+    from babylon_assets.gateway.app import create_app, env_upstream
+    from babylon_assets.gateway.recording import GatewayRecorder
+
+    settings = get_settings()
+    if not settings.AGENT_MODEL:
+        err_console.print("[red]error:[/red] set AGENT_MODEL (and AGENT_API_BASE): the model the gateway forwards to")
+        raise typer.Exit(2)
+    store = _open_store(settings)
+    app_ = create_app(env_upstream(settings.AGENT_MODEL, settings.AGENT_API_BASE, settings.AGENT_API_KEY),
+                      GatewayRecorder(store))
+    console.print(f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {settings.AGENT_MODEL}; "
+                  f"recording into {store.target.redacted()}")
+    uvicorn.run(app_, host="127.0.0.1", port=port or settings.GATEWAY_PORT, log_level="warning")
+
+
+@app.command()
 def instance() -> None:
     """Prepare DAGSTER_HOME (absolute, with the chosen dagster.yaml) and print its path."""
     from babylon_assets.instance import prepare_dagster_home

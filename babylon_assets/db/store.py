@@ -398,6 +398,67 @@ class Store:
                     f"trajectory {ids} (or one of its LLM calls) is already recorded; nothing was written"
                 ) from error
 
+    def append_gateway_call(self, record: Any) -> bool:
+        """Add a gateway call to its agent's trajectory for the hour (created by the first call) and to
+        llm_call_logs, in one transaction; False when the call was already recorded (a retry)."""
+        from babylon_assets.core.trajectory import STEPS_ADAPTER
+
+        self._require_game_writes("gateway calls")
+        now = naive_utc(self.clock())
+        trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
+        at = naive_utc(record.at)
+        with self.engine.begin() as connection:
+            if connection.execute(select(calls.c.id).where(calls.c.callId == bindparam("c")),
+                                  {"c": record.call_id}).first():
+                return False
+            self._require_known_agents(connection, {record.agent_id})
+            row = connection.execute(
+                select(trajectories.c.id, trajectories.c.stepsJson, trajectories.c.startTime)
+                .where(trajectories.c.trajectoryId == bindparam("t")).with_for_update(),
+                {"t": record.trajectory_id},
+            ).first()
+            steps = [] if row is None else STEPS_ADAPTER.validate_json(row.stepsJson)
+            steps.append(record.step(len(steps)))
+            steps_json = json.dumps([step.model_dump(mode="json") for step in steps])
+            state = record.agent_state
+            common = {
+                "stepsJson": steps_json,
+                "episodeLength": len(steps),
+                "endTime": at,
+                "finalBalance": state.get("balance"),
+                "finalPnL": state.get("pnl"),
+                "metricsJson": json.dumps({"episodeLength": len(steps), "finalStatus": "active",
+                                           "finalBalance": state.get("balance"), "finalPnL": state.get("pnl")}),
+                "updatedAt": now,
+            }
+            if row is None:
+                connection.execute(trajectories.insert(), [{
+                    "id": f"row-{record.trajectory_id}", "trajectoryId": record.trajectory_id,
+                    "agentId": record.agent_id, "startTime": at, "durationMs": 0, "windowId": record.window_id,
+                    "rewardComponentsJson": "{}", "metadataJson": json.dumps({"source": "gateway"}),
+                    "totalReward": 0.0, "finalStatus": "active", **common,
+                }])
+            else:
+                connection.execute(
+                    trajectories.update().where(trajectories.c.id == bindparam("row_id")).values(
+                        durationMs=bindparam("duration"), **{k: bindparam(f"v_{k}") for k in common}),
+                    {"row_id": row.id, "duration": int((at - row.startTime).total_seconds() * 1000),
+                     **{f"v_{k}": v for k, v in common.items()}},
+                )
+            total = None if record.prompt_tokens is None or record.completion_tokens is None else \
+                record.prompt_tokens + record.completion_tokens
+            connection.execute(calls.insert(), [{
+                "id": record.call_id, "trajectoryId": record.trajectory_id, "stepId": f"{record.trajectory_id}:"
+                f"{len(steps) - 1}", "callId": record.call_id, "timestamp": at, "latencyMs": int(record.latency_ms),
+                "model": record.model, "purpose": "action", "actionType": record.action_type,
+                "systemPrompt": record.system_prompt, "userPrompt": record.user_prompt,
+                "messagesJson": json.dumps(record.messages), "response": record.response,
+                "temperature": record.temperature, "maxTokens": record.max_tokens,
+                "promptTokens": record.prompt_tokens, "completionTokens": record.completion_tokens,
+                "totalTokens": total, "metadata": record.metadata_json(),
+            }])
+        return True
+
     def existing_trajectory_ids(self, trajectory_ids: Iterable[str]) -> set[str]:
         """Which of these trajectoryIds are already recorded."""
         ids = sorted(set(trajectory_ids))

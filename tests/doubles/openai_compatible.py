@@ -67,8 +67,28 @@ class OpenAICompatibleTestDouble:
                     self._send(reply.status, {"error": {"message": f"test double: scripted {reply.status}",
                                                         "type": "rate_limit_error" if reply.status == 429
                                                         else "server_error"}}, reply.headers)
+                elif body.get("stream"):
+                    self._stream(double.completion(body, reply.content))
                 else:
                     self._send(200, double.completion(body, reply.content))
+
+            def _stream(self, completion: dict[str, Any]) -> None:
+                # Server-sent events, one chunk per 4 characters, as OpenAI streams a chat completion.
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                text = completion["choices"][0]["message"]["content"]
+                base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+                        "model": completion["model"]}
+                pieces = [text[i:i + 4] for i in range(0, len(text), 4)]
+                for n, piece in enumerate(pieces):
+                    delta = {"content": piece} if n else {"role": "assistant", "content": piece}
+                    chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                         "usage": completion["usage"]}
+                self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()

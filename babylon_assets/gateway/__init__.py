@@ -1,0 +1,1 @@
+"""The gateway: an OpenAI-compatible endpoint that records the game's agents' LLM calls (DESIGN 6)."""

@@ -1,0 +1,157 @@
+"""The gateway's ASGI app: OpenAI-compatible chat completions, forwarded through litellm, recorded.
+
+Built as a small Starlette app around `litellm.acompletion` rather than litellm's proxy: the proxy is a
+service of its own with its own database and auth, while recording into the game's tables and stitching
+calls into agent-hours needs to sit in the request path, next to our store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from babylon_assets.core.windows import Clock, utcnow
+from babylon_assets.gateway.recording import CallRecord, GatewayRecorder
+from babylon_assets.llm_agent import PLACEHOLDER_API_KEY
+
+AGENT_HEADER = "X-Babylon-Agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The model that answers (the deployed one): a litellm model string, its base URL and key, its version."""
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    version: str | None = None
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def _prompts(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    system = "\n\n".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
+    users = [m for m in messages if m.get("role") == "user"]
+    return system, _text(users[-1].get("content")) if users else ""
+
+
+def _logprobs(choice: Any) -> list[dict[str, Any]] | None:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [{"token": item.token, "logprob": float(item.logprob)} for item in content]
+
+
+def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, clock: Clock = utcnow) -> Starlette:
+    """The gateway app; `upstream` is asked on every call (a deploy switches it at once)."""
+
+    async def chat_completions(request: Request) -> Response:
+        agent_id = request.headers.get(AGENT_HEADER, "").strip()
+        if not agent_id:
+            return _error(400, f"name the calling agent with the {AGENT_HEADER} header (its game agentId)",
+                          "invalid_request_error")
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return _error(400, "the request body is not JSON", "invalid_request_error")
+        messages = body.pop("messages", None)
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "messages must be a non-empty list", "invalid_request_error")
+        agent_state = body.pop("babylon", None) or {}
+        body.pop("model", None)  # the gateway decides who answers: the deployed model
+        target = upstream()
+        stream = bool(body.pop("stream", False))
+        body.setdefault("logprobs", True)
+        started = time.perf_counter()
+        at = clock()
+        import litellm
+
+        try:
+            answer = await litellm.acompletion(
+                model=target.model, api_base=target.api_base, api_key=target.api_key or PLACEHOLDER_API_KEY,
+                messages=messages, stream=stream, num_retries=0, **body,
+            )
+        except Exception as error:  # noqa: BLE001 - the upstream's error goes back to the agent as it came
+            status = int(getattr(error, "status_code", 502) or 502)
+            return _error(status, str(getattr(error, "message", error)), type(error).__name__)
+
+        def record(content: str, usage: Any, logprobs: list[dict[str, Any]] | None, model: str | None) -> None:
+            system, user = _prompts(messages)
+            recorder.submit(CallRecord(
+                call_id=uuid.uuid4().hex, agent_id=agent_id, at=at, model=target.model,
+                model_version=target.version or model, system_prompt=system, user_prompt=user, messages=messages,
+                response=content, temperature=float(body.get("temperature", 1.0)),
+                max_tokens=int(body.get("max_tokens") or 0), latency_ms=(time.perf_counter() - started) * 1000,
+                prompt_tokens=getattr(usage, "prompt_tokens", None),
+                completion_tokens=getattr(usage, "completion_tokens", None), logprobs=logprobs,
+                agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
+            ))
+
+        if not stream:
+            choice = answer.choices[0]
+            record(choice.message.content or "", getattr(answer, "usage", None), _logprobs(choice),
+                   getattr(answer, "model", None))
+            return JSONResponse(answer.model_dump(exclude_none=True))
+
+        async def relay() -> AsyncIterator[bytes]:
+            parts: list[str] = []
+            logprobs: list[dict[str, Any]] = []
+            usage = None
+            async for chunk in answer:
+                if chunk.choices:
+                    delta = chunk.choices[0].delta
+                    parts.append(getattr(delta, "content", None) or "")
+                    logprobs.extend(_logprobs(chunk.choices[0]) or [])
+                usage = getattr(chunk, "usage", None) or usage
+                yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            record("".join(parts), usage, logprobs or None, None)
+
+        return StreamingResponse(relay(), media_type="text/event-stream")
+
+    async def health(_: Request) -> Response:
+        counters = recorder.counters
+        return JSONResponse({"status": "ok", "upstream": upstream().model, "pending": recorder.queue.qsize(),
+                             "recorded": counters.recorded, "failed_attempts": counters.failed_attempts})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        recorder.start()
+        try:
+            yield
+        finally:
+            await recorder.stop()  # what is queued is written before the gateway goes
+
+    return Starlette(
+        routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                Route("/chat/completions", chat_completions, methods=["POST"]),
+                Route("/health", health, methods=["GET"])],
+        lifespan=lifespan,
+    )
+
+
+def env_upstream(model: str, api_base: str | None, api_key: str | None) -> Callable[[], Upstream]:
+    """The upstream from settings (AGENT_MODEL, AGENT_API_BASE, AGENT_API_KEY)."""
+    fixed = Upstream(model, api_base, api_key)
+    return lambda: fixed
+

@@ -1,0 +1,150 @@
+"""Recording the gateway's calls into the agent's trajectory for the hour, off the request path.
+
+The agent's call never waits on the store: records go into a queue, a background task writes them, a
+write that fails is retried with backoff (and counted), and a call is written at most once (its callId).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, Step
+from babylon_assets.core.windows import as_utc, window_id_of
+from babylon_assets.db.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One call through the gateway, as it will be stored."""
+
+    call_id: str
+    agent_id: str
+    at: datetime
+    model: str
+    model_version: str | None
+    system_prompt: str
+    user_prompt: str
+    messages: list[dict[str, Any]]
+    response: str
+    temperature: float
+    max_tokens: int
+    latency_ms: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    logprobs: list[dict[str, Any]] | None = None
+    agent_state: dict[str, float] = field(default_factory=dict)
+    action_type: str = "RESPONSE"
+
+    @property
+    def window_id(self) -> str:
+        """The UTC hour of the call: the agent-window it extends."""
+        return window_id_of(self.at)
+
+    @property
+    def trajectory_id(self) -> str:
+        """The agent's trajectory for the hour, created by its first call."""
+        return f"gw-{self.agent_id}-{self.window_id}"
+
+    def step(self, number: int) -> Step:
+        """The call as a step of the game's stepsJson."""
+        return Step(
+            stepNumber=number,
+            timestamp=int(as_utc(self.at).timestamp() * 1000),
+            environmentState=EnvironmentState(
+                agentBalance=float(self.agent_state.get("balance", 0.0)),
+                agentPnL=float(self.agent_state.get("pnl", 0.0)),
+                openPositions=int(self.agent_state.get("openPositions", 0)),
+            ),
+            llmCalls=[LlmCall(model=self.model, modelVersion=self.model_version, systemPrompt=self.system_prompt,
+                              userPrompt=self.user_prompt, response=self.response, temperature=self.temperature,
+                              maxTokens=self.max_tokens, latencyMs=self.latency_ms, purpose="action",
+                              actionType=self.action_type)],
+            action=Action(actionType=self.action_type, success=True),
+            reward=0.0,
+        )
+
+    def metadata_json(self) -> str:
+        """llm_call_logs.metadata: the model version and the token logprobs."""
+        return json.dumps({"modelVersion": self.model_version, "logprobs": self.logprobs,
+                           "source": "gateway"})
+
+
+@dataclass(slots=True)
+class RecorderCounters:
+    """What the recorder did, for a person and for tests."""
+
+    recorded: int = 0
+    duplicates: int = 0
+    failed_attempts: int = 0
+    rejected: int = 0
+
+
+class GatewayRecorder:
+    """A queue of calls and the task that writes them to the store."""
+
+    def __init__(self, store: Store, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+        self.store = store
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.counters = RecorderCounters()
+        self.queue: asyncio.Queue[CallRecord] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, record: CallRecord) -> None:
+        """Queue a call for recording; never blocks the agent's call."""
+        self.queue.put_nowait(record)
+
+    def start(self) -> None:
+        """Start the writer task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until every queued call is written (or the timeout passes)."""
+        await asyncio.wait_for(self.queue.join(), timeout_s)
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is not None:
+            try:
+                await self.drain()
+            finally:
+                self._task.cancel()
+                self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            record = await self.queue.get()
+            try:
+                await self._write_with_retries(record)
+            finally:
+                self.queue.task_done()
+
+    async def _write_with_retries(self, record: CallRecord) -> None:
+        delay = self.backoff_s
+        while True:
+            try:
+                written = await asyncio.to_thread(self.store.append_gateway_call, record)
+            except StoreError as error:
+                # The game refuses it (unknown agent, read-only): retrying cannot help.
+                self.counters.rejected += 1
+                log.error("gateway call %s not recorded: %s", record.call_id, error)
+                return
+            except Exception as error:  # noqa: BLE001 - a store outage: keep the record and try again
+                self.counters.failed_attempts += 1
+                log.warning("recording call %s failed (%s); retrying in %.1f s", record.call_id, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+                continue
+            if written:
+                self.counters.recorded += 1
+            else:
+                self.counters.duplicates += 1
+            return
