@@ -452,18 +452,22 @@ def gateway(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GA
     """The agents' OpenAI-compatible endpoint: forwards to AGENT_MODEL, records every call (X-Babylon-Agent)."""
     import uvicorn
 
-    from babylon_assets.gateway.app import create_app, env_upstream
+    from babylon_assets.gateway.app import Upstream, create_app
     from babylon_assets.gateway.recording import GatewayRecorder
+    from babylon_assets.gateway.serving import ServingFile
 
     settings = get_settings()
-    if not settings.AGENT_MODEL:
-        err_console.print("[red]error:[/red] set AGENT_MODEL (and AGENT_API_BASE): the model the gateway forwards to")
+    serving = Path(settings.SERVING_FILE).resolve()
+    if not settings.AGENT_MODEL and not serving.is_file():
+        err_console.print(f"[red]error:[/red] no model to forward to: set AGENT_MODEL (and AGENT_API_BASE), or deploy "
+                          f"one ({serving})")
         raise typer.Exit(2)
     store = _open_store(settings)
-    app_ = create_app(env_upstream(settings.AGENT_MODEL, settings.AGENT_API_BASE, settings.AGENT_API_KEY),
-                      GatewayRecorder(store))
-    console.print(f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {settings.AGENT_MODEL}; "
-                  f"recording into {store.target.redacted()}")
+    upstream = ServingFile(serving, Upstream(settings.AGENT_MODEL or "", settings.AGENT_API_BASE,
+                                             settings.AGENT_API_KEY))
+    app_ = create_app(upstream, GatewayRecorder(store))
+    console.print(f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {upstream().model} "
+                  f"(serving file {serving}); recording into {store.target.redacted()}")
     uvicorn.run(app_, host="127.0.0.1", port=port or settings.GATEWAY_PORT, log_level="warning")
 
 

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     AGENT_API_BASE: str | None = None
     AGENT_API_KEY: str | None = None
     GATEWAY_PORT: int = 8787
+    # Which model answers the agents; written by deploy, re-read by the gateway when it changes.
+    SERVING_FILE: str = ".babylon/serving.json"
 
     @field_validator("PARTITION_START")
     @classmethod

@@ -398,6 +398,47 @@ class Store:
                     f"trajectory {ids} (or one of its LLM calls) is already recorded; nothing was written"
                 ) from error
 
+    def game_accounts(self, connection: Connection, agent_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The game's own accounts of these agents ("User".lifetimePnL and virtualBalance), when it has them."""
+        schema = game_schema_of(connection)
+        if GAME_USER_TABLE not in inspect(connection).get_table_names(schema=schema):
+            return {}
+        columns = {c["name"] for c in inspect(connection).get_columns(GAME_USER_TABLE, schema=schema)}
+        if not {"lifetimePnL", "virtualBalance"} <= columns:
+            return {}
+        users = table_clause(GAME_USER_TABLE, column("id"), column("lifetimePnL"), column("virtualBalance"),
+                             schema=schema)
+        rows = connection.execute(select(users.c.id, users.c.lifetimePnL, users.c.virtualBalance)
+                                  .where(users.c.id.in_(bindparam("ids", expanding=True))), {"ids": list(agent_ids)})
+        return {r.id: {"lifetimePnL": float(r.lifetimePnL), "virtualBalance": float(r.virtualBalance)} for r in rows}
+
+    def close_gateway_windows(self, before_window: str) -> int:
+        """Take the closing snapshot of the game's accounts for every gateway agent-hour that ended before
+        `before_window`: P&L = lifetimePnL now - lifetimePnL when the hour opened. Returns how many changed."""
+        trajectories = table_of(Trajectory)
+        changed = 0
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                select(trajectories.c.id, trajectories.c.agentId, trajectories.c.metadataJson)
+                .where(and_(trajectories.c.trajectoryId.like("gw-%"), trajectories.c.windowId < bindparam("w"),
+                            trajectories.c.finalStatus == "active")),
+                {"w": before_window},
+            ).all()
+            accounts = self.game_accounts(connection, sorted({r.agentId for r in rows}))
+            for row in rows:
+                metadata = json.loads(row.metadataJson or "{}")
+                account = accounts.get(row.agentId)
+                values: dict[str, Any] = {"finalStatus": "completed", "updatedAt": naive_utc(self.clock())}
+                if account is not None and "open" in metadata:
+                    metadata["close"] = account
+                    values.update(finalPnL=account["lifetimePnL"] - metadata["open"]["lifetimePnL"],
+                                  finalBalance=account["virtualBalance"], metadataJson=json.dumps(metadata))
+                connection.execute(trajectories.update().where(trajectories.c.id == bindparam("row_id"))
+                                   .values(**{k: bindparam(f"v_{k}") for k in values}),
+                                   {"row_id": row.id, **{f"v_{k}": v for k, v in values.items()}})
+                changed += 1
+        return changed
+
     def append_gateway_call(self, record: Any) -> bool:
         """Add a gateway call to its agent's trajectory for the hour (created by the first call) and to
         llm_call_logs, in one transaction; False when the call was already recorded (a retry)."""
@@ -418,9 +459,24 @@ class Store:
                 {"t": record.trajectory_id},
             ).first()
             steps = [] if row is None else STEPS_ADAPTER.validate_json(row.stepsJson)
+            account = self.game_accounts(connection, [record.agent_id]).get(record.agent_id)
+            state = dict(record.agent_state)
+            metadata: dict[str, Any] = {"source": "gateway"}
+            if account is not None:
+                # The game's own books decide P&L: snapshot at the hour's first call, P&L since then.
+                if row is None:
+                    metadata["open"] = account
+                    opened = account
+                else:
+                    stored = connection.execute(select(trajectories.c.metadataJson)
+                                                .where(trajectories.c.id == bindparam("r")), {"r": row.id}).scalar()
+                    metadata = json.loads(stored or "{}")
+                    opened = metadata.get("open", account)
+                state = {"balance": account["virtualBalance"], "pnl": account["lifetimePnL"] - opened["lifetimePnL"],
+                         **{k: v for k, v in state.items() if k == "openPositions"}}
+                record.agent_state = state
             steps.append(record.step(len(steps)))
             steps_json = json.dumps([step.model_dump(mode="json") for step in steps])
-            state = record.agent_state
             common = {
                 "stepsJson": steps_json,
                 "episodeLength": len(steps),
@@ -435,7 +491,7 @@ class Store:
                 connection.execute(trajectories.insert(), [{
                     "id": f"row-{record.trajectory_id}", "trajectoryId": record.trajectory_id,
                     "agentId": record.agent_id, "startTime": at, "durationMs": 0, "windowId": record.window_id,
-                    "rewardComponentsJson": "{}", "metadataJson": json.dumps({"source": "gateway"}),
+                    "rewardComponentsJson": "{}", "metadataJson": json.dumps(metadata),
                     "totalReward": 0.0, "finalStatus": "active", **common,
                 }])
             else:

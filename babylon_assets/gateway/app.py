@@ -149,9 +149,3 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         lifespan=lifespan,
     )
 
-
-def env_upstream(model: str, api_base: str | None, api_key: str | None) -> Callable[[], Upstream]:
-    """The upstream from settings (AGENT_MODEL, AGENT_API_BASE, AGENT_API_KEY)."""
-    fixed = Upstream(model, api_base, api_key)
-    return lambda: fixed
-

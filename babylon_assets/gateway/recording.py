@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, Step
-from babylon_assets.core.windows import as_utc, window_id_of
+from babylon_assets.core.windows import Clock, as_utc, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -89,22 +89,38 @@ class RecorderCounters:
 class GatewayRecorder:
     """A queue of calls and the task that writes them to the store."""
 
-    def __init__(self, store: Store, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+    def __init__(self, store: Store, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
+                 close_every_s: float = 30.0, clock: Clock = utcnow) -> None:
         self.store = store
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.close_every_s = close_every_s
+        self.clock = clock
         self.counters = RecorderCounters()
         self.queue: asyncio.Queue[CallRecord] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def submit(self, record: CallRecord) -> None:
         """Queue a call for recording; never blocks the agent's call."""
         self.queue.put_nowait(record)
 
     def start(self) -> None:
-        """Start the writer task on the running loop."""
+        """Start the writer task, and the task that closes ended hours, on the running loop."""
+        loop = asyncio.get_running_loop()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = loop.create_task(self._run())
+        if self._closer is None:
+            self._closer = loop.create_task(self._close_ended_hours())
+
+    async def _close_ended_hours(self) -> None:
+        # The closing snapshot of the game's accounts, once an agent's hour has ended.
+        while True:
+            await asyncio.sleep(self.close_every_s)
+            try:
+                await asyncio.to_thread(self.store.close_gateway_windows, window_id_of(self.clock()))
+            except Exception as error:  # noqa: BLE001 - tried again at the next round
+                log.warning("closing ended gateway hours failed: %s", error)
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued call is written (or the timeout passes)."""
@@ -118,6 +134,9 @@ class GatewayRecorder:
             finally:
                 self._task.cancel()
                 self._task = None
+                if self._closer is not None:
+                    self._closer.cancel()
+                    self._closer = None
 
     async def _run(self) -> None:
         while True:
