@@ -30,6 +30,9 @@ class LlmEndpoint:
     timeout_s: float = 60.0
     retries: int = 2
     logprobs: bool = True
+    # Through the gateway: name the agent (X-Babylon-Agent) and report its account and simulated time, so the
+    # gateway records the call into the agent's hour.
+    via_gateway: bool = False
 
 
 def _logprobs_of(choice: Any) -> list[tuple[str, float]] | None:
@@ -57,6 +60,13 @@ class LlmAgent:
     def start_window(self, window_id: str) -> None:
         """Nothing to reset: the model is stateless between calls."""
 
+    def _gateway_fields(self, observation: Observation) -> dict[str, Any]:
+        if not self.endpoint.via_gateway:
+            return {}
+        state = {"balance": observation.cash, "pnl": observation.pnl, "openPositions": len(observation.positions),
+                 "at": observation.time}
+        return {"extra_headers": {"X-Babylon-Agent": self.agent_id}, "extra_body": {"babylon": state}}
+
     def respond(self, system: str, user: str, observation: Observation) -> AgentReply:
         """Ask the model; the reply carries its tokens and logprobs, or the error of a failed call."""
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -75,6 +85,7 @@ class LlmAgent:
                 logprobs=endpoint.logprobs,
                 timeout=endpoint.timeout_s,
                 num_retries=endpoint.retries,
+                **self._gateway_fields(observation),
             )
         except Exception as error:  # noqa: BLE001 - any endpoint failure becomes a recorded HOLD
             return AgentReply(text="", model=endpoint.model, latency_ms=(time.perf_counter() - started) * 1000,

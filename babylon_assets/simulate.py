@@ -204,8 +204,10 @@ def simulate(
         plays = play_window(market, agents, window_start=start)
         ids = {play.agent_id: trajectory_id_for(plan, window_id, play.agent_id) for play in plays}
         existing = store.existing_trajectory_ids(ids.values())
+        # Through the gateway the agents' calls are recorded there, as the game's agents' are.
+        via_gateway = plan.llm is not None and plan.llm.via_gateway
         for play in plays:
-            if ids[play.agent_id] not in existing:
+            if ids[play.agent_id] not in existing and not via_gateway:
                 _record(recorder, plan, play, ids[play.agent_id])
         store.replace_market_outcomes(window_id, outcome_rows(market, plays))
         result = WindowResult(

@@ -95,6 +95,7 @@ class Observation:
     positions: list[PositionView] = field(default_factory=list)
     predictions: list[PredictionView] = field(default_factory=list)
     news: list[str] = field(default_factory=list)
+    time: str = ""  # ISO time of the decision (simulated time in the simulator)
 
     def change(self, ticker: str) -> float:
         """Fractional change since the window opened."""

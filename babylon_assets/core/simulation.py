@@ -97,7 +97,7 @@ def _marks(market: WindowMarket, step: int) -> dict[str, float]:
     return {ticker: path[step] for ticker, path in market.prices.items()}
 
 
-def observe(market: WindowMarket, account: Account, step: int) -> Observation:
+def observe(market: WindowMarket, account: Account, step: int, at: datetime | None = None) -> Observation:
     """The observation at decision `step`: the market so far and the agent's own account."""
     marks = _marks(market, step)
     yes = _yes_prices(market, step)
@@ -125,6 +125,7 @@ def observe(market: WindowMarket, account: Account, step: int) -> Observation:
             for m in market.predictions
         ],
         news=[event.headline for event in market.news_until(step)],
+        time=at.isoformat() if at is not None else "",
     )
 
 
@@ -188,7 +189,8 @@ def play_window(
             break
         for index, agent in enumerate(agents):
             account = accounts[agent.agent_id]
-            observation = observe(market, account, step)
+            decided_at = window_start + timedelta(seconds=step * market.step_seconds + index)
+            observation = observe(market, account, step, decided_at)
             user = observation_prompt(observation)
             reply = agent.respond(prompts[agent.agent_id], user, observation)
             decision, parse_error = parse_or_hold(reply.text)
@@ -201,7 +203,7 @@ def play_window(
             plays[agent.agent_id].decisions.append(
                 DecisionRecord(
                     step=step,
-                    at=window_start + timedelta(seconds=step * market.step_seconds + index),
+                    at=decided_at,
                     system_prompt=prompts[agent.agent_id],
                     user_prompt=user,
                     reply=reply,

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from babylon_assets.core.windows import Clock, utcnow
+from babylon_assets.core.windows import Clock, as_utc, utcnow
 from babylon_assets.gateway.recording import CallRecord, GatewayRecorder
 from babylon_assets.llm_agent import PLACEHOLDER_API_KEY
 
@@ -78,12 +79,14 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty list", "invalid_request_error")
         agent_state = body.pop("babylon", None) or {}
+        reported_at = agent_state.pop("at", None) if isinstance(agent_state, dict) else None
         body.pop("model", None)  # the gateway decides who answers: the deployed model
         target = upstream()
         stream = bool(body.pop("stream", False))
         body.setdefault("logprobs", True)
         started = time.perf_counter()
-        at = clock()
+        # A simulator's agents report their simulated time; the game's agents play in real time.
+        at = as_utc(datetime.fromisoformat(reported_at)) if reported_at else clock()
         import litellm
 
         try:
