@@ -31,7 +31,7 @@ from babylon_assets.core.judging import JudgeGroup  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
 from babylon_assets.judges.ruler import RulerConfig, RulerJudge  # noqa: E402
 from babylon_assets.simulate import SimulationPlan, simulate  # noqa: E402
-from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply  # noqa: E402
+from tests.doubles.openai_compatible import ScriptedReply, serve_until_stopped  # noqa: E402
 
 START = datetime(2025, 1, 6, tzinfo=UTC)
 LABEL = re.compile(r'<trajectory id=\\?"(\d+)\\?">')
@@ -45,13 +45,6 @@ class _Responder:
         labels = LABEL.findall(request["messages"][-1]["content"])
         scores = [{"trajectory_id": label, "explanation": "ok", "score": int(label) / 10} for label in labels]
         return ScriptedReply(json.dumps({"scores": scores}), delay_s=self.latency)
-
-
-def _serve(latency: float, urls: multiprocessing.Queue, stop: multiprocessing.Event) -> None:  # type: ignore[type-arg]
-    # The double runs in a process of its own, so its HTTP work does not share the judge's interpreter.
-    with OpenAICompatibleTestDouble(_Responder(latency)) as double:
-        urls.put(double.base_url)
-        stop.wait()
 
 
 def main() -> None:
@@ -72,7 +65,9 @@ def main() -> None:
                                      store.window_outcomes(window.window_id)))
         urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         stop = multiprocessing.Event()
-        server = multiprocessing.Process(target=_serve, args=(args.latency, urls, stop), daemon=True)
+        # The double runs in a process of its own, so its HTTP work does not share the judge's interpreter.
+        server = multiprocessing.Process(target=serve_until_stopped, args=(_Responder(args.latency), urls, stop),
+                                         daemon=True)
         server.start()
         base_url = urls.get(timeout=30)
         try:

@@ -89,3 +89,27 @@ def test_an_llm_agent_plays_through_the_local_model_with_logprobs(tmp_path, llm_
         assert completion_tokens and completion_tokens > 0
         assert isinstance(response, str)
     store.dispose()
+
+
+def test_the_gateway_records_the_local_models_logprobs(tmp_path, llm_url):
+    from starlette.testclient import TestClient
+
+    from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
+    from babylon_assets.gateway.recording import GatewayRecorder
+    from tests.gateway.test_gateway import body, wait_until
+
+    store = Store(f"sqlite:///{tmp_path / 'gw.db'}", clock=lambda: NOW)
+    store.upgrade()
+    recorder = GatewayRecorder(store, backoff_s=0.05)
+    app = create_app(lambda: Upstream("openai/smollm2", llm_url, version="smollm2@base"), recorder, lambda: START)
+    with TestClient(app) as client:
+        response = client.post("/v1/chat/completions", json={**body("agent-1", 0), "max_tokens": 24},
+                               headers={AGENT_HEADER: "agent-1"})
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["logprobs"]["content"]  # the upstream's answer, unchanged
+        wait_until(lambda: recorder.counters.recorded == 1, timeout_s=30)
+    with store.engine.connect() as connection:
+        (metadata,) = connection.execute(select(LlmCallLog.__table__.c.metadata)).scalars().all()
+    data = json.loads(metadata)
+    assert data["logprobs"] and data["modelVersion"] == "smollm2@base"
+    store.dispose()

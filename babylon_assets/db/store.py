@@ -440,80 +440,82 @@ class Store:
         return changed
 
     def append_gateway_call(self, record: Any) -> bool:
-        """Add a gateway call to its agent's trajectory for the hour (created by the first call) and to
-        llm_call_logs, in one transaction; False when the call was already recorded (a retry)."""
-        from babylon_assets.core.trajectory import STEPS_ADAPTER
+        """Record one gateway call (see `append_gateway_calls`); False when it was already recorded."""
+        return self.append_gateway_calls([record]) == 1
 
+    def append_gateway_calls(self, records: Sequence[Any]) -> int:
+        """Add gateway calls to their agents' trajectories for the hour (each created by its first call) and to
+        llm_call_logs, all in one transaction; calls already recorded (a retry) are skipped. Returns how many
+        were written. P&L comes from the game's books when it has them: "User" is snapshotted at the hour's
+        first call, and the P&L is the lifetime P&L since then."""
         self._require_game_writes("gateway calls")
         now = naive_utc(self.clock())
         trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
-        at = naive_utc(record.at)
         with self.engine.begin() as connection:
-            if connection.execute(select(calls.c.id).where(calls.c.callId == bindparam("c")),
-                                  {"c": record.call_id}).first():
-                return False
-            self._require_known_agents(connection, {record.agent_id})
-            row = connection.execute(
-                select(trajectories.c.id, trajectories.c.stepsJson, trajectories.c.startTime)
-                .where(trajectories.c.trajectoryId == bindparam("t")).with_for_update(),
-                {"t": record.trajectory_id},
-            ).first()
-            steps = [] if row is None else STEPS_ADAPTER.validate_json(row.stepsJson)
-            account = self.game_accounts(connection, [record.agent_id]).get(record.agent_id)
-            state = dict(record.agent_state)
-            metadata: dict[str, Any] = {"source": "gateway"}
-            if account is not None:
-                # The game's own books decide P&L: snapshot at the hour's first call, P&L since then.
+            seen = set(connection.execute(
+                select(calls.c.callId).where(calls.c.callId.in_(bindparam("ids", expanding=True))),
+                {"ids": [r.call_id for r in records]}).scalars())
+            fresh = [r for r in records if r.call_id not in seen]
+            if not fresh:
+                return 0
+            self._require_known_agents(connection, {r.agent_id for r in fresh})
+            accounts = self.game_accounts(connection, sorted({r.agent_id for r in fresh}))
+            by_trajectory: dict[str, list[Any]] = defaultdict(list)
+            for record in sorted(fresh, key=lambda r: r.at):
+                by_trajectory[record.trajectory_id].append(record)
+            existing = {row.trajectoryId: row for row in connection.execute(
+                select(trajectories.c.id, trajectories.c.trajectoryId, trajectories.c.stepsJson,
+                       trajectories.c.startTime, trajectories.c.metadataJson)
+                .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))),
+                {"ids": list(by_trajectory)})}
+            call_rows = []
+            for trajectory_id, batch in by_trajectory.items():
+                row = existing.get(trajectory_id)
+                # Steps are appended as JSON: re-validating the whole hour on every call would cost the gateway.
+                steps: list[Any] = [] if row is None else json.loads(row.stepsJson)
+                metadata: dict[str, Any] = {"source": "gateway"} if row is None else json.loads(row.metadataJson)
+                account = accounts.get(batch[0].agent_id)
+                if account is not None:
+                    metadata.setdefault("open", account)
+                for record in batch:
+                    if account is not None:
+                        record.agent_state = {
+                            "balance": account["virtualBalance"],
+                            "pnl": account["lifetimePnL"] - metadata["open"]["lifetimePnL"],
+                            **{k: v for k, v in record.agent_state.items() if k == "openPositions"},
+                        }
+                    steps.append(record.step(len(steps)).model_dump(mode="json"))
+                    call_rows.append(record.call_row(len(steps) - 1))
+                last = batch[-1]
+                state = last.agent_state
+                values = {
+                    "stepsJson": json.dumps(steps),
+                    "episodeLength": len(steps),
+                    "endTime": naive_utc(last.at),
+                    "finalBalance": state.get("balance"),
+                    "finalPnL": state.get("pnl"),
+                    "metricsJson": json.dumps({"episodeLength": len(steps), "finalStatus": "active",
+                                               "finalBalance": state.get("balance"), "finalPnL": state.get("pnl")}),
+                    "metadataJson": json.dumps(metadata),
+                    "updatedAt": now,
+                }
                 if row is None:
-                    metadata["open"] = account
-                    opened = account
+                    first = batch[0]
+                    connection.execute(trajectories.insert(), [{
+                        "id": f"row-{trajectory_id}", "trajectoryId": trajectory_id, "agentId": first.agent_id,
+                        "startTime": naive_utc(first.at), "windowId": first.window_id, "rewardComponentsJson": "{}",
+                        "totalReward": 0.0, "finalStatus": "active",
+                        "durationMs": int((last.at - first.at).total_seconds() * 1000), **values,
+                    }])
                 else:
-                    stored = connection.execute(select(trajectories.c.metadataJson)
-                                                .where(trajectories.c.id == bindparam("r")), {"r": row.id}).scalar()
-                    metadata = json.loads(stored or "{}")
-                    opened = metadata.get("open", account)
-                state = {"balance": account["virtualBalance"], "pnl": account["lifetimePnL"] - opened["lifetimePnL"],
-                         **{k: v for k, v in state.items() if k == "openPositions"}}
-                record.agent_state = state
-            steps.append(record.step(len(steps)))
-            steps_json = json.dumps([step.model_dump(mode="json") for step in steps])
-            common = {
-                "stepsJson": steps_json,
-                "episodeLength": len(steps),
-                "endTime": at,
-                "finalBalance": state.get("balance"),
-                "finalPnL": state.get("pnl"),
-                "metricsJson": json.dumps({"episodeLength": len(steps), "finalStatus": "active",
-                                           "finalBalance": state.get("balance"), "finalPnL": state.get("pnl")}),
-                "updatedAt": now,
-            }
-            if row is None:
-                connection.execute(trajectories.insert(), [{
-                    "id": f"row-{record.trajectory_id}", "trajectoryId": record.trajectory_id,
-                    "agentId": record.agent_id, "startTime": at, "durationMs": 0, "windowId": record.window_id,
-                    "rewardComponentsJson": "{}", "metadataJson": json.dumps(metadata),
-                    "totalReward": 0.0, "finalStatus": "active", **common,
-                }])
-            else:
-                connection.execute(
-                    trajectories.update().where(trajectories.c.id == bindparam("row_id")).values(
-                        durationMs=bindparam("duration"), **{k: bindparam(f"v_{k}") for k in common}),
-                    {"row_id": row.id, "duration": int((at - row.startTime).total_seconds() * 1000),
-                     **{f"v_{k}": v for k, v in common.items()}},
-                )
-            total = None if record.prompt_tokens is None or record.completion_tokens is None else \
-                record.prompt_tokens + record.completion_tokens
-            connection.execute(calls.insert(), [{
-                "id": record.call_id, "trajectoryId": record.trajectory_id, "stepId": f"{record.trajectory_id}:"
-                f"{len(steps) - 1}", "callId": record.call_id, "timestamp": at, "latencyMs": int(record.latency_ms),
-                "model": record.model, "purpose": "action", "actionType": record.action_type,
-                "systemPrompt": record.system_prompt, "userPrompt": record.user_prompt,
-                "messagesJson": json.dumps(record.messages), "response": record.response,
-                "temperature": record.temperature, "maxTokens": record.max_tokens,
-                "promptTokens": record.prompt_tokens, "completionTokens": record.completion_tokens,
-                "totalTokens": total, "metadata": record.metadata_json(),
-            }])
-        return True
+                    values["durationMs"] = int((naive_utc(last.at) - row.startTime).total_seconds() * 1000)
+                    connection.execute(
+                        trajectories.update().where(trajectories.c.id == bindparam("row_id"))
+                        .values(**{k: bindparam(f"v_{k}") for k in values}),
+                        {"row_id": row.id, **{f"v_{k}": v for k, v in values.items()}},
+                    )
+            connection.execute(calls.insert(), call_rows)
+        return len(fresh)
 
     def existing_trajectory_ids(self, trajectory_ids: Iterable[str]) -> set[str]:
         """Which of these trajectoryIds are already recorded."""

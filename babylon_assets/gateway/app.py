@@ -1,8 +1,11 @@
-"""The gateway's ASGI app: OpenAI-compatible chat completions, forwarded through litellm, recorded.
+"""The gateway's ASGI app: OpenAI-compatible chat completions, forwarded to the deployed model, recorded.
 
-Built as a small Starlette app around `litellm.acompletion` rather than litellm's proxy: the proxy is a
-service of its own with its own database and auth, while recording into the game's tables and stitching
-calls into agent-hours needs to sit in the request path, next to our store.
+A small Starlette app rather than litellm's proxy: the proxy is a service of its own with its own database
+and auth, while recording into the game's tables and stitching calls into agent-hours must sit beside our
+store. Where the upstream speaks OpenAI's protocol itself (an `openai/...` model at an API base: the local
+llama.cpp server, vLLM, ART's endpoints) the request is passed through byte for byte with one shared HTTP
+client, so the agent gets the upstream's answer and errors unchanged and the gateway adds about a
+millisecond; any other provider goes through `litellm.acompletion`, which translates.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -63,8 +67,30 @@ def _logprobs(choice: Any) -> list[dict[str, Any]] | None:
     return [{"token": item.token, "logprob": float(item.logprob)} for item in content]
 
 
+def _get(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
+def _sse_payloads(buffer: bytearray) -> Iterator[dict[str, Any]]:
+    """Complete `data: {...}` events taken off the front of a byte buffer of server-sent events."""
+    while (end := buffer.find(b"\n")) >= 0:
+        line = bytes(buffer[:end]).strip()
+        del buffer[: end + 1]
+        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
+            try:
+                yield json.loads(line[5:])
+            except json.JSONDecodeError:
+                continue
+
+
+def passes_through(target: Upstream) -> bool:
+    """An upstream that speaks OpenAI's protocol itself: forwarded byte for byte."""
+    return target.api_base is not None and target.model.startswith("openai/")
+
+
 def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, clock: Clock = utcnow) -> Starlette:
     """The gateway app; `upstream` is asked on every call (a deploy switches it at once)."""
+    http: dict[str, httpx.AsyncClient] = {}
 
     async def chat_completions(request: Request) -> Response:
         agent_id = request.headers.get(AGENT_HEADER, "").strip()
@@ -87,6 +113,21 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         started = time.perf_counter()
         # A simulator's agents report their simulated time; the game's agents play in real time.
         at = as_utc(datetime.fromisoformat(reported_at)) if reported_at else clock()
+
+        def record(content: str, usage: Any, logprobs: list[dict[str, Any]] | None, model: str | None) -> None:
+            system, user = _prompts(messages)
+            recorder.submit(CallRecord(
+                call_id=uuid.uuid4().hex, agent_id=agent_id, at=at, model=target.model,
+                model_version=target.version or model, system_prompt=system, user_prompt=user, messages=messages,
+                response=content, temperature=float(body.get("temperature", 1.0)),
+                max_tokens=int(body.get("max_tokens") or 0), latency_ms=(time.perf_counter() - started) * 1000,
+                prompt_tokens=_get(usage, "prompt_tokens"), completion_tokens=_get(usage, "completion_tokens"),
+                logprobs=logprobs,
+                agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
+            ))
+
+        if passes_through(target):
+            return await forward(target, messages, body, stream, record)
         import litellm
 
         try:
@@ -97,18 +138,6 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         except Exception as error:  # noqa: BLE001 - the upstream's error goes back to the agent as it came
             status = int(getattr(error, "status_code", 502) or 502)
             return _error(status, str(getattr(error, "message", error)), type(error).__name__)
-
-        def record(content: str, usage: Any, logprobs: list[dict[str, Any]] | None, model: str | None) -> None:
-            system, user = _prompts(messages)
-            recorder.submit(CallRecord(
-                call_id=uuid.uuid4().hex, agent_id=agent_id, at=at, model=target.model,
-                model_version=target.version or model, system_prompt=system, user_prompt=user, messages=messages,
-                response=content, temperature=float(body.get("temperature", 1.0)),
-                max_tokens=int(body.get("max_tokens") or 0), latency_ms=(time.perf_counter() - started) * 1000,
-                prompt_tokens=getattr(usage, "prompt_tokens", None),
-                completion_tokens=getattr(usage, "completion_tokens", None), logprobs=logprobs,
-                agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
-            ))
 
         if not stream:
             choice = answer.choices[0]
@@ -132,6 +161,54 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
         return StreamingResponse(relay(), media_type="text/event-stream")
 
+    async def forward(target: Upstream, messages: list[dict[str, Any]], body: dict[str, Any], stream: bool,
+                      record: Callable[[str, Any, list[dict[str, Any]] | None, str | None], None]) -> Response:
+        client = http["client"]
+        url = f"{(target.api_base or '').rstrip('/')}/chat/completions"
+        payload = {**body, "model": target.model.split("/", 1)[1], "messages": messages, "stream": stream}
+        headers = {"Authorization": f"Bearer {target.api_key or PLACEHOLDER_API_KEY}"}
+        try:
+            answer = await client.send(client.build_request("POST", url, json=payload, headers=headers),
+                                       stream=True)
+        except httpx.HTTPError as error:
+            return _error(502, f"the upstream at {url} did not answer: {type(error).__name__}: {error}",
+                          "api_connection_error")
+        media_type = answer.headers.get("content-type", "application/json")
+        if not stream or answer.status_code != 200:
+            content = await answer.aread()
+            await answer.aclose()
+            if answer.status_code == 200:
+                data = json.loads(content)
+                choice = data["choices"][0]
+                logprobs = (choice.get("logprobs") or {}).get("content")
+                record(choice["message"].get("content") or "", data.get("usage"),
+                       [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
+                       data.get("model"))
+            # The upstream's answer, errors included, exactly as it came.
+            return Response(content, status_code=answer.status_code, media_type=media_type)
+
+        async def relay() -> AsyncIterator[bytes]:
+            buffer = bytearray()
+            parts: list[str] = []
+            logprobs: list[dict[str, Any]] = []
+            usage = model = None
+            try:
+                async for raw in answer.aiter_raw():
+                    yield raw
+                    buffer.extend(raw)
+                    for event in _sse_payloads(buffer):
+                        model = event.get("model", model)
+                        usage = event.get("usage") or usage
+                        for choice in event.get("choices") or []:
+                            parts.append((choice.get("delta") or {}).get("content") or "")
+                            logprobs.extend({"token": t["token"], "logprob": float(t["logprob"])}
+                                            for t in ((choice.get("logprobs") or {}).get("content") or []))
+            finally:
+                await answer.aclose()
+            record("".join(parts), usage, logprobs or None, model)
+
+        return StreamingResponse(relay(), status_code=200, media_type=media_type)
+
     async def health(_: Request) -> Response:
         counters = recorder.counters
         return JSONResponse({"status": "ok", "upstream": upstream().model, "pending": recorder.queue.qsize(),
@@ -140,9 +217,12 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         recorder.start()
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+        http["client"] = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), limits=limits)
         try:
             yield
         finally:
+            await http.pop("client").aclose()
             await recorder.stop()  # what is queued is written before the gateway goes
 
     return Starlette(

@@ -70,6 +70,20 @@ class CallRecord:
             reward=0.0,
         )
 
+    def call_row(self, step_number: int) -> dict[str, Any]:
+        """The call's llm_call_logs row."""
+        total = None if self.prompt_tokens is None or self.completion_tokens is None else \
+            self.prompt_tokens + self.completion_tokens
+        return {
+            "id": self.call_id, "trajectoryId": self.trajectory_id, "stepId": f"{self.trajectory_id}:{step_number}",
+            "callId": self.call_id, "timestamp": as_utc(self.at).replace(tzinfo=None),
+            "latencyMs": int(self.latency_ms), "model": self.model, "purpose": "action",
+            "actionType": self.action_type, "systemPrompt": self.system_prompt, "userPrompt": self.user_prompt,
+            "messagesJson": json.dumps(self.messages), "response": self.response, "temperature": self.temperature,
+            "maxTokens": self.max_tokens, "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens, "totalTokens": total, "metadata": self.metadata_json(),
+        }
+
     def metadata_json(self) -> str:
         """llm_call_logs.metadata: the model version and the token logprobs."""
         return json.dumps({"modelVersion": self.model_version, "logprobs": self.logprobs,
@@ -90,11 +104,12 @@ class GatewayRecorder:
     """A queue of calls and the task that writes them to the store."""
 
     def __init__(self, store: Store, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 close_every_s: float = 30.0, clock: Clock = utcnow) -> None:
+                 close_every_s: float = 30.0, clock: Clock = utcnow, max_batch: int = 256) -> None:
         self.store = store
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.close_every_s = close_every_s
+        self.max_batch = max_batch
         self.clock = clock
         self.counters = RecorderCounters()
         self.queue: asyncio.Queue[CallRecord] = asyncio.Queue()
@@ -140,30 +155,37 @@ class GatewayRecorder:
 
     async def _run(self) -> None:
         while True:
-            record = await self.queue.get()
+            # Whatever queued up while the last batch was written goes in one transaction.
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             try:
-                await self._write_with_retries(record)
+                await self._write_with_retries(batch)
             finally:
-                self.queue.task_done()
+                for _ in batch:
+                    self.queue.task_done()
 
-    async def _write_with_retries(self, record: CallRecord) -> None:
+    async def _write_with_retries(self, batch: list[CallRecord]) -> None:
         delay = self.backoff_s
         while True:
             try:
-                written = await asyncio.to_thread(self.store.append_gateway_call, record)
+                written = await asyncio.to_thread(self.store.append_gateway_calls, batch)
             except StoreError as error:
+                if len(batch) > 1:
+                    # One refused call (an unknown agent) must not cost the others: write them one by one.
+                    for record in batch:
+                        await self._write_with_retries([record])
+                    return
                 # The game refuses it (unknown agent, read-only): retrying cannot help.
                 self.counters.rejected += 1
-                log.error("gateway call %s not recorded: %s", record.call_id, error)
+                log.error("gateway call %s not recorded: %s", batch[0].call_id, error)
                 return
-            except Exception as error:  # noqa: BLE001 - a store outage: keep the record and try again
+            except Exception as error:  # noqa: BLE001 - a store outage: keep the records and try again
                 self.counters.failed_attempts += 1
-                log.warning("recording call %s failed (%s); retrying in %.1f s", record.call_id, error, delay)
+                log.warning("recording %d call(s) failed (%s); retrying in %.1f s", len(batch), error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
                 continue
-            if written:
-                self.counters.recorded += 1
-            else:
-                self.counters.duplicates += 1
+            self.counters.recorded += written
+            self.counters.duplicates += len(batch) - written
             return

@@ -136,3 +136,10 @@ class OpenAICompatibleTestDouble:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve_until_stopped(responder: Callable[[dict[str, Any]], ScriptedReply], urls: Any, stop: Any) -> None:
+    """Run a double in this process (a multiprocessing target) until `stop` is set; its URL goes to `urls`."""
+    with OpenAICompatibleTestDouble(responder) as double:
+        urls.put(double.base_url)
+        stop.wait()

@@ -96,16 +96,16 @@ def test_an_upstream_error_reaches_the_agent_and_nothing_is_recorded(tmp_path):
 def test_a_failing_store_never_fails_the_call_and_the_record_lands_later(tmp_path, monkeypatch):
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     store.upgrade()
-    original = store.append_gateway_call
+    original = store.append_gateway_calls
     outage = {"left": 3}
 
-    def flaky(record):
+    def flaky(records):
         if outage["left"]:
             outage["left"] -= 1
             raise ConnectionError("store unreachable")
-        return original(record)
+        return original(records)
 
-    monkeypatch.setattr(store, "append_gateway_call", flaky)
+    monkeypatch.setattr(store, "append_gateway_calls", flaky)
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, recorder = gateway(store, double, lambda: HOUR)
         with TestClient(app) as client:
@@ -154,3 +154,25 @@ def test_a_deploy_switches_the_upstream_for_the_next_call(tmp_path):
                                        .order_by(table_of(LlmCallLog).c.timestamp, table_of(LlmCallLog).c.stepId))
                     .scalars()]
     assert versions == ["base@0", "babylon-mmo@1"]
+
+
+def test_a_provider_that_needs_translation_goes_through_litellm(tmp_path):
+    """`openai/...` at an API base is passed through byte for byte; any other provider is called via litellm."""
+    from babylon_assets.gateway.app import passes_through
+
+    assert passes_through(Upstream("openai/x", "http://127.0.0.1:1/v1"))
+    assert not passes_through(Upstream("hosted_vllm/x", "http://127.0.0.1:1/v1"))
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    store.upgrade()
+    with OpenAICompatibleTestDouble([DECISION]) as double:
+        recorder = GatewayRecorder(store, backoff_s=0.05)
+        app = create_app(lambda: Upstream("hosted_vllm/deployed", double.base_url, version="v@1"), recorder,
+                         lambda: HOUR)
+        with TestClient(app) as client:
+            answer = client.post("/v1/chat/completions", json=body("agent-1", 0), headers={AGENT_HEADER: "agent-1"})
+            wait_until(lambda: recorder.counters.recorded == 1)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == DECISION
+    assert double.requests[0]["model"] == "deployed"
+    with store.engine.connect() as connection:
+        (metadata,) = connection.execute(select(table_of(LlmCallLog).c.metadata)).scalars().all()
+    assert json.loads(metadata)["logprobs"]

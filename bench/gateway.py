@@ -1,0 +1,140 @@
+"""Latency the gateway adds, with 50 agents calling at once, against calling the upstream directly.
+
+    .venv/bin/python bench/gateway.py [--agents 50] [--calls 10] [--latency 0.05]
+
+An OpenAI-compatible TEST DOUBLE (its own process) answers every call after --latency seconds. The gateway
+runs in its own process (uvicorn) recording into a SQLite store. --agents agents each make --calls calls in
+a row, all agents at once: first straight to the double, then through the gateway. Printed: p50 and p99 of
+each, the added latency (goal: p50 under 5 ms), and whether every call was recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from babylon_assets.db.models import LlmCallLog, table_of  # noqa: E402
+from babylon_assets.db.store import Store  # noqa: E402
+from tests.doubles.openai_compatible import ScriptedReply, serve_until_stopped  # noqa: E402
+
+DECISION = '{"action": "HOLD", "reasoning": "waiting for the open"}'
+
+
+class _Fixed:
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+
+    def __call__(self, request: dict) -> ScriptedReply:
+        return ScriptedReply(DECISION, delay_s=self.latency)
+
+
+def _run_gateway(database_url: str, upstream_url: str, port: int) -> None:
+    import uvicorn
+
+    from babylon_assets.gateway.app import Upstream, create_app
+    from babylon_assets.gateway.recording import GatewayRecorder
+
+    store = Store(database_url)
+    app = create_app(lambda: Upstream("openai/deployed", upstream_url, version="bench@0"), GatewayRecorder(store))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def load(url: str, agents: int, calls: int, gateway: bool) -> list[float]:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=agents * 2, max_keepalive_connections=agents * 2)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def agent(n: int) -> None:
+            headers = {"X-Babylon-Agent": f"agent-{n:03d}"} if gateway else {}
+            for call in range(calls):
+                payload = {"model": "deployed", "max_tokens": 64, "logprobs": True,
+                           "messages": [{"role": "system", "content": f"You are agent {n}."},
+                                        {"role": "user", "content": f"Minute {call}: NVDX $100.00."}]}
+                started = time.perf_counter()
+                response = await client.post(f"{url}/chat/completions", json=payload, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+
+        await asyncio.gather(*(agent(n) for n in range(agents)))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        database_url = f"sqlite:///{Path(tmp) / 'gateway.db'}"
+        store = Store(database_url)
+        store.upgrade()
+        urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+        stop = multiprocessing.Event()
+        double = multiprocessing.Process(target=serve_until_stopped, args=(_Fixed(args.latency), urls, stop),
+                                         daemon=True)
+        double.start()
+        upstream = urls.get(timeout=30)
+        port = 18787
+        gateway = multiprocessing.Process(target=_run_gateway, args=(database_url, upstream, port), daemon=True)
+        gateway.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.2)
+        try:
+            asyncio.run(load(upstream, 5, 2, gateway=False))  # warm-up of both paths
+            asyncio.run(load(f"http://127.0.0.1:{port}/v1", 5, 2, gateway=True))
+            direct = asyncio.run(load(upstream, args.agents, args.calls, gateway=False))
+            through = asyncio.run(load(f"http://127.0.0.1:{port}/v1", args.agents, args.calls, gateway=True))
+            total = 10 + args.agents * args.calls
+            deadline = time.monotonic() + 60
+            while True:
+                with store.engine.connect() as connection:
+                    rows, distinct = connection.execute(select(func.count(), func.count(
+                        table_of(LlmCallLog).c.callId.distinct()))).one()
+                if rows >= total or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            gateway.terminate()
+            gateway.join(timeout=10)
+            stop.set()
+            double.join(timeout=10)
+        ms = 1000
+        print(f"{args.agents} agents x {args.calls} calls at once, upstream latency {args.latency * ms:.0f} ms")
+        for label, values in (("direct ", direct), ("gateway", through)):
+            print(f"  {label}: p50 {percentile(values, 0.5) * ms:7.1f} ms  p99 {percentile(values, 0.99) * ms:7.1f} ms"
+                  f"  mean {statistics.mean(values) * ms:7.1f} ms")
+        added_p50 = (percentile(through, 0.5) - percentile(direct, 0.5)) * ms
+        added_p99 = (percentile(through, 0.99) - percentile(direct, 0.99)) * ms
+        print(f"  added by the gateway: p50 {added_p50:.1f} ms ({'met' if added_p50 < 5 else 'NOT met'}: goal < 5 ms), "
+              f"p99 {added_p99:.1f} ms")
+        print(f"  recorded {rows} of {total} calls, {distinct} distinct: "
+              f"{'none lost, none twice' if rows == distinct == total else 'MISMATCH'}")
+
+
+if __name__ == "__main__":
+    main()
