@@ -109,6 +109,8 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         body.pop("model", None)  # the gateway decides who answers: the deployed model
         target = upstream()
         stream = bool(body.pop("stream", False))
+        # Ask for token logprobs (off-policy training needs them) unless the agent said otherwise.
+        added_logprobs = "logprobs" not in body
         body.setdefault("logprobs", True)
         started = time.perf_counter()
         # A simulator's agents report their simulated time; the game's agents play in real time.
@@ -127,7 +129,12 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
             ))
 
         if passes_through(target):
-            return await forward(target, messages, body, stream, record)
+            response = await forward(target, messages, body, stream, record)
+            if response.status_code == 400 and added_logprobs and b"logprob" in bytes(response.body or b""):
+                # An upstream that offers no logprobs: the agent did not ask for them, so ask again without.
+                body.pop("logprobs")
+                response = await forward(target, messages, body, stream, record)
+            return response
         import litellm
 
         try:

@@ -64,9 +64,9 @@ class OpenAICompatibleTestDouble:
                 elif failing:
                     self._send(500, {"error": {"message": "test double: scripted failure", "type": "server_error"}})
                 elif reply.status != 200:
-                    self._send(reply.status, {"error": {"message": f"test double: scripted {reply.status}",
-                                                        "type": "rate_limit_error" if reply.status == 429
-                                                        else "server_error"}}, reply.headers)
+                    message = reply.content or f"test double: scripted {reply.status}"
+                    kind = "rate_limit_error" if reply.status == 429 else "server_error"
+                    self._send(reply.status, {"error": {"message": message, "type": kind}}, reply.headers)
                 elif body.get("stream"):
                     self._stream(double.completion(body, reply.content))
                 else:

@@ -176,3 +176,27 @@ def test_a_provider_that_needs_translation_goes_through_litellm(tmp_path):
     with store.engine.connect() as connection:
         (metadata,) = connection.execute(select(table_of(LlmCallLog).c.metadata)).scalars().all()
     assert json.loads(metadata)["logprobs"]
+
+
+def test_an_upstream_without_logprobs_is_asked_again_without_them(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    store.upgrade()
+
+    def no_logprobs(request):
+        if request.get("logprobs"):
+            return ScriptedReply("logprobs are not supported by this model", status=400)
+        return ScriptedReply(DECISION)
+
+    with OpenAICompatibleTestDouble(no_logprobs) as double:
+        recorder = GatewayRecorder(store, backoff_s=0.05)
+        app = create_app(lambda: Upstream("openai/deployed", double.base_url), recorder, lambda: HOUR)
+        with TestClient(app) as client:
+            # an agent that asked for logprobs itself gets the upstream's refusal, unchanged
+            asked = client.post("/v1/chat/completions", json={**body("a", 0), "logprobs": True},
+                                headers={AGENT_HEADER: "a"})
+            assert asked.status_code == 400 and "not supported" in asked.json()["error"]["message"]
+            # an agent that did not ask: the gateway asks again without them, and the agent is answered
+            plain = client.post("/v1/chat/completions", json=body("a", 1), headers={AGENT_HEADER: "a"})
+            assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"] == DECISION
+            wait_until(lambda: recorder.counters.recorded == 1)
+    assert [r.get("logprobs") for r in double.requests] == [True, True, None]
