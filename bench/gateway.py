@@ -6,12 +6,16 @@ An OpenAI-compatible TEST DOUBLE (its own process) answers every call after --la
 runs in its own process (uvicorn) recording into a SQLite store. --agents agents each make --calls calls in
 a row, all agents at once: first straight to the double, then through the gateway. Printed: p50 and p99 of
 each, the added latency (goal: p50 under 5 ms), and whether every call was recorded exactly once.
+
+The double and the load generator are kept light (a bare asyncio HTTP server with keep-alive and a canned
+answer; an aiohttp client), so that on a 2-core machine the harness does not eat the CPU the gateway needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import statistics
@@ -28,17 +32,50 @@ from sqlalchemy import func, select  # noqa: E402
 
 from babylon_assets.db.models import LlmCallLog, table_of  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
-from tests.doubles.openai_compatible import ScriptedReply, serve_until_stopped  # noqa: E402
 
 DECISION = '{"action": "HOLD", "reasoning": "waiting for the open"}'
 
 
-class _Fixed:
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
+def _canned_answer() -> bytes:
+    tokens = [DECISION[i:i + 4] for i in range(0, len(DECISION), 4)]
+    body = json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "deployed",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": DECISION},
+                     "logprobs": {"content": [{"token": t, "logprob": -0.1, "bytes": list(t.encode()),
+                                               "top_logprobs": []} for t in tokens]}}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": len(tokens), "total_tokens": 40 + len(tokens)},
+    }).encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
 
-    def __call__(self, request: dict) -> ScriptedReply:
-        return ScriptedReply(DECISION, delay_s=self.latency)
+
+def _serve_light_double(latency: float, urls: multiprocessing.Queue, stop: multiprocessing.Event) -> None:  # type: ignore[type-arg]
+    """A TEST DOUBLE upstream: minimal HTTP/1.1 with keep-alive, a canned chat completion after `latency`."""
+    answer = _canned_answer()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                await asyncio.sleep(latency)
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+        urls.put(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        server.close()
+
+    asyncio.run(main())
 
 
 def _run_gateway(database_url: str, upstream_url: str, port: int) -> None:
@@ -48,7 +85,10 @@ def _run_gateway(database_url: str, upstream_url: str, port: int) -> None:
     from babylon_assets.gateway.recording import GatewayRecorder
 
     store = Store(database_url)
-    app = create_app(lambda: Upstream("openai/deployed", upstream_url, version="bench@0"), GatewayRecorder(store))
+    recorder = GatewayRecorder(store)
+    if os.environ.get("BENCH_GATEWAY_NO_RECORDING"):
+        recorder.submit = lambda record: None  # type: ignore[method-assign]  # to see what recording costs
+    app = create_app(lambda: Upstream("openai/deployed", upstream_url, version="bench@0"), recorder)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -58,9 +98,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def load(url: str, agents: int, calls: int, gateway: bool) -> list[float]:
+    import aiohttp
+
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=agents * 2, max_keepalive_connections=agents * 2)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def agent(n: int) -> None:
             headers = {"X-Babylon-Agent": f"agent-{n:03d}"} if gateway else {}
             for call in range(calls):
@@ -68,9 +109,10 @@ async def load(url: str, agents: int, calls: int, gateway: bool) -> list[float]:
                            "messages": [{"role": "system", "content": f"You are agent {n}."},
                                         {"role": "user", "content": f"Minute {call}: NVDX $100.00."}]}
                 started = time.perf_counter()
-                response = await client.post(f"{url}/chat/completions", json=payload, headers=headers)
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200, response.text
+                async with session.post(f"{url}/chat/completions", json=payload, headers=headers) as response:
+                    await response.read()
+                    latencies.append(time.perf_counter() - started)
+                    assert response.status == 200, await response.text()
 
         await asyncio.gather(*(agent(n) for n in range(agents)))
     return latencies
@@ -88,8 +130,7 @@ def main() -> None:
         store.upgrade()
         urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         stop = multiprocessing.Event()
-        double = multiprocessing.Process(target=serve_until_stopped, args=(_Fixed(args.latency), urls, stop),
-                                         daemon=True)
+        double = multiprocessing.Process(target=_serve_light_double, args=(args.latency, urls, stop), daemon=True)
         double.start()
         upstream = urls.get(timeout=30)
         port = 18787

@@ -3,9 +3,9 @@
 A small Starlette app rather than litellm's proxy: the proxy is a service of its own with its own database
 and auth, while recording into the game's tables and stitching calls into agent-hours must sit beside our
 store. Where the upstream speaks OpenAI's protocol itself (an `openai/...` model at an API base: the local
-llama.cpp server, vLLM, ART's endpoints) the request is passed through byte for byte with one shared HTTP
-client, so the agent gets the upstream's answer and errors unchanged and the gateway adds about a
-millisecond; any other provider goes through `litellm.acompletion`, which translates.
+llama.cpp server, vLLM, ART's endpoints) the request is passed through byte for byte on one shared aiohttp
+session, so the agent gets the upstream's answer and errors unchanged and the gateway adds a few
+milliseconds; any other provider goes through `litellm.acompletion`, which translates.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -90,7 +90,7 @@ def passes_through(target: Upstream) -> bool:
 
 def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, clock: Clock = utcnow) -> Starlette:
     """The gateway app; `upstream` is asked on every call (a deploy switches it at once)."""
-    http: dict[str, httpx.AsyncClient] = {}
+    http: dict[str, aiohttp.ClientSession] = {}
 
     async def chat_completions(request: Request) -> Response:
         agent_id = request.headers.get(AGENT_HEADER, "").strip()
@@ -170,21 +170,22 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
     async def forward(target: Upstream, messages: list[dict[str, Any]], body: dict[str, Any], stream: bool,
                       record: Callable[[str, Any, list[dict[str, Any]] | None, str | None], None]) -> Response:
-        client = http["client"]
+        session = http["session"]
         url = f"{(target.api_base or '').rstrip('/')}/chat/completions"
         payload = {**body, "model": target.model.split("/", 1)[1], "messages": messages, "stream": stream}
         headers = {"Authorization": f"Bearer {target.api_key or PLACEHOLDER_API_KEY}"}
         try:
-            answer = await client.send(client.build_request("POST", url, json=payload, headers=headers),
-                                       stream=True)
-        except httpx.HTTPError as error:
+            answer = await session.post(url, json=payload, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as error:
             return _error(502, f"the upstream at {url} did not answer: {type(error).__name__}: {error}",
                           "api_connection_error")
         media_type = answer.headers.get("content-type", "application/json")
-        if not stream or answer.status_code != 200:
-            content = await answer.aread()
-            await answer.aclose()
-            if answer.status_code == 200:
+        if not stream or answer.status != 200:
+            try:
+                content = await answer.read()
+            finally:
+                answer.release()
+            if answer.status == 200:
                 data = json.loads(content)
                 choice = data["choices"][0]
                 logprobs = (choice.get("logprobs") or {}).get("content")
@@ -192,7 +193,7 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                        [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
                        data.get("model"))
             # The upstream's answer, errors included, exactly as it came.
-            return Response(content, status_code=answer.status_code, media_type=media_type)
+            return Response(content, status_code=answer.status, media_type=media_type.split(";")[0])
 
         async def relay() -> AsyncIterator[bytes]:
             buffer = bytearray()
@@ -200,7 +201,7 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
             logprobs: list[dict[str, Any]] = []
             usage = model = None
             try:
-                async for raw in answer.aiter_raw():
+                async for raw in answer.content.iter_any():
                     yield raw
                     buffer.extend(raw)
                     for event in _sse_payloads(buffer):
@@ -211,10 +212,10 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                             logprobs.extend({"token": t["token"], "logprob": float(t["logprob"])}
                                             for t in ((choice.get("logprobs") or {}).get("content") or []))
             finally:
-                await answer.aclose()
+                answer.release()
             record("".join(parts), usage, logprobs or None, model)
 
-        return StreamingResponse(relay(), status_code=200, media_type=media_type)
+        return StreamingResponse(relay(), status_code=200, media_type=media_type.split(";")[0])
 
     async def health(_: Request) -> Response:
         counters = recorder.counters
@@ -224,12 +225,13 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         recorder.start()
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-        http["client"] = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), limits=limits)
+        # aiohttp, not httpx: its connection pool stays fast with hundreds of calls in flight.
+        http["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                timeout=aiohttp.ClientTimeout(total=600, connect=10))
         try:
             yield
         finally:
-            await http.pop("client").aclose()
+            await http.pop("session").close()
             await recorder.stop()  # what is queued is written before the gateway goes
 
     return Starlette(
