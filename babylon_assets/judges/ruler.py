@@ -22,9 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import aiohttp
+
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
 from babylon_assets.core.rubric import rubric_text
 from babylon_assets.core.views import decision_conversations, judge_messages
+from babylon_assets.gateway.app import Upstream, passes_through
 from babylon_assets.llm_agent import PLACEHOLDER_API_KEY
 
 Mode = Literal["art", "pinned"]
@@ -215,6 +218,21 @@ def model_prices(model: str) -> tuple[float, float] | None:
     return prompt_cost / 1_000_000, completion_cost / 1_000_000
 
 
+class _TransientUpstream(Exception):
+    """A 429, a 5xx, a timeout or a lost connection from the judge: worth another try."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _retry_after_s(error: BaseException) -> float | None:
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None) or getattr(error, "litellm_response_headers", None) or {}
@@ -238,6 +256,7 @@ class RulerJudge:
         self.rubric = rubric_text(config.rubric_version)
         self.budget = _Budget(config.budget_usd, config.budget_tokens)
         self.stats = RulerRunStats()
+        self._session: aiohttp.ClientSession | None = None
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
     @property
@@ -280,6 +299,8 @@ class RulerJudge:
 
         labels = _labels(len(message_lists))
         messages = ruler_style_messages(message_lists, self.rubric)
+        if self._session is not None:
+            return await self._post_openai_compatible(messages, labels)
         response = await litellm.acompletion(
             model=self.config.model,
             messages=messages,
@@ -291,6 +312,35 @@ class RulerJudge:
         usage = getattr(response, "usage", None)
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
         tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        return _Call(parse_scores(content, labels), tokens_in, tokens_out, self._dollars(tokens_in, tokens_out))
+
+    async def _post_openai_compatible(self, messages: list[dict[str, str]], labels: list[str]) -> _Call:
+        """The pinned call to a judge that speaks OpenAI's protocol itself (an `openai/...` model at an API base),
+        on one shared aiohttp session: litellm's per-call work would cap throughput on a small machine."""
+        assert self._session is not None
+        url = f"{(self.config.api_base or '').rstrip('/')}/chat/completions"
+        payload = {
+            "model": self.config.model.split("/", 1)[1],
+            "messages": messages,
+            "max_tokens": self.config.max_tokens,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "ruler_scores", "schema": pinned_schema(labels), "strict": True}},
+        }
+        headers = {"Authorization": f"Bearer {self.config.api_key or PLACEHOLDER_API_KEY}"}
+        try:
+            async with self._session.post(url, json=payload, headers=headers,
+                                          timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as response:
+                text = await response.text()
+                if response.status == 429 or response.status >= 500:
+                    raise _TransientUpstream(f"HTTP {response.status}", _seconds(response.headers.get("Retry-After")))
+                if response.status != 200:
+                    raise RuntimeError(f"the judge answered HTTP {response.status}: {text[:300]}")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise _TransientUpstream(f"{type(error).__name__}: {error}", None) from None
+        data = json.loads(text)
+        usage = data.get("usage") or {}
+        tokens_in, tokens_out = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        content = data["choices"][0]["message"].get("content") or ""
         return _Call(parse_scores(content, labels), tokens_in, tokens_out, self._dollars(tokens_in, tokens_out))
 
     async def _call_art(self, message_lists: Sequence[Sequence[dict[str, str]]]) -> _Call:
@@ -326,8 +376,8 @@ class RulerJudge:
                 problems.append(f"attempt {attempt + 1}: bad answer: {error}")
                 delay = self.config.backoff_s * 2**attempt
             except (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError,
-                    litellm.ServiceUnavailableError, litellm.InternalServerError) as error:
-                retry_after = _retry_after_s(error)
+                    litellm.ServiceUnavailableError, litellm.InternalServerError, _TransientUpstream) as error:
+                retry_after = error.retry_after if isinstance(error, _TransientUpstream) else _retry_after_s(error)
                 problems.append(f"attempt {attempt + 1}: {type(error).__name__}"
                                 + (f" (Retry-After {retry_after:g}s)" if retry_after is not None else ""))
                 delay = retry_after if retry_after is not None else self.config.backoff_s * 2**attempt
@@ -394,7 +444,15 @@ class RulerJudge:
             except (RuntimeError, BudgetExhausted) as error:
                 result.failures[group.group_id] = str(error)
 
-        await asyncio.gather(*(one(group) for group in groups))
+        direct = self.config.mode == "pinned" and passes_through(Upstream(self.config.model, self.config.api_base))
+        if direct:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        try:
+            await asyncio.gather(*(one(group) for group in groups))
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
         return result
 
 
