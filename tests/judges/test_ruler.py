@@ -246,3 +246,13 @@ def test_the_pinned_schema_fixes_every_id():
     assert scores["minItems"] == scores["maxItems"] == 2
     assert scores["prefixItems"][1]["properties"]["trajectory_id"] == {"const": "2"}
     assert scores["prefixItems"][0]["properties"]["score"]["enum"][:3] == [0.0, 0.05, 0.1]
+
+
+def test_a_pinned_judge_that_needs_translation_goes_through_litellm(simulated_store):
+    groups = groups_of(simulated_store, [W])
+    with OpenAICompatibleTestDouble(Script(lambda r: ScriptedReply(status=429, headers={"Retry-After": "0"}))) as double:
+        config = RulerConfig(model="hosted_vllm/judge-double", api_base=double.base_url, mode="pinned", retries=2,
+                             backoff_s=0.01)
+        result = asyncio.run(RulerJudge(config).score(groups))
+    assert result.failures == {} and len(result.scores) == 6 and len(double.requests) == 2
+    assert double.requests[-1]["response_format"]["json_schema"]["schema"]["properties"]["scores"]["maxItems"] == 6
