@@ -250,7 +250,8 @@ def test_the_pinned_schema_fixes_every_id():
 
 def test_a_pinned_judge_that_needs_translation_goes_through_litellm(simulated_store):
     groups = groups_of(simulated_store, [W])
-    with OpenAICompatibleTestDouble(Script(lambda r: ScriptedReply(status=429, headers={"Retry-After": "0"}))) as double:
+    limited_once = Script(lambda r: ScriptedReply(status=429, headers={"Retry-After": "0"}))
+    with OpenAICompatibleTestDouble(limited_once) as double:
         config = RulerConfig(model="hosted_vllm/judge-double", api_base=double.base_url, mode="pinned", retries=2,
                              backoff_s=0.01)
         result = asyncio.run(RulerJudge(config).score(groups))
