@@ -13,9 +13,7 @@ from typing import Any
 
 from babylon_assets.core.agent_protocol import Observation
 from babylon_assets.core.simulation import AgentReply
-
-# litellm wants a key even for a local server that checks none.
-PLACEHOLDER_API_KEY = "sk-local-placeholder"
+from babylon_assets.openai_compat import PLACEHOLDER_API_KEY
 
 
 @dataclass(frozen=True, slots=True)

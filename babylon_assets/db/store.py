@@ -188,7 +188,7 @@ class Store:
     def upgrade(self) -> None:
         """Bring our schema to the newest revision; game tables only in a store of our own."""
         upgrade_to_head(self.engine)
-        self.__dict__.pop("is_game_database", None)
+        self.__dict__.pop("game_user_columns", None)
 
     def is_up_to_date(self) -> bool:
         """True when the database is at the newest revision."""
@@ -200,11 +200,19 @@ class Store:
             self.upgrade()
 
     @cached_property
+    def game_user_columns(self) -> frozenset[str]:
+        """The columns of the game's "User" table, empty when there is none (looked up once per store: the
+        gateway's writes ask on every batch)."""
+        with self.engine.connect() as connection:
+            schema = game_schema_of(connection)
+            if GAME_USER_TABLE not in inspect(connection).get_table_names(schema=schema):
+                return frozenset()
+            return frozenset(c["name"] for c in inspect(connection).get_columns(GAME_USER_TABLE, schema=schema))
+
+    @property
     def is_game_database(self) -> bool:
         """True when the database holds the game's "User" table: the game's own players live here."""
-        with self.engine.connect() as connection:
-            names = inspect(connection).get_table_names(schema=game_schema_of(connection))
-        return GAME_USER_TABLE in names
+        return bool(self.game_user_columns)
 
     # -- reading trajectories -------------------------------------------------------------------
 
@@ -365,8 +373,7 @@ class Store:
             )
 
     def _require_known_agents(self, connection: Any, agent_ids: set[str]) -> None:
-        user = inspect(connection).get_table_names(schema=game_schema_of(connection))
-        if GAME_USER_TABLE not in user:
+        if not self.is_game_database:
             return
         users = table_clause(GAME_USER_TABLE, column("id"), schema=game_schema_of(connection))
         known = set(
@@ -400,12 +407,9 @@ class Store:
 
     def game_accounts(self, connection: Connection, agent_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """The game's own accounts of these agents ("User".lifetimePnL and virtualBalance), when it has them."""
+        if not {"lifetimePnL", "virtualBalance"} <= self.game_user_columns:
+            return {}
         schema = game_schema_of(connection)
-        if GAME_USER_TABLE not in inspect(connection).get_table_names(schema=schema):
-            return {}
-        columns = {c["name"] for c in inspect(connection).get_columns(GAME_USER_TABLE, schema=schema)}
-        if not {"lifetimePnL", "virtualBalance"} <= columns:
-            return {}
         users = table_clause(GAME_USER_TABLE, column("id"), column("lifetimePnL"), column("virtualBalance"),
                              schema=schema)
         rows = connection.execute(select(users.c.id, users.c.lifetimePnL, users.c.virtualBalance)
@@ -438,10 +442,6 @@ class Store:
                                    {"row_id": row.id, **{f"v_{k}": v for k, v in values.items()}})
                 changed += 1
         return changed
-
-    def append_gateway_call(self, record: Any) -> bool:
-        """Record one gateway call (see `append_gateway_calls`); False when it was already recorded."""
-        return self.append_gateway_calls([record]) == 1
 
     def append_gateway_calls(self, records: Sequence[Any]) -> int:
         """Add gateway calls to their agents' trajectories for the hour (each created by its first call) and to

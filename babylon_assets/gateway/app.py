@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from babylon_assets.core.windows import Clock, as_utc, utcnow
 from babylon_assets.gateway.recording import CallRecord, GatewayRecorder
-from babylon_assets.llm_agent import PLACEHOLDER_API_KEY
+from babylon_assets.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
 
 AGENT_HEADER = "X-Babylon-Agent"
 
@@ -85,7 +85,7 @@ def _sse_payloads(buffer: bytearray) -> Iterator[dict[str, Any]]:
 
 def passes_through(target: Upstream) -> bool:
     """An upstream that speaks OpenAI's protocol itself: forwarded byte for byte."""
-    return target.api_base is not None and target.model.startswith("openai/")
+    return speaks_openai(target.model, target.api_base)
 
 
 def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, clock: Clock = utcnow) -> Starlette:

@@ -15,7 +15,7 @@ from typing import Any
 
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, Step
 from babylon_assets.core.windows import Clock, as_utc, utcnow, window_id_of
-from babylon_assets.db.store import Store, StoreError
+from babylon_assets.db.store import Store, StoreError, naive_utc
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class CallRecord:
             self.prompt_tokens + self.completion_tokens
         return {
             "id": self.call_id, "trajectoryId": self.trajectory_id, "stepId": f"{self.trajectory_id}:{step_number}",
-            "callId": self.call_id, "timestamp": as_utc(self.at).replace(tzinfo=None),
+            "callId": self.call_id, "timestamp": naive_utc(self.at),
             "latencyMs": int(self.latency_ms), "model": self.model, "purpose": "action",
             "actionType": self.action_type, "systemPrompt": self.system_prompt, "userPrompt": self.user_prompt,
             "messagesJson": json.dumps(self.messages), "response": self.response, "temperature": self.temperature,

@@ -27,8 +27,7 @@ import aiohttp
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
 from babylon_assets.core.rubric import rubric_text
 from babylon_assets.core.views import decision_conversations, judge_messages
-from babylon_assets.gateway.app import Upstream, passes_through
-from babylon_assets.llm_agent import PLACEHOLDER_API_KEY
+from babylon_assets.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
 
 Mode = Literal["art", "pinned"]
 
@@ -154,6 +153,12 @@ def pinned_schema(labels: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def pinned_response_format(labels: Sequence[str]) -> dict[str, Any]:
+    """The response_format of a pinned call (OpenAI's json_schema form)."""
+    return {"type": "json_schema",
+            "json_schema": {"name": "ruler_scores", "schema": pinned_schema(labels), "strict": True}}
+
+
 def ruler_style_messages(message_lists: Sequence[Sequence[dict[str, str]]], rubric: str) -> list[dict[str, str]]:
     """The pinned mode's prompt, built the way RULER builds its own: the messages every trajectory shares
     are sent once as context, then each trajectory's own messages, JSON-encoded, in a numbered block."""
@@ -236,11 +241,7 @@ def _seconds(value: str | None) -> float | None:
 def _retry_after_s(error: BaseException) -> float | None:
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None) or getattr(error, "litellm_response_headers", None) or {}
-    value = headers.get("retry-after") if hasattr(headers, "get") else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+    return _seconds(headers.get("retry-after") if hasattr(headers, "get") else None)
 
 
 class RulerJudge:
@@ -304,8 +305,7 @@ class RulerJudge:
         response = await litellm.acompletion(
             model=self.config.model,
             messages=messages,
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "ruler_scores", "schema": pinned_schema(labels), "strict": True}},
+            response_format=pinned_response_format(labels),
             **self._litellm_params(),
         )
         content = response.choices[0].message.content or ""
@@ -323,8 +323,7 @@ class RulerJudge:
             "model": self.config.model.split("/", 1)[1],
             "messages": messages,
             "max_tokens": self.config.max_tokens,
-            "response_format": {"type": "json_schema", "json_schema": {
-                "name": "ruler_scores", "schema": pinned_schema(labels), "strict": True}},
+            "response_format": pinned_response_format(labels),
         }
         headers = {"Authorization": f"Bearer {self.config.api_key or PLACEHOLDER_API_KEY}"}
         try:
@@ -444,7 +443,7 @@ class RulerJudge:
             except (RuntimeError, BudgetExhausted) as error:
                 result.failures[group.group_id] = str(error)
 
-        direct = self.config.mode == "pinned" and passes_through(Upstream(self.config.model, self.config.api_base))
+        direct = self.config.mode == "pinned" and speaks_openai(self.config.model, self.config.api_base)
         if direct:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
