@@ -4,8 +4,9 @@ sensor's tick time over a large store.
     .venv/bin/python bench/backfill.py [--agents 8] [--sensor-windows 10000] [--sensor-rows 200000]
 
 1. Backfill: 168 simulated windows (8 agents, 10 decisions each, outcome judge), twice on identical
-   stores: once as `window_graph` runs on a Dagster instance on disk (ranged runs, checks
-   included), once by calling the store and core functions the assets call, in a plain loop. Goal:
+   stores: once as `window_graph` runs on a Dagster instance on disk, made from the project's dagster.yaml
+   as `babylon backfill` makes it (ranged runs, checks included), once by calling the store and core
+   functions the assets call, in a plain loop. Goal:
    Dagster within 3x of direct. Dagster runs twice: the week in one run (the backfill policy) and in 7
    runs of 24 windows (how the sensor works through history).
 2. Sensor: a store with --sensor-rows trajectories over --sensor-windows windows, all closed; the time of
@@ -33,6 +34,7 @@ from babylon_assets.core.windows import window_id_of
 from babylon_assets.db.models import MarketOutcome, Trajectory, table_of
 from babylon_assets.db.store import AgentWindowScore, Store, naive_utc
 from babylon_assets.definitions import build_definitions
+from babylon_assets.instance import prepare_dagster_home
 from babylon_assets.pipeline import materialize_windows
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.sensors import evaluate_window_sensor
@@ -100,11 +102,13 @@ def direct_backfill(store: Store, window_ids: list[str]) -> int:
 def dagster_backfill(store: Store, window_ids: list[str], home: Path, per_run: int) -> int:
     url = store.target.url.render_as_string(hide_password=False)
     defs = build_definitions(Settings(DATABASE_URL=url))
-    home.mkdir(parents=True, exist_ok=True)
-    with DagsterInstance.local_temp(str(home)) as instance:
+    # The instance as `babylon backfill` gets it: the project's dagster.yaml copied into DAGSTER_HOME.
+    prepare_dagster_home(Settings(DAGSTER_HOME=str(home)), environ={})
+    with DagsterInstance.get() as instance:
         runs = materialize_windows(defs, window_ids, instance, max_per_run=per_run)
         assert all(run.success for run in runs), runs
-        print(f"  dagster: {len(runs)} runs of {', '.join(str(r.windows) for r in runs)} windows")
+        print(f"  dagster: {len(runs)} runs of {', '.join(str(r.windows) for r in runs)} windows "
+              f"({type(instance.event_log_storage).__name__})")
     return sum(1 for w in window_ids for m in store.group_members(w) if m["score"] is not None)
 
 

@@ -30,6 +30,10 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("PYTHON_DOTENV_DISABLED", "1")
+    # The batching event log turns Dagster's event batching on for the process it runs in (setdefault):
+    # unset here, with the unset state recorded, so a test that builds one leaves no batching behind.
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "")
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")
 
 
 def _admin_connection():
