@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
 from babylon_assets.checks import ALL_CHECKS
-from babylon_assets.jobs import training_dataset_job, window_graph_job
+from babylon_assets.jobs import training_dataset_job, training_job, window_graph_job
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
-from babylon_assets.sensors import window_sensor
+from babylon_assets.resources.trainer import TrainerResource
+from babylon_assets.sensors import training_sensor, window_sensor
 from babylon_assets.settings import Settings, get_settings
 
 
@@ -47,6 +49,19 @@ def build_resources(settings: Settings) -> dict[str, object]:
             mode=settings.JUDGE_MODE,
             timeout_s=settings.JUDGE_TIMEOUT_SECONDS,
         ),
+        "trainer": TrainerResource(
+            train_backend=settings.TRAIN_BACKEND,
+            base_model=settings.BASE_MODEL,
+            project_name=settings.PROJECT_NAME,
+            model_name=settings.MODEL_NAME,
+            art_path=settings.ART_PATH,
+            learning_rate=settings.LEARNING_RATE,
+            iterations=settings.ITERATIONS,
+            windows_per_iteration=settings.WINDOWS_PER_ITERATION,
+            seed=settings.TRAIN_SEED,
+            wandb_mode=settings.WANDB_MODE,
+            wandb_dir=settings.WANDB_DIR,
+        ),
     }
 
 
@@ -54,10 +69,10 @@ def build_definitions(settings: Settings | None = None, resource_overrides: dict
                       ) -> Definitions:
     """The code location: window assets, the dataset, checks, jobs, sensors and resources."""
     return Definitions(
-        assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset],
+        assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset, trained_checkpoint],
         asset_checks=ALL_CHECKS,
-        jobs=[window_graph_job, training_dataset_job],
-        sensors=[window_sensor],
+        jobs=[window_graph_job, training_dataset_job, training_job],
+        sensors=[window_sensor, training_sensor],
         resources={**build_resources(settings or get_settings()), **(resource_overrides or {})},
     )
 

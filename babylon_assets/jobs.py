@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
+from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
@@ -18,4 +19,10 @@ training_dataset_job = define_asset_job(
     "training_dataset_job",
     selection=AssetSelection.assets(training_dataset),
     description="Assemble the training dataset from the scores already stored (never re-scores).",
+)
+
+training_job = define_asset_job(
+    "training_job",
+    selection=AssetSelection.assets(training_dataset, trained_checkpoint),
+    description="Assemble the training dataset from stored scores, then train a checkpoint on it.",
 )

@@ -4,7 +4,10 @@
 from datetime import datetime
 
 from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
+    RunsFilter,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -13,10 +16,11 @@ from dagster import (
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from babylon_assets.core.sensing import parse_cursor, plan_window_requests
-from babylon_assets.core.windows import utcnow
+from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests
+from babylon_assets.core.windows import lookback_window_ids, utcnow
 from babylon_assets.db.store import Store
-from babylon_assets.jobs import window_graph_job
+from babylon_assets.db.training_records import TrainingRecords
+from babylon_assets.jobs import training_job, window_graph_job
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.settings import get_settings
@@ -67,3 +71,37 @@ def evaluate_window_sensor(
 )
 def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
     return evaluate_window_sensor(store.get_store(), rules, context.cursor, utcnow(), get_settings().PARTITION_START)
+
+
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+             DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def evaluate_training_sensor(db: Store, instance: DagsterInstance, rules: WindowRulesResource, cursor: str | None,
+                             now: datetime, new_before_retrain: int) -> SensorResult | SkipReason:
+    """One tick: a training run when enough ready, scored windows (and enough new ones) exist, else why not."""
+    in_flight = len(instance.get_runs(RunsFilter(job_name=training_job.name, statuses=IN_FLIGHT), limit=5))
+    records = TrainingRecords(db)
+    scored = records.scored_windows(lookback_window_ids(rules.lookback_hours, now))
+    states = db.window_states(list(scored))
+    ready_scored = sorted(w for w in scored if states.get(w, {}).get("ready"))
+    last_checkpoint = records.latest_checkpoint_time()
+    new = None if last_checkpoint is None else [w for w in ready_scored if scored[w] > last_checkpoint]
+    decision = plan_retraining(ready_scored, new, min_ready=rules.min_ready_windows,
+                               new_before_retrain=new_before_retrain, in_flight=in_flight, cursor=cursor)
+    if not decision.launch:
+        return SkipReason(decision.reason)
+    return SensorResult(run_requests=[RunRequest(run_key=decision.run_key, tags={"babylon/reason": decision.reason})],
+                        cursor=decision.cursor)
+
+
+@sensor(
+    job=training_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Launches training when >= MIN_READY_WINDOWS ready, scored windows lie in the lookback and "
+    ">= NEW_WINDOWS_BEFORE_RETRAIN were scored since the last checkpoint; never while a training run is in flight.",
+)
+def training_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
+    return evaluate_training_sensor(store.get_store(), context.instance, rules, context.cursor, utcnow(),
+                                    get_settings().NEW_WINDOWS_BEFORE_RETRAIN)

@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     WINDOWS_PER_ITERATION: int = 20
     NEW_WINDOWS_BEFORE_RETRAIN: int = 6
     GATE_MIN_PNL_DELTA: float = 0.0
-    WANDB_MODE: str = "offline"
+    WANDB_MODE: Literal["offline", "online", "disabled"] = "offline"
+    # Offline W&B runs are written here (git ignores it); `wandb sync <run folder>` uploads one later.
+    WANDB_DIR: str = ".babylon/wandb"
 
     # Agents and gateway
     AGENT_MODEL: str | None = None

@@ -100,3 +100,35 @@ def plan_window_requests(
         plan.requested.update(fingerprints)
     plan.waiting = sum(len(windows) for windows in ranges[max_runs:])
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainDecision:
+    """Whether the training sensor launches a run now, and why (or why not)."""
+
+    launch: bool
+    reason: str
+    run_key: str | None = None
+    cursor: str | None = None
+
+
+def plan_retraining(ready_scored: list[str], new_since_checkpoint: list[str] | None, *, min_ready: int,
+                    new_before_retrain: int, in_flight: int, cursor: str | None) -> RetrainDecision:
+    """Launch when >= min_ready ready, scored windows lie in the lookback and >= new_before_retrain of them
+    were scored since the last checkpoint (`None`: no checkpoint yet, so only the first rule applies);
+    never while a training run is in flight, never twice for the same windows (the cursor)."""
+    if in_flight:
+        return RetrainDecision(False, f"{in_flight} training run(s) in flight; waiting for it to finish")
+    if len(ready_scored) < min_ready:
+        return RetrainDecision(False, f"{len(ready_scored)} ready, scored window(s) in the lookback; "
+                                      f"need >= {min_ready}")
+    if new_since_checkpoint is not None and len(new_since_checkpoint) < new_before_retrain:
+        return RetrainDecision(False, f"{len(new_since_checkpoint)} window(s) scored since the last checkpoint; "
+                                      f"need >= {new_before_retrain} (NEW_WINDOWS_BEFORE_RETRAIN)")
+    basis = ready_scored if new_since_checkpoint is None else new_since_checkpoint
+    key = hashlib.sha256(",".join(sorted(basis)).encode()).hexdigest()[:16]
+    if key == cursor:
+        return RetrainDecision(False, "training was already launched for these windows")
+    what = "no checkpoint yet" if new_since_checkpoint is None else f"{len(basis)} new scored window(s)"
+    return RetrainDecision(True, f"{len(ready_scored)} ready, scored windows in the lookback, {what}",
+                           run_key=f"train-{key}", cursor=key)

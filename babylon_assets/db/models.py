@@ -378,6 +378,22 @@ class DatasetMember(OurBase):
     reward: Mapped[float] = mapped_column(Float)
 
 
+class TrainingStepMember(OurBase):
+    """One agent-window a training step learned from: the lineage of every checkpoint at or after the step."""
+
+    __tablename__ = "training_step_members"
+    __table_args__ = (Index("training_step_members_batch", "batch_id"),)
+
+    model_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_window_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(80))
+    window_id: Mapped[str] = mapped_column(String(50))
+    group_id: Mapped[str] = mapped_column(String(80))
+    trajectory_ids: Mapped[str] = mapped_column(Text)  # JSON list: the game rows stitched into the agent-window
+    reward: Mapped[float] = mapped_column(Float)
+
+
 class JudgeCacheEntry(OurBase):
     """A judged group, keyed by a hash of (judge view, judge model, rubric version): never sent twice."""
 

@@ -1,0 +1,55 @@
+"""What each training iteration learns from, and the numbers a training summary prints. No Dagster here."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def sample_windows(window_ids: Sequence[str], per_iteration: int, seed: int, iteration: int) -> list[str]:
+    """Up to `per_iteration` windows for one iteration (all of them when fewer exist), in time order.
+
+    The draw depends only on (seed, iteration, the set of windows), so a resumed run draws what the
+    interrupted one would have.
+    """
+    ordered = sorted(set(window_ids))
+    if len(ordered) <= per_iteration:
+        return ordered
+    key = hashlib.sha256(f"{seed}:{iteration}:{','.join(ordered)}".encode()).digest()
+    return sorted(random.Random(key).sample(ordered, per_iteration))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Minimum, mean and maximum of some numbers (zeros when there are none)."""
+
+    low: float
+    mean: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """The spread of these values."""
+        if not values:
+            return cls(0.0, 0.0, 0.0, 0)
+        return cls(min(values), sum(values) / len(values), max(values), len(values))
+
+    def __str__(self) -> str:
+        return f"min {self.low:.3f}  mean {self.mean:.3f}  max {self.high:.3f}  (n={self.count})"
+
+
+def ranks_within_groups(rewards: Sequence[tuple[str, str, float]]) -> list[dict[str, object]]:
+    """(group, member, reward) -> each member's rank in its group (1 = best; ties share the better rank)."""
+    by_group: dict[str, list[tuple[str, float]]] = {}
+    for group, member, reward in rewards:
+        by_group.setdefault(group, []).append((member, reward))
+    ranked: list[dict[str, object]] = []
+    for group in sorted(by_group):
+        members = by_group[group]
+        for member, reward in sorted(members, key=lambda m: (-m[1], m[0])):
+            rank = 1 + sum(1 for _, other in members if other > reward)
+            ranked.append({"group_id": group, "agent_window_id": member, "reward": reward, "rank": rank})
+    return ranked
