@@ -112,7 +112,7 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
             agent_windows[window_id] = agent_windows_of(store, window_id)
         return agent_windows[window_id]
 
-    model = art.TrainableModel(name=options.model_name, project=options.project, base_model=options.base_model)
+    model: art.TrainableModel[Any, Any] = art.TrainableModel(name=options.model_name, project=options.project, base_model=options.base_model)
     await model.register(backend)
     records.mark_training(outcome.batch_id)
     used: dict[str, tuple[StepMember, AgentWindow]] = {}
@@ -169,8 +169,8 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
     outcome.rewards = Spread.of([m.reward for m, _ in used.values()])
     outcome.pnl = Spread.of([aw.final_pnl for _, aw in used.values() if aw.final_pnl is not None])
     per_agent: dict[str, list[float]] = defaultdict(list)
-    for m, aw in used.values():
-        per_agent[aw.agent_id].append(m.reward)
+    for used_member, aw in used.values():
+        per_agent[aw.agent_id].append(used_member.reward)
     outcome.agents = sorted(((agent, sum(r) / len(r), len(r)) for agent, r in per_agent.items()),
                             key=lambda a: (-a[1], a[0]))
     records.complete_batch(outcome.batch_id, model_version=outcome.model_version or f"{options.model_name}@0",

@@ -17,7 +17,8 @@ def trained_checkpoint(context: AssetExecutionContext, store: StoreResource, tra
     db = store.get_store()
 
     def progress(report: StepReport) -> None:
-        context.log.info(f"step {report.step} (iteration {report.iteration}): loss {report.metrics.get('loss', 0):.4f}, "
+        loss = report.metrics.get("loss", 0.0)
+        context.log.info(f"step {report.step} (iteration {report.iteration}): loss {loss:.4f}, "
                          f"{report.groups} groups, {report.trajectories} agent-windows, "
                          f"{report.metrics.get('tokens_per_second', 0):.0f} tokens/s")
 
