@@ -81,3 +81,14 @@ def materialize_training_dataset(defs: Definitions, instance: DagsterInstance, u
         run_config={**QUIET, "ops": {"training_dataset": {"config": {"until": until}}}},
     )
     return GraphRun(result.run_id, "training_dataset", result.success)
+
+
+def materialize_training(defs: Definitions, instance: DagsterInstance, until: str = "") -> GraphRun:
+    """Assemble the training dataset from stored scores and train a checkpoint on it."""
+    job = defs.resolve_job_def("training_job")
+    result = job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={**QUIET, "ops": {"training_dataset": {"config": {"until": until}}}},
+    )
+    return GraphRun(result.run_id, "training", result.success)

@@ -8,7 +8,8 @@ import asyncio
 import traceback
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,23 @@ class TrainingOutcome:
     agents: list[tuple[str, float, int]] = field(default_factory=list)  # (agent, mean reward, agent-windows)
 
 
+# Who else wants to hear of each step and the outcome in this process: `babylon train` runs the graph
+# in-process and draws its progress bar from here; the asset itself only logs.
+_listeners: list[tuple[Callable[[StepReport], None] | None, Callable[[TrainingOutcome], None] | None]] = []
+
+
+@contextmanager
+def listening(on_step: Callable[[StepReport], None] | None = None,
+              on_outcome: Callable[[TrainingOutcome], None] | None = None) -> Iterator[None]:
+    """Hear every training run of this process while the block runs."""
+    entry = (on_step, on_outcome)
+    _listeners.append(entry)
+    try:
+        yield
+    finally:
+        _listeners.remove(entry)
+
+
 class NothingToTrainError(StoreError):
     """No training dataset, or one without a group to learn from."""
 
@@ -94,6 +112,9 @@ def run_training(store: Store, backend: Any, options: TrainingOptions, *, tracke
         raise
     if tracker is not None:
         tracker.finish()
+    for _, hear_outcome in list(_listeners):
+        if hear_outcome is not None:
+            hear_outcome(outcome)
     return outcome
 
 
@@ -112,7 +133,8 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
             agent_windows[window_id] = agent_windows_of(store, window_id)
         return agent_windows[window_id]
 
-    model: art.TrainableModel[Any, Any] = art.TrainableModel(name=options.model_name, project=options.project, base_model=options.base_model)
+    model: art.TrainableModel[Any, Any] = art.TrainableModel(name=options.model_name, project=options.project,
+                                                             base_model=options.base_model)
     await model.register(backend)
     records.mark_training(outcome.batch_id)
     used: dict[str, tuple[StepMember, AgentWindow]] = {}
@@ -159,8 +181,9 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
         report = StepReport(iteration, result.step, windows, len(groups), len(step_members), metrics,
                             None if checkpoint is None else str(checkpoint))
         outcome.steps.append(report)
-        if on_step is not None:
-            on_step(report)
+        for hear in [on_step, *(listener for listener, _ in _listeners)]:
+            if hear is not None:
+                hear(report)
     if tracker is not None and outcome.checkpoint_path and outcome.model_version:
         tracker.log_adapter(outcome.checkpoint_path, outcome.model_version)
     rewards_by_member = [(m.group_id, m.agent_window_id, m.reward) for m, _ in used.values()]
