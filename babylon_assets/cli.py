@@ -298,9 +298,17 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
     return not failed
 
 
+# What `babylon demo` trains with: small enough for a few minutes on 2 CPU cores (one window of 8 agents a
+# step, prompts cut to their last 256 tokens); the seed's defaults are GPU-scale (README, Training).
+DEMO_TRAINING = {"ITERATIONS": 2, "WINDOWS_PER_ITERATION": 1, "MAX_SEQUENCE_TOKENS": 256, "MICRO_BATCH_SIZE": 8}
+
+
 @app.command()
-def demo(seed: Annotated[int, typer.Option(help="Seed of the simulated market.")] = 7) -> None:
-    """Simulate a few windows, materialize the graph through training_dataset, and print what came out."""
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the simulated market.")] = 7,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Also train SmolLM2 a few steps.")] = True,
+) -> None:
+    """Simulate a few windows, materialize the graph, train a few steps of SmolLM2 and print what came out."""
     settings = get_settings()
     summary = run_simulation(settings, SimulationPlan(agents=8, windows=4, duration_minutes=10, seed=seed))
     window_ids = [w.window_id for w in summary.windows]
@@ -315,6 +323,15 @@ def demo(seed: Annotated[int, typer.Option(help="Seed of the simulated market.")
         store.dispose()
     if not ok:
         raise typer.Exit(1)
+    if train:
+        demo_settings = Settings.model_validate({**settings.model_dump(), **DEMO_TRAINING})
+        started = time.monotonic()
+        outcome = train_graph(demo_settings, window_ids)
+        if outcome is None:
+            raise typer.Exit(1)
+        _print_training(outcome, demo_settings)
+        console.print(f"Trained {len(outcome.steps)} steps of {demo_settings.BASE_MODEL} in "
+                      f"{time.monotonic() - started:.0f} s (scoring again included; the cached judge pays nothing).")
 
 
 def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) -> None:

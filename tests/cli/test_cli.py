@@ -21,7 +21,7 @@ def sqlite_path() -> Path:
 
 
 def test_demo_simulates_materializes_the_graph_and_reports(tmp_path):
-    first = runner.invoke(app, ["demo"])
+    first = runner.invoke(app, ["demo", "--no-train"])
     assert first.exit_code == 0, first.output
     assert "32 trajectories written, 0 already there" in first.output
     assert "READY FOR TRAINING: 4 ready window(s)" in first.output
@@ -33,7 +33,7 @@ def test_demo_simulates_materializes_the_graph_and_reports(tmp_path):
     with DagsterInstance.get() as instance:
         # one ranged run for the four consecutive windows, one for the dataset
         assert len(instance.get_runs()) == 2 and all(r.is_success for r in instance.get_runs())
-    again = runner.invoke(app, ["demo"])
+    again = runner.invoke(app, ["demo", "--no-train"])
     assert again.exit_code == 0, again.output
     assert "0 trajectories written, 32 already there" in again.output
     with sqlite3.connect(sqlite_path()) as connection:
@@ -91,7 +91,7 @@ def test_export_dataset_writes_art_trajectories_with_rewards(tmp_path):
 
     missing = runner.invoke(app, ["export-dataset"])
     assert missing.exit_code == 2 and "no training dataset yet" in missing.output
-    assert runner.invoke(app, ["demo"]).exit_code == 0
+    assert runner.invoke(app, ["demo", "--no-train"]).exit_code == 0
     target = tmp_path / "dataset.jsonl"
     result = runner.invoke(app, ["export-dataset", "--format", "jsonl", "--output", str(target)])
     assert result.exit_code == 0, result.output
