@@ -300,7 +300,7 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
 
 # What `babylon demo` trains with: small enough for a few minutes on 2 CPU cores (one window of 8 agents a
 # step, prompts cut to their last 256 tokens); the seed's defaults are GPU-scale (README, Training).
-DEMO_TRAINING = {"ITERATIONS": 2, "WINDOWS_PER_ITERATION": 1, "MAX_SEQUENCE_TOKENS": 256, "MICRO_BATCH_SIZE": 8}
+DEMO_TRAINING = {"ITERATIONS": 2, "WINDOWS_PER_ITERATION": 1, "MAX_SEQUENCE_TOKENS": 256, "MICRO_BATCH_SIZE": 4}
 
 
 @app.command()

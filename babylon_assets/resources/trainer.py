@@ -24,6 +24,13 @@ class TrainerResource(ConfigurableResource):  # type: ignore[type-arg]
     iterations: int = 10
     windows_per_iteration: int = 20
     seed: int = 0
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    kl_coef: float = 0.0
+    micro_batch_size: int = 4
+    max_sequence_tokens: int = 2048
+    keep_checkpoints: int = 3
+    train_device: str = "auto"
     wandb_mode: str = "offline"
     wandb_dir: str = ".babylon/wandb"
 
@@ -39,7 +46,11 @@ class TrainerResource(ConfigurableResource):  # type: ignore[type-arg]
         from babylon_assets.trainer.torch_backend import make_backend
 
         settings = Settings(TRAIN_BACKEND=self.train_backend, BASE_MODEL=self.base_model,  # type: ignore[arg-type]
-                            ART_PATH=self.art_path, PROJECT_NAME=self.project_name, MODEL_NAME=self.model_name)
+                            ART_PATH=self.art_path, PROJECT_NAME=self.project_name, MODEL_NAME=self.model_name,
+                            TRAIN_SEED=self.seed, LORA_RANK=self.lora_rank, LORA_ALPHA=self.lora_alpha,
+                            KL_COEF=self.kl_coef, MICRO_BATCH_SIZE=self.micro_batch_size,
+                            MAX_SEQUENCE_TOKENS=self.max_sequence_tokens, KEEP_CHECKPOINTS=self.keep_checkpoints,
+                            TRAIN_DEVICE=self.train_device)  # type: ignore[arg-type]
         return make_backend(settings, registry=CheckpointRecords(store))
 
     def tracker(self) -> WandbTracker | None:

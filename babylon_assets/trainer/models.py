@@ -142,6 +142,9 @@ def load_causal_lm(folder: Path, device: str = "cpu") -> Any:
     """The base model in float32 on the device (LoRA training on a small model; bf16 is a GPU refinement)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
 
+    # Its per-tensor loading bar would fill the CLI's output (and the asset's logs) on every run.
+    transformers_logging.disable_progress_bar()
     model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     return model.to(device)

@@ -168,3 +168,11 @@ def test_training_sensor_waits_for_new_windows_after_a_checkpoint(simulated_stor
     assert isinstance(waiting, SkipReason) and "3 window(s) scored since" in str(waiting.skip_message)
     launch = evaluate_training_sensor(simulated_store, instance, rules(), None, NOW, new_before_retrain=3)
     assert isinstance(launch, SensorResult) and launch.run_requests[0].run_key.startswith("train-")
+
+
+def test_the_trainer_resource_carries_every_training_setting(simulated_store):
+    settings = Settings(MAX_SEQUENCE_TOKENS=300, MICRO_BATCH_SIZE=3, LORA_RANK=4, KL_COEF=0.05, KEEP_CHECKPOINTS=2)
+    trainer = build_definitions(settings).resources["trainer"]
+    config = trainer.backend(simulated_store).config
+    assert (config.max_sequence_tokens, config.micro_batch_size, config.lora_rank, config.kl_coef,
+            config.keep_checkpoints) == (300, 3, 4, 0.05, 2)
