@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("window_id", sa.String(50), nullable=False),
         sa.Column("group_id", sa.String(80), nullable=False),
         sa.Column("trajectory_ids", sa.Text(), nullable=False),
-        sa.Column("reward", sa.Float(), nullable=False),
+        sa.Column("reward", sa.Double(), nullable=False),
         schema=OUR_SCHEMA,
     )
     op.create_index("training_step_members_batch", "training_step_members", ["batch_id"], schema=OUR_SCHEMA)
