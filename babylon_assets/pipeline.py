@@ -72,23 +72,22 @@ def materialize_windows(
     return runs
 
 
-def materialize_training_dataset(defs: Definitions, instance: DagsterInstance, until: str = "") -> GraphRun:
-    """Assemble the training dataset from stored scores."""
-    job = defs.resolve_job_def("training_dataset_job")
-    result = job.execute_in_process(
+def _run_from_dataset(defs: Definitions, instance: DagsterInstance, job_name: str, label: str,
+                      until: str) -> GraphRun:
+    """Run a job that starts at training_dataset (whose lookback ends at `until`)."""
+    result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
         raise_on_error=False,
         run_config={**QUIET, "ops": {"training_dataset": {"config": {"until": until}}}},
     )
-    return GraphRun(result.run_id, "training_dataset", result.success)
+    return GraphRun(result.run_id, label, result.success)
+
+
+def materialize_training_dataset(defs: Definitions, instance: DagsterInstance, until: str = "") -> GraphRun:
+    """Assemble the training dataset from stored scores."""
+    return _run_from_dataset(defs, instance, "training_dataset_job", "training_dataset", until)
 
 
 def materialize_training(defs: Definitions, instance: DagsterInstance, until: str = "") -> GraphRun:
     """Assemble the training dataset from stored scores and train a checkpoint on it."""
-    job = defs.resolve_job_def("training_job")
-    result = job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={**QUIET, "ops": {"training_dataset": {"config": {"until": until}}}},
-    )
-    return GraphRun(result.run_id, "training", result.success)
+    return _run_from_dataset(defs, instance, "training_job", "training", until)

@@ -123,3 +123,11 @@ def postgres_instance_env(monkeypatch: pytest.MonkeyPatch, fresh_pg_url: str) ->
                         ("DAGSTER_PG_PASSWORD", ""), ("DAGSTER_PG_DB", database)):
         monkeypatch.setenv(name, value)
     return fresh_pg_url
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """DESIGN 6's tiny model: a random 2-layer Llama folder with SmolLM2's tokenizer and chat template."""
+    from babylon_assets.trainer.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

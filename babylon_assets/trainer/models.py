@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,25 @@ def _gguf_file() -> Path:
     return model_file()
 
 
+def _publish(target: Path, write: Callable[[Path], object], complete: Callable[[Path], bool]) -> Path:
+    """Write a cache folder beside its place and rename it in: a half-written folder is never taken for a
+    finished one. A rename that loses to another process that finished first is fine."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(partial)
+        partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not complete(target):
+            raise
+    return target
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file()
+
+
 def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct as a plain Hugging Face folder, converted from the GGUF once and cached.
 
@@ -70,38 +90,25 @@ def smollm2_folder() -> Path:
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict())
     del quantized
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: a half-written folder is never taken for a converted model.
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        plain.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        (partial / "babylon_source.json").write_text(json.dumps({"gguf": str(gguf), "converted_from": gguf.name}))
-        partial.rename(target)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
-        if not is_model_folder(target):  # another process may have finished first
-            raise
-    return target
+
+    def write(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "babylon_source.json").write_text(json.dumps({"gguf": str(gguf), "converted_from": gguf.name}))
+
+    return _publish(target, write, is_model_folder)
 
 
 def smollm2_tokenizer_folder() -> Path:
     """SmolLM2's tokenizer alone, read from its GGUF once and cached (seconds, not the whole model)."""
     gguf = _gguf_file()
     target = models_cache() / f"{gguf.stem}-{gguf.stat().st_size}-tokenizer"
-    if (target / "tokenizer_config.json").is_file():
+    if _has_tokenizer(target):
         return target
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+    return _publish(target, lambda folder: tokenizer.save_pretrained(folder), _has_tokenizer)
 
 
 def build_tiny_model(folder: Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:

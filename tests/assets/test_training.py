@@ -33,13 +33,6 @@ def instance() -> Iterator[DagsterInstance]:
         yield ephemeral
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from babylon_assets.trainer.models import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
 def trainer_for(tmp_path: Path, base_model: Path | str, **overrides) -> TrainerResource:
     values = {"base_model": str(base_model), "art_path": str(tmp_path / ".art"), "iterations": 2,
               "windows_per_iteration": 2, "learning_rate": 1e-3, "wandb_dir": str(tmp_path / "wandb"), **overrides}

@@ -15,11 +15,8 @@ from babylon_assets.settings import Settings
 runner = CliRunner()
 
 
-def test_train_scores_builds_the_dataset_trains_and_summarises(tmp_path, monkeypatch):
-    from babylon_assets.trainer.models import build_tiny_model
-
-    tiny = build_tiny_model(tmp_path / "tiny")
-    monkeypatch.setenv("BASE_MODEL", str(tiny))
+def test_train_scores_builds_the_dataset_trains_and_summarises(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("BASE_MODEL", str(tiny_model))
     monkeypatch.setenv("ART_PATH", str(tmp_path / ".art"))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("MAX_SEQUENCE_TOKENS", "256")

@@ -1,18 +1,10 @@
-"""The tiny model of DESIGN 6 (a random Llama with SmolLM2's tokenizer), built once per session, and groups."""
+"""The tiny model's tokenizer (the model itself is tests/conftest.py's `tiny_model`), and groups."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer Llama folder with SmolLM2's tokenizer and chat template."""
-    from babylon_assets.trainer.models import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
