@@ -14,8 +14,10 @@ from dagster import (
 
 from babylon_assets.assets.datasets import training_dataset
 from babylon_assets.assets.presentation import markdown_table
+from babylon_assets.assets.promotion import checkpoint_evaluation, evaluated_version
 from babylon_assets.assets.scores import SCORES_CHECK, ruler_scores
 from babylon_assets.assets.windows import OUTCOMES_CHECK, READY_CHECK, market_outcomes, window_groups
+from babylon_assets.db.evaluation_records import EvaluationRecords
 from babylon_assets.resources.store import StoreResource
 
 
@@ -72,4 +74,32 @@ def dataset_not_empty(context: AssetCheckExecutionContext, store: StoreResource)
     )
 
 
-ALL_CHECKS: list[AssetChecksDefinition] = [window_ready, outcomes_present, scores_valid, dataset_not_empty]
+@asset_check(asset=checkpoint_evaluation, blocking=True,
+             description="Promotion gate: the lower bound of the paired P&L difference's 95% interval is above "
+                         "GATE_MIN_PNL_DELTA and unparseable responses did not rise (beyond "
+                         "GATE_MAX_UNPARSEABLE_RISE). Passing makes the checkpoint `ready`, failing `rejected`; "
+                         "a failing gate blocks deployed_model.")
+def promotion_gate(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
+    version = evaluated_version(context, checkpoint_evaluation.key)
+    records = EvaluationRecords(store.get_store())
+    metrics = records.model(version).get("evalMetrics") or {}
+    gate = metrics.get("gate") if isinstance(metrics, dict) else None
+    if not gate:
+        status = records.set_gate_status(version, False)
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR,
+                                description=f"{version} {status}: it has no stored evaluation results",
+                                metadata={"model_version": version, "status": status})
+    status = records.set_gate_status(version, bool(gate["passed"]))
+    paired = metrics.get("paired_pnl_difference", {})
+    return AssetCheckResult(
+        passed=bool(gate["passed"]),
+        severity=AssetCheckSeverity.ERROR,
+        description=f"{version} {status}: " + "; ".join(gate.get("reasons", [])),
+        metadata={"model_version": version, "status": status, "pairs": int(paired.get("pairs") or 0),
+                  "paired_pnl_low": float("nan") if paired.get("low") is None else float(paired["low"]),
+                  "reasons": MetadataValue.json(gate.get("reasons", []))},
+    )
+
+
+ALL_CHECKS: list[AssetChecksDefinition] = [window_ready, outcomes_present, scores_valid, dataset_not_empty,
+                                           promotion_gate]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -52,6 +53,8 @@ def _load_environment() -> None:
     path = find_dotenv(usecwd=True)
     if path:
         load_dotenv(path, override=False)
+    # No network is assumed: litellm reads the cost map it ships instead of fetching one at import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 def _open_store(settings: Settings) -> Store:
@@ -298,9 +301,11 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
     return not failed
 
 
-# What `babylon demo` trains with: small enough for a few minutes on 2 CPU cores (one window of 8 agents a
-# step, prompts cut to their last 256 tokens); the seed's defaults are GPU-scale (README, Training).
-DEMO_TRAINING = {"ITERATIONS": 2, "WINDOWS_PER_ITERATION": 1, "MAX_SEQUENCE_TOKENS": 256, "MICRO_BATCH_SIZE": 4}
+# What `babylon demo` trains with: small enough for a few minutes on 2 CPU cores (a step: one window of 8
+# agents, 3 decisions of each, prompts cut to their last 256 tokens); the seed's defaults are GPU-scale
+# (README, Training).
+DEMO_TRAINING = {"ITERATIONS": 3, "WINDOWS_PER_ITERATION": 1, "DECISIONS_PER_TRAJECTORY": 3,
+                 "MAX_SEQUENCE_TOKENS": 256, "MICRO_BATCH_SIZE": 4}
 
 
 @app.command()
@@ -465,13 +470,16 @@ def train(
     windows_per_iteration: Annotated[int | None, typer.Option(
         help="Windows sampled per step [WINDOWS_PER_ITERATION].")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="LoRA learning rate [LEARNING_RATE].")] = None,
+    decisions_per_trajectory: Annotated[int | None, typer.Option(
+        help="Decisions of each agent-window per step, 0 for all [DECISIONS_PER_TRAJECTORY].")] = None,
 ) -> None:
     """Score the lookback's windows, build the dataset and train a checkpoint, in-process on the instance."""
     overrides = {name: value for name, value in (
         ("MIN_AGENTS", min_agents), ("MIN_ACTIONS", min_actions), ("ITERATIONS", iterations),
         ("TARGET_TRAJECTORIES", target_trajectories), ("MAX_DROPOUT", max_dropout),
         ("LOOKBACK_HOURS", lookback_hours), ("WINDOWS_PER_ITERATION", windows_per_iteration),
-        ("LEARNING_RATE", learning_rate)) if value is not None}
+        ("LEARNING_RATE", learning_rate), ("DECISIONS_PER_TRAJECTORY", decisions_per_trajectory))
+        if value is not None}
     settings = Settings.model_validate({**get_settings().model_dump(), **overrides})
     store = _open_store(settings)
     try:
@@ -486,6 +494,110 @@ def train(
     if outcome is None:
         raise typer.Exit(1)
     _print_training(outcome, settings)
+
+
+@app.command()
+def evaluate(
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy",
+                                         help="Deploy the checkpoint when the gate passes it.")] = False,
+) -> None:
+    """Evaluate the newest checkpoint against its base on the held-out markets (paired), in-process on the
+    instance, and print the gate's verdict; with --deploy, a passing checkpoint is deployed."""
+    from dagster import DagsterInstance
+
+    from babylon_assets.db.evaluation_records import EvaluationRecords
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.instance import prepare_dagster_home
+    from babylon_assets.pipeline import materialize_promotion
+
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        newest = EvaluationRecords(store).newest_checkpoint(settings.MODEL_NAME)
+        if newest is None:
+            err_console.print(f"no checkpoint of {settings.MODEL_NAME} yet: `babylon train` makes one")
+            raise typer.Exit(1)
+        prepare_dagster_home(settings)
+        with _progress(f"Evaluating {newest['modelId']} against {settings.BASE_MODEL}"), \
+                DagsterInstance.get() as instance:
+            run = materialize_promotion(build_definitions(settings), instance, deploy=deploy)
+        row = EvaluationRecords(store).model(str(newest["modelId"]))
+    finally:
+        store.dispose()
+    metrics = row.get("evalMetrics") or {}
+    if not run.success or not metrics:
+        err_console.print(f"[red]evaluation run {run.run_id} failed[/red]: see it in the UI (make ui)")
+        raise typer.Exit(1)
+    _print_evaluation(row["modelId"], row["status"], metrics)
+    raise typer.Exit(0 if row["status"] in ("ready", "deployed") else 1)
+
+
+def _print_evaluation(model_id: str, status: str, metrics: dict[str, Any]) -> None:
+    table = Table(title=f"Evaluation of {model_id} (plan {metrics['plan']['key'][:8]})", title_justify="left")
+    for header in ("policy", "agent-windows", "mean P&L", "win rate", "mean max drawdown", "unparseable",
+                   "judge score"):
+        table.add_column(header)
+    for label in ("base", "candidate"):
+        m = metrics[label]
+        judge = "-" if m["mean_judge_score"] is None else f"{m['mean_judge_score']:.3f}"
+        name = metrics["base_policy"] if label == "base" else metrics["candidate_policy"]
+        table.add_row(name, str(m["agent_windows"]), f"{m['mean_pnl']:+,.2f}", f"{m['win_rate']:.1%}",
+                      f"{m['mean_max_drawdown']:,.2f}", f"{m['unparseable_rate']:.1%}", judge)
+    console.print(table)
+    paired = metrics["paired_pnl_difference"]
+    low = "-inf" if paired["low"] is None else f"{paired['low']:+,.2f}"
+    high = "+inf" if paired["high"] is None else f"{paired['high']:+,.2f}"
+    console.print(f"Paired P&L difference (checkpoint - base) over {paired['pairs']} agent-windows: "
+                  f"{paired['mean']:+,.2f}, {paired['confidence']:.0%} interval [{low}, {high}]")
+    colour = "green" if status in ("ready", "deployed") else "red"
+    console.print(f"Gate: [{colour}]{status}[/{colour}] - " + "; ".join(metrics["gate"]["reasons"]))
+
+
+def _print_deployment(deployment: Any, gateway_port: int) -> None:
+    console.print(f"Deployed {deployment.model_id} (previous: {deployment.previous or 'none'}) at "
+                  f"{deployment.upstream.api_base}; serving file {deployment.serving_file} names it, so the "
+                  "gateway sends every agent's next call there.")
+    console.print("The game's own agents use it through the gateway with:")
+    for name, value in deployment.agent_settings(gateway_port).items():
+        console.print(f"  {name}={value}")
+
+
+@app.command("deploy")
+def deploy_command(
+    model_id: Annotated[str, typer.Argument(help="trained_models modelId, e.g. babylon-mmo@3.")],
+    force: Annotated[bool, typer.Option("--force", help="Deploy a model the gate has not passed.")] = False,
+) -> None:
+    """Serve a checkpoint, mark it deployed (the previous one archived) and switch the gateway to it."""
+    from babylon_assets.deploy import DeployOptions, deploy_model
+
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        deployment = deploy_model(store, DeployOptions.from_settings(settings), model_id, force=force)
+    except StoreError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+    _print_deployment(deployment, settings.GATEWAY_PORT)
+
+
+@app.command()
+def rollback() -> None:
+    """Deploy again the model that was deployed before the current one."""
+    from babylon_assets.deploy import DeployOptions
+    from babylon_assets.deploy import rollback as roll_back
+
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        deployment = roll_back(store, DeployOptions.from_settings(settings))
+    except StoreError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+    _print_deployment(deployment, settings.GATEWAY_PORT)
 
 
 @app.command("export-dataset")

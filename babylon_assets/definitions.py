@@ -6,15 +6,17 @@ from dagster import Definitions
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
+from babylon_assets.assets.promotion import checkpoint_evaluation, deployed_model
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
 from babylon_assets.checks import ALL_CHECKS
-from babylon_assets.jobs import training_dataset_job, training_job, window_graph_job
+from babylon_assets.jobs import promotion_job, training_dataset_job, training_job, window_graph_job
 from babylon_assets.resources.judge import JudgeResource
+from babylon_assets.resources.promotion import PromotionResource
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
-from babylon_assets.sensors import training_sensor, window_sensor
+from babylon_assets.sensors import promotion_sensor, training_sensor, window_sensor
 from babylon_assets.settings import Settings, get_settings
 
 
@@ -49,26 +51,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             mode=settings.JUDGE_MODE,
             timeout_s=settings.JUDGE_TIMEOUT_SECONDS,
         ),
-        "trainer": TrainerResource(
-            train_backend=settings.TRAIN_BACKEND,
-            base_model=settings.BASE_MODEL,
-            project_name=settings.PROJECT_NAME,
-            model_name=settings.MODEL_NAME,
-            art_path=settings.ART_PATH,
-            learning_rate=settings.LEARNING_RATE,
-            iterations=settings.ITERATIONS,
-            windows_per_iteration=settings.WINDOWS_PER_ITERATION,
-            seed=settings.TRAIN_SEED,
-            lora_rank=settings.LORA_RANK,
-            lora_alpha=settings.LORA_ALPHA,
-            kl_coef=settings.KL_COEF,
-            micro_batch_size=settings.MICRO_BATCH_SIZE,
-            max_sequence_tokens=settings.MAX_SEQUENCE_TOKENS,
-            keep_checkpoints=settings.KEEP_CHECKPOINTS,
-            train_device=settings.TRAIN_DEVICE,
-            wandb_mode=settings.WANDB_MODE,
-            wandb_dir=settings.WANDB_DIR,
-        ),
+        "trainer": TrainerResource.from_settings(settings),
+        "promotion": PromotionResource.from_settings(settings),
     }
 
 
@@ -76,10 +60,11 @@ def build_definitions(settings: Settings | None = None, resource_overrides: dict
                       ) -> Definitions:
     """The code location: window assets, the dataset, checks, jobs, sensors and resources."""
     return Definitions(
-        assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset, trained_checkpoint],
+        assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset, trained_checkpoint,
+                checkpoint_evaluation, deployed_model],
         asset_checks=ALL_CHECKS,
-        jobs=[window_graph_job, training_dataset_job, training_job],
-        sensors=[window_sensor, training_sensor],
+        jobs=[window_graph_job, training_dataset_job, training_job, promotion_job],
+        sensors=[window_sensor, training_sensor, promotion_sensor],
         resources={**build_resources(settings or get_settings()), **(resource_overrides or {})},
     )
 

@@ -1,4 +1,4 @@
-"""Jobs over the asset graph: one window's assets, and the training dataset."""
+"""Jobs over the asset graph: one window's assets, the training dataset, training, and promotion."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dagster import AssetSelection, define_asset_job
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
+from babylon_assets.assets.promotion import checkpoint_evaluation, deployed_model
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
 
@@ -25,4 +26,11 @@ training_job = define_asset_job(
     "training_job",
     selection=AssetSelection.assets(training_dataset, trained_checkpoint),
     description="Assemble the training dataset from stored scores, then train a checkpoint on it.",
+)
+
+promotion_job = define_asset_job(
+    "promotion_job",
+    selection=AssetSelection.assets(checkpoint_evaluation, deployed_model),
+    description="Evaluate the newest checkpoint against its base (paired, held out); the blocking gate lets "
+                "only a passing one be deployed.",
 )

@@ -31,6 +31,8 @@ class LlmEndpoint:
     # Through the gateway: name the agent (X-Babylon-Agent) and report its account and simulated time, so the
     # gateway records the call into the agent's hour.
     via_gateway: bool = False
+    # Held-out play (through the gateway: its trajectories are created isEvaluation, never trained on).
+    evaluation: bool = False
 
 
 def _logprobs_of(choice: Any) -> list[tuple[str, float]] | None:
@@ -61,8 +63,10 @@ class LlmAgent:
     def _gateway_fields(self, observation: Observation) -> dict[str, Any]:
         if not self.endpoint.via_gateway:
             return {}
-        state = {"balance": observation.cash, "pnl": observation.pnl, "openPositions": len(observation.positions),
-                 "at": observation.time}
+        state: dict[str, Any] = {"balance": observation.cash, "pnl": observation.pnl,
+                                 "openPositions": len(observation.positions), "at": observation.time}
+        if self.endpoint.evaluation:
+            state["evaluation"] = True
         return {"extra_headers": {"X-Babylon-Agent": self.agent_id}, "extra_body": {"babylon": state}}
 
     def respond(self, system: str, user: str, observation: Observation) -> AgentReply:

@@ -21,7 +21,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -110,11 +111,14 @@ def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = Non
 
 @dataclass(frozen=True, slots=True)
 class ServerState:
-    """Where the local server runs, if it does."""
+    """Where the local server runs, if it does, and what it serves (model GGUF, LoRA GGUFs, model name)."""
 
     pid: int | None
     port: int
     healthy: bool
+    model: Path | None = None
+    lora: tuple[Path, ...] = field(default=())
+    alias: str = MODEL_ALIAS
 
     @property
     def base_url(self) -> str:
@@ -159,26 +163,43 @@ def status(folder: Path) -> ServerState | None:
     if not _alive(int(data["pid"])):
         path.unlink(missing_ok=True)
         return None
-    return ServerState(int(data["pid"]), int(data["port"]), _healthy(int(data["port"])))
+    port = int(data["port"])
+    # A state file from before model/lora/alias were recorded names the default SmolLM2 server.
+    model = Path(data["model"]) if data.get("model") else None
+    lora = tuple(Path(p) for p in data.get("lora", ()))
+    return ServerState(int(data["pid"]), port, _healthy(port), model, lora, data.get("alias", MODEL_ALIAS))
 
 
 def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: int | None = None,
-          timeout_s: float = 120.0) -> ServerState:
-    """Start llama-server on 127.0.0.1 with SmolLM2 (or return the one already running) and wait until healthy."""
+          timeout_s: float = 120.0, *, model: Path | None = None, lora: Sequence[Path] = (),
+          alias: str = MODEL_ALIAS) -> ServerState:
+    """Start llama-server on 127.0.0.1 with a GGUF (SmolLM2's by default) and LoRA GGUFs (`--lora`, scale 1),
+    or return the same one already running, and wait until healthy."""
+    wanted = (Path(model or model_file()).resolve(), tuple(Path(p).resolve() for p in lora), alias)
     running = status(folder)
     if running is not None:
+        served = ((running.model or model_file()).resolve(), running.lora, running.alias)
+        if served != wanted:
+            raise LocalLlmError(f"{folder} already runs llama-server (pid {running.pid}, port {running.port}) with "
+                                f"model {served[0]}, lora {[str(p) for p in served[1]]}, alias {served[2]!r}; "
+                                "stop it first (`babylon llm stop`, or restart())")
         return running
     binary = server_binary()
     if not binary.is_file():
         raise LocalLlmError(f"llama-server is not built yet ({binary}): run `babylon llm build` (make local-llm)")
+    missing = [str(p) for p in (wanted[0], *wanted[1]) if not p.is_file()]
+    if missing:
+        raise LocalLlmError(f"no such GGUF file: {', '.join(missing)}")
     folder.mkdir(parents=True, exist_ok=True)
     log = open(folder / "llama-server.log", "ab")  # noqa: SIM115 - the server keeps it
+    adapters = [arg for path in wanted[1] for arg in ("--lora", str(path))]
     process = subprocess.Popen(
-        [str(binary), "-m", str(model_file()), "--host", "127.0.0.1", "--port", str(port), "--jinja",
-         "--alias", MODEL_ALIAS, "-c", str(context), "-t", str(threads or os.cpu_count() or 2), "--no-webui"],
+        [str(binary), "-m", str(wanted[0]), *adapters, "--host", "127.0.0.1", "--port", str(port), "--jinja",
+         "--alias", alias, "-c", str(context), "-t", str(threads or os.cpu_count() or 2), "--no-webui"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    _state_file(folder).write_text(json.dumps({"pid": process.pid, "port": port}))
+    _state_file(folder).write_text(json.dumps({"pid": process.pid, "port": port, "model": str(wanted[0]),
+                                               "lora": [str(p) for p in wanted[1]], "alias": alias}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -186,10 +207,18 @@ def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: 
             raise LocalLlmError(f"llama-server exited with code {process.returncode}; "
                                 f"see {folder / 'llama-server.log'}")
         if _healthy(port):
-            return ServerState(process.pid, port, True)
+            return ServerState(process.pid, port, True, *wanted)
         time.sleep(0.25)
     stop(folder)
     raise LocalLlmError(f"llama-server did not become healthy on port {port} within {timeout_s:.0f} s")
+
+
+def restart(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: int | None = None,
+            timeout_s: float = 120.0, *, model: Path | None = None, lora: Sequence[Path] = (),
+            alias: str = MODEL_ALIAS) -> ServerState:
+    """Stop this folder's server, if one runs, and start it again with these model, adapters and alias."""
+    stop(folder)
+    return serve(folder, port, context, threads, timeout_s, model=model, lora=lora, alias=alias)
 
 
 def stop(folder: Path, timeout_s: float = 20.0) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from dagster import DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, Definitions
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from babylon_assets.assets.ranges import MAX_WINDOWS_PER_RUN
@@ -91,3 +91,15 @@ def materialize_training_dataset(defs: Definitions, instance: DagsterInstance, u
 def materialize_training(defs: Definitions, instance: DagsterInstance, until: str = "") -> GraphRun:
     """Assemble the training dataset from stored scores and train a checkpoint on it."""
     return _run_from_dataset(defs, instance, "training_job", "training", until)
+
+
+def materialize_promotion(defs: Definitions, instance: DagsterInstance, *, deploy: bool = True) -> GraphRun:
+    """Evaluate the newest checkpoint and, where the blocking gate passes it, deploy it (deploy=False: only
+    the evaluation and the gate's verdict)."""
+    job = defs.resolve_job_def("promotion_job")
+    selection = None if deploy else [AssetKey("checkpoint_evaluation")]
+    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET,
+                                    asset_selection=selection)
+    # A failing gate fails the run only by its blocking check: the run itself may still succeed, so the
+    # caller reads the verdict from trained_models (status ready or rejected).
+    return GraphRun(result.run_id, "promotion" if deploy else "evaluation", result.success)

@@ -1,9 +1,12 @@
-"""Sensors: the window sensor materializes closed windows as they come, and again when late rows arrive."""
+"""Sensors: the window sensor materializes closed windows as they come, and again when late rows arrive; the
+training sensor retrains when enough new windows are scored; the promotion sensor evaluates (and, through the
+gate, deploys) each new checkpoint."""
 
 # Dagster reads the context's annotation at definition time, so annotations stay real (no __future__).
 from datetime import datetime
 
 from dagster import (
+    AssetRecordsFilter,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -16,11 +19,12 @@ from dagster import (
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests
 from babylon_assets.core.windows import lookback_window_ids, utcnow
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
-from babylon_assets.jobs import training_job, window_graph_job
+from babylon_assets.jobs import promotion_job, training_job, window_graph_job
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.settings import get_settings
@@ -105,3 +109,36 @@ def evaluate_training_sensor(db: Store, instance: DagsterInstance, rules: Window
 def training_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
     return evaluate_training_sensor(store.get_store(), context.instance, rules, context.cursor, utcnow(),
                                     get_settings().NEW_WINDOWS_BEFORE_RETRAIN)
+
+
+def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> SensorResult | SkipReason:
+    """One tick: a promotion run for the newest trained_checkpoint materialization after the cursor (a storage
+    id). Older new ones are passed over: only the newest checkpoint is worth evaluating."""
+    after = int(cursor) if cursor else None
+    found = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=trained_checkpoint.key, after_storage_id=after), limit=1, ascending=False)
+    if not found.records:
+        return SkipReason("no new checkpoint since the last promotion run")
+    newest = found.records[0]
+    materialization = newest.asset_materialization
+    version_value = materialization.metadata.get("model_version") if materialization is not None else None
+    version = str(version_value.value) if version_value is not None else ""
+    if not version:
+        return SensorResult(skip_reason=SkipReason("the newest trained_checkpoint made no checkpoint "
+                                                   "(every group had equal rewards)"), cursor=str(newest.storage_id))
+    if len(instance.get_runs(RunsFilter(job_name=promotion_job.name, statuses=IN_FLIGHT), limit=1)):
+        return SkipReason(f"{version} waits: a promotion run is in flight")
+    return SensorResult(run_requests=[RunRequest(run_key=f"promote-{version}-{newest.storage_id}",
+                                                 tags={"babylon/model_version": version})],
+                        cursor=str(newest.storage_id))
+
+
+@sensor(
+    job=promotion_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates each new checkpoint against its base on held-out markets; the blocking promotion gate "
+    "lets only a passing one be deployed. One run at a time, newest checkpoint first.",
+)
+def promotion_sensor(context: SensorEvaluationContext):
+    return evaluate_promotion_sensor(context.instance, context.cursor)

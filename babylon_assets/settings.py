@@ -80,8 +80,32 @@ class Settings(BaseSettings):
     KEEP_CHECKPOINTS: int = Field(default=3, ge=1)
     ITERATIONS: int = 10
     WINDOWS_PER_ITERATION: int = 20
+    # Decisions of each agent-window a step trains on, drawn with the seed per step (0: all of them). Every
+    # decision carries its trajectory's reward, so fewer per step trades tokens for steps, not signal.
+    DECISIONS_PER_TRAJECTORY: int = Field(default=0, ge=0)
     NEW_WINDOWS_BEFORE_RETRAIN: int = 6
     GATE_MIN_PNL_DELTA: float = 0.0
+    # The gate also refuses a checkpoint whose unparseable-response rate rises more than this (0: not at all).
+    GATE_MAX_UNPARSEABLE_RISE: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    # Evaluation (held-out play, paired: base and checkpoint on identical markets)
+    # Each seed plays EVAL_WINDOWS hours of its own from EVAL_START (seed i's hours follow seed i-1's), with
+    # EVAL_AGENTS LLM agents: seeds x windows x agents paired agent-windows per policy.
+    EVAL_SEEDS: str = "1001,1002"
+    EVAL_WINDOWS: int = Field(default=2, ge=1)
+    EVAL_AGENTS: int = Field(default=8, ge=1)
+    EVAL_DURATION_MINUTES: int = Field(default=10, ge=1, le=59)
+    EVAL_START: str = "2024-12-01T00:00"
+    # 0: greedy decoding, so a policy's play is reproducible and the pair differs only by the policy.
+    EVAL_TEMPERATURE: float = Field(default=0.0, ge=0.0)
+    EVAL_MAX_TOKENS: int = Field(default=160, ge=16)
+    EVAL_BOOTSTRAP_RESAMPLES: int = Field(default=10_000, ge=100)
+    # Where the policies are served for evaluation and deployment. Empty: local llama.cpp servers (the base
+    # GGUF, with the checkpoint's adapter exported to GGUF). Set: an OpenAI-compatible server that serves
+    # BASE_MODEL and every {MODEL_NAME}@{step} under those names (ART's backends, vLLM with LoRA modules).
+    POLICY_API_BASE: str | None = None
+    # The local llama.cpp server (`babylon llm serve`, and what deploy restarts with the deployed adapter).
+    LOCAL_LLM_PORT: int = Field(default=8080, ge=1, le=65535)
     WANDB_MODE: Literal["offline", "online", "disabled"] = "offline"
     # Offline W&B runs are written here (git ignores it); `wandb sync <run folder>` uploads one later.
     WANDB_DIR: str = ".babylon/wandb"
@@ -101,6 +125,27 @@ class Settings(BaseSettings):
 
         parse_window_id(value)
         return value
+
+    @field_validator("EVAL_START")
+    @classmethod
+    def _eval_start_is_a_window(cls, value: str) -> str:
+        from babylon_assets.core.windows import parse_window_id
+
+        parse_window_id(value)
+        return value
+
+    @field_validator("EVAL_SEEDS")
+    @classmethod
+    def _eval_seeds_are_integers(cls, value: str) -> str:
+        seeds = [part.strip() for part in value.split(",") if part.strip()]
+        if not seeds or not all(part.lstrip("-").isdigit() for part in seeds):
+            raise ValueError(f"EVAL_SEEDS={value!r}: a comma-separated list of integers, e.g. 1001,1002")
+        return value
+
+    @property
+    def eval_seeds(self) -> list[int]:
+        """EVAL_SEEDS as integers."""
+        return [int(part) for part in self.EVAL_SEEDS.split(",") if part.strip()]
 
     @property
     def dagster_home(self) -> Path:

@@ -209,7 +209,10 @@ def simulate(
         for play in plays:
             if ids[play.agent_id] not in existing and not via_gateway:
                 _record(recorder, plan, play, ids[play.agent_id])
-        store.replace_market_outcomes(window_id, outcome_rows(market, plays))
+        # Held-out play never rewrites a window's ground truth: the training play's (or the first
+        # policy's) outcomes stand, so every policy evaluated on this hour is judged against the same truth.
+        if not plan.evaluation or not store.windows_with_outcomes([window_id]):
+            store.replace_market_outcomes(window_id, outcome_rows(market, plays))
         result = WindowResult(
             window_id=window_id,
             written=len(plays) - len(existing),

@@ -31,15 +31,16 @@ class WandbTracker:
         self.directory = Path(directory)
         self._run: Any = None
 
-    def start(self, name: str, config: dict[str, Any]) -> TrackedRun:
-        """Open the run."""
+    def start(self, name: str, config: dict[str, Any], run_id: str | None = None) -> TrackedRun:
+        """Open the run; with `run_id`, go on with that run (a checkpoint's evaluation joins its training run)."""
         # Never reach for the network in offline mode, whatever else the environment says.
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
         self.directory.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(project=self.project, name=name, config=config, mode=self.mode,  # type: ignore[arg-type]
-                               dir=str(self.directory), reinit="finish_previous")
+                               dir=str(self.directory), reinit="finish_previous", id=run_id,
+                               resume="allow" if run_id else None)
         return self.current()
 
     def current(self) -> TrackedRun:
@@ -52,6 +53,11 @@ class WandbTracker:
         """One training step's numbers."""
         if self._run is not None:
             self._run.log(metrics, step=step)
+
+    def summarize(self, values: dict[str, Any]) -> None:
+        """Numbers that describe the whole run (an evaluation's results), in its summary."""
+        if self._run is not None:
+            self._run.summary.update(values)
 
     def log_adapter(self, checkpoint: str, name: str) -> str:
         """The checkpoint's adapter files as a model artifact; returns the artifact's name."""

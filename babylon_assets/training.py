@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from babylon_assets.core.eligibility import AgentWindow
-from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_windows
+from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_decisions, sample_windows
 from babylon_assets.core.views import to_art_trajectory
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.db.training_records import StepMember, TrainingRecords
@@ -33,6 +33,7 @@ class TrainingOptions:
     project: str
     base_model: str
     seed: int = 0
+    decisions_per_trajectory: int = 0  # 0: every decision of each agent-window
 
 
 @dataclass
@@ -152,8 +153,11 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
                     by_group[str(member["group_id"])].append((member, agent_window))
             for group_id in sorted(by_group):
                 pairs = by_group[group_id]
-                groups.append(art.TrajectoryGroup([to_art_trajectory(aw, float(m["reward"]), group_id)
-                                                   for m, aw in pairs]))
+                groups.append(art.TrajectoryGroup([
+                    to_art_trajectory(aw, float(m["reward"]), group_id, sample_decisions(
+                        aw.llm_decisions, options.decisions_per_trajectory, options.seed, iteration,
+                        aw.agent_window_id))
+                    for m, aw in pairs]))
                 for m, aw in pairs:
                     step_members.append(StepMember(aw.agent_window_id, window_id, group_id,
                                                    tuple(aw.trajectory_ids), float(m["reward"])))

@@ -21,6 +21,15 @@ def sample_windows(window_ids: Sequence[str], per_iteration: int, seed: int, ite
     return sorted(random.Random(key).sample(ordered, per_iteration))
 
 
+def sample_decisions(count: int, per_trajectory: int, seed: int, iteration: int, key: str) -> list[int]:
+    """Which of a trajectory's `count` decisions one iteration trains on: up to `per_trajectory` of them
+    (all when 0 or when fewer exist), in order. Like sample_windows, the draw depends only on its inputs."""
+    if per_trajectory <= 0 or count <= per_trajectory:
+        return list(range(count))
+    digest = hashlib.sha256(f"{seed}:{iteration}:{key}".encode()).digest()
+    return sorted(random.Random(digest).sample(range(count), per_trajectory))
+
+
 @dataclass(frozen=True)
 class Spread:
     """Minimum, mean and maximum of some numbers (zeros when there are none)."""

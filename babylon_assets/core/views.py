@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from babylon_assets.core.eligibility import AgentWindow
@@ -64,12 +65,16 @@ def training_metadata(agent_window: AgentWindow, group_id: str | None) -> dict[s
     }
 
 
-def to_art_trajectory(agent_window: AgentWindow, reward: float, group_id: str | None = None) -> art.Trajectory:
-    """The training view as an `art.Trajectory`: first decision in messages_and_choices, the rest as histories."""
+def to_art_trajectory(agent_window: AgentWindow, reward: float, group_id: str | None = None,
+                      decisions: Sequence[int] | None = None) -> art.Trajectory:
+    """The training view as an `art.Trajectory`: first decision in messages_and_choices, the rest as histories
+    (only the `decisions` named by index, when given)."""
     import art
     from art.trajectories import History
 
     conversations = decision_conversations(agent_window)
+    if decisions is not None:
+        conversations = [conversations[i] for i in decisions if 0 <= i < len(conversations)]
     if not conversations:
         raise ValueError(f"agent-window {agent_window.agent_window_id} has no decision with an LLM call")
     first, *rest = conversations

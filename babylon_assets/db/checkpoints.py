@@ -1,8 +1,9 @@
 """Checkpoint rows in the game's `trained_models` table, as the torch backend's retention sees them.
 
 A checkpoint folder is pruned only when no `ready` or `deployed` row points at it (the game's model
-fetcher serves those), and the rows of a pruned folder become `archived` before it goes, so no row is
-ever left pointing at nothing (DESIGN 6).
+fetcher serves those) and no row that was ever deployed does (`babylon rollback` goes back to it), and
+the rows of a pruned folder become `archived` before it goes, so no row is ever left pointing at nothing
+(DESIGN 6).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from babylon_assets.db.models import TrainedModel, table_of
 from babylon_assets.db.store import Store
@@ -31,7 +32,8 @@ class CheckpointRecords:
             return set()
         models = table_of(TrainedModel)
         query = select(models.c.storagePath).where(models.c.storagePath.in_(list(paths)),
-                                                   models.c.status.in_(SERVED_STATUSES))
+                                                   or_(models.c.status.in_(SERVED_STATUSES),
+                                                       models.c.deployedAt.is_not(None)))
         with self.store.engine.connect() as connection:
             return {row[0] for row in connection.execute(query)}
 
@@ -44,7 +46,7 @@ class CheckpointRecords:
         now = datetime.now(UTC).replace(tzinfo=None)
         statement = (update(models)
                      .where(models.c.storagePath.in_(list(paths)), models.c.status.not_in(SERVED_STATUSES),
-                            models.c.status != "archived")
+                            models.c.status != "archived", models.c.deployedAt.is_(None))
                      .values(status="archived", archivedAt=now, updatedAt=now))
         with self.store.engine.begin() as connection:
             return int(connection.execute(statement).rowcount or 0)

@@ -394,6 +394,25 @@ class TrainingStepMember(OurBase):
     reward: Mapped[float] = mapped_column(Float)
 
 
+class EvaluationPlay(OurBase):
+    """One agent-window of held-out evaluation play by one policy (a base model or a checkpoint version),
+    stored as it finishes: a policy's play on an evaluation plan is played once and reused."""
+
+    __tablename__ = "evaluation_plays"
+
+    plan_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(300), primary_key=True)
+    seed: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(80), primary_key=True)
+    final_pnl: Mapped[float] = mapped_column(Float)
+    decisions: Mapped[int] = mapped_column(Integer)
+    unparseable: Mapped[int] = mapped_column(Integer)
+    max_drawdown: Mapped[float] = mapped_column(Float)
+    trajectory_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class JudgeCacheEntry(OurBase):
     """A judged group, keyed by a hash of (judge view, judge model, rubric version): never sent twice."""
 

@@ -505,6 +505,7 @@ class Store:
                         "id": f"row-{trajectory_id}", "trajectoryId": trajectory_id, "agentId": first.agent_id,
                         "startTime": naive_utc(first.at), "windowId": first.window_id, "rewardComponentsJson": "{}",
                         "totalReward": 0.0, "finalStatus": "active",
+                        "isEvaluation": first.is_evaluation, "isTrainingData": not first.is_evaluation,
                         "durationMs": int((last.at - first.at).total_seconds() * 1000), **values,
                     }])
                 else:

@@ -106,6 +106,7 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
             return _error(400, "messages must be a non-empty list", "invalid_request_error")
         agent_state = body.pop("babylon", None) or {}
         reported_at = agent_state.pop("at", None) if isinstance(agent_state, dict) else None
+        held_out = bool(agent_state.pop("evaluation", False)) if isinstance(agent_state, dict) else False
         body.pop("model", None)  # the gateway decides who answers: the deployed model
         target = upstream()
         stream = bool(body.pop("stream", False))
@@ -126,6 +127,7 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                 prompt_tokens=_get(usage, "prompt_tokens"), completion_tokens=_get(usage, "completion_tokens"),
                 logprobs=logprobs,
                 agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
+                is_evaluation=held_out,
             ))
 
         if passes_through(target):

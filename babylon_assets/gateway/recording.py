@@ -41,6 +41,7 @@ class CallRecord:
     logprobs: list[dict[str, Any]] | None = None
     agent_state: dict[str, float] = field(default_factory=dict)
     action_type: str = "RESPONSE"
+    is_evaluation: bool = False  # held-out play: its trajectory is never training data
 
     @property
     def window_id(self) -> str:
@@ -115,6 +116,7 @@ class GatewayRecorder:
         self.queue: asyncio.Queue[CallRecord] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, record: CallRecord) -> None:
         """Queue a call for recording; never blocks the agent's call."""
@@ -123,6 +125,7 @@ class GatewayRecorder:
     def start(self) -> None:
         """Start the writer task, and the task that closes ended hours, on the running loop."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         if self._task is None:
             self._task = loop.create_task(self._run())
         if self._closer is None:
@@ -140,6 +143,12 @@ class GatewayRecorder:
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued call is written (or the timeout passes)."""
         await asyncio.wait_for(self.queue.join(), timeout_s)
+
+    def drain_from_thread(self, timeout_s: float = 30.0) -> None:
+        """drain(), called from another thread than the gateway's (a gateway served in a thread)."""
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.drain(timeout_s), self._loop).result(timeout_s + 5)
 
     async def stop(self) -> None:
         """Write what is queued, then stop."""

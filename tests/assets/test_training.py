@@ -22,6 +22,7 @@ from babylon_assets.resources.trainer import TrainerResource
 from babylon_assets.sensors import evaluate_training_sensor
 from babylon_assets.settings import Settings
 from babylon_assets.simulate import SimulationPlan, simulate
+from babylon_assets.training import listening
 from tests.conftest import NOW, SIM_START
 
 WINDOWS = ["2025-01-15T10:00", "2025-01-15T11:00", "2025-01-15T12:00"]
@@ -164,8 +165,36 @@ def test_training_sensor_waits_for_new_windows_after_a_checkpoint(simulated_stor
 
 
 def test_the_trainer_resource_carries_every_training_setting(simulated_store):
-    settings = Settings(MAX_SEQUENCE_TOKENS=300, MICRO_BATCH_SIZE=3, LORA_RANK=4, KL_COEF=0.05, KEEP_CHECKPOINTS=2)
-    trainer = build_definitions(settings).resources["trainer"]
+    changed = {"MAX_SEQUENCE_TOKENS": 300, "MICRO_BATCH_SIZE": 3, "LORA_RANK": 4, "LORA_ALPHA": 12,
+               "LORA_DROPOUT": 0.1, "LORA_TARGET_MODULES": "q_proj,v_proj", "KL_COEF": 0.05, "CLIP_EPSILON": 0.3,
+               "MAX_GRAD_NORM": 0.5, "KEEP_CHECKPOINTS": 2, "TRAIN_SEED": 9, "TRAIN_DEVICE": "cpu",
+               "DECISIONS_PER_TRAJECTORY": 2, "ITERATIONS": 4, "WINDOWS_PER_ITERATION": 5, "LEARNING_RATE": 1e-4}
+    trainer = build_definitions(Settings(**changed)).resources["trainer"]
+    carried = trainer.settings()
+    assert {name: getattr(carried, name) for name in changed} == changed
     config = trainer.backend(simulated_store).config
-    assert (config.max_sequence_tokens, config.micro_batch_size, config.lora_rank, config.kl_coef,
-            config.keep_checkpoints) == (300, 3, 4, 0.05, 2)
+    assert (config.max_sequence_tokens, config.micro_batch_size, config.lora_rank, config.lora_alpha,
+            config.lora_dropout, config.target_modules, config.kl_coef, config.clip_epsilon, config.max_grad_norm,
+            config.keep_checkpoints, config.seed, config.device) == (
+        300, 3, 4, 12, 0.1, ("q_proj", "v_proj"), 0.05, 0.3, 0.5, 2, 9, "cpu")
+    options = trainer.options()
+    assert (options.iterations, options.windows_per_iteration, options.decisions_per_trajectory, options.seed,
+            options.learning_rate) == (4, 5, 2, 9, 1e-4)
+
+
+def test_a_step_trains_on_the_drawn_decisions_of_each_agent_window(simulated_store, instance, tmp_path, tiny_model):
+    url = simulated_store.target.url.render_as_string(hide_password=False)
+    defs = build_definitions(Settings(DATABASE_URL=url))
+    assert all(run.success for run in materialize_windows(defs, WINDOWS, instance))
+    assert materialize_training_dataset(defs, instance, until="2025-01-15T14:00").success
+    reports = []
+    with listening(on_step=reports.append):
+        result = train(url, trainer_for(tmp_path, tiny_model, iterations=1, decisions_per_trajectory=2,
+                                        wandb_mode="disabled"), instance)
+    assert result.success
+    (report,) = reports
+    used = int(report.metrics["groups_used"])
+    assert used >= 1 and report.metrics["sequences"] > 0
+    # two decisions of every trained agent-window, where each played more than two
+    assert report.metrics["sequences"] <= 2 * report.trajectories
+    assert report.metrics["sequences"] % 2 == 0

@@ -1,0 +1,182 @@
+"""Evaluation and deployment records.
+
+- `babylon_assets.evaluation_plays`: every held-out agent-window a policy played, stored as each market
+  finishes, so a policy is played once per evaluation plan (the base is reused for every checkpoint) and
+  an interrupted evaluation resumes.
+- The evaluation play itself lives in the game's `trajectories` (written by the gateway, `isEvaluation`,
+  never trained on); its closing P&L comes from the simulator's books.
+- `trained_models`: evalMetrics and benchmarkScore of an evaluation; status trained -> ready or rejected
+  (the gate), ready -> deployed -> archived (DESIGN 6), with deployedAt / archivedAt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, select, update
+
+from babylon_assets.core.evaluation import PlayResult
+from babylon_assets.db.models import EvaluationPlay, LlmCallLog, TrainedModel, Trajectory, table_of
+from babylon_assets.db.store import Store, StoreError, _insert_many
+
+GATE_STATUSES = ("ready", "rejected")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class EvaluationRecords:
+    """Evaluation play, evaluation results and model status on a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- evaluation play ---------------------------------------------------------------------------------
+
+    def plays(self, plan_key: str, policy: str) -> list[PlayResult]:
+        """A policy's stored plays on a plan, in (seed, window, slot) order."""
+        table = table_of(EvaluationPlay)
+        query = (select(table).where(and_(table.c.plan_key == plan_key, table.c.policy == policy))
+                 .order_by(table.c.seed, table.c.window_id, table.c.slot))
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [PlayResult(policy=row["policy"], seed=row["seed"], window_id=row["window_id"], slot=row["slot"],
+                           final_pnl=row["final_pnl"], decisions=row["decisions"], unparseable=row["unparseable"],
+                           max_drawdown=row["max_drawdown"], trajectory_id=row["trajectory_id"]) for row in rows]
+
+    def save_plays(self, plan_key: str, plays: Sequence[PlayResult]) -> int:
+        """Store plays (those already stored are left as they are); how many were new."""
+        if not plays:
+            return 0
+        table = table_of(EvaluationPlay)
+        keys = {(p.policy, p.seed, p.window_id, p.slot) for p in plays}
+        with self.store.engine.begin() as connection:
+            existing = {(r.policy, r.seed, r.window_id, r.slot) for r in connection.execute(
+                select(table.c.policy, table.c.seed, table.c.window_id, table.c.slot)
+                .where(and_(table.c.plan_key == plan_key,
+                            table.c.policy.in_(bindparam("policies", expanding=True)))),
+                {"policies": sorted({k[0] for k in keys})})}
+            now = datetime.now(UTC)
+            fresh = [{"plan_key": plan_key, "policy": p.policy, "seed": p.seed, "window_id": p.window_id,
+                      "slot": p.slot, "final_pnl": p.final_pnl, "decisions": p.decisions,
+                      "unparseable": p.unparseable, "max_drawdown": p.max_drawdown,
+                      "trajectory_id": p.trajectory_id or "", "created_at": now}
+                     for p in plays if (p.policy, p.seed, p.window_id, p.slot) not in existing]
+            _insert_many(connection, table, fresh)
+        return len(fresh)
+
+    def discard_unfinished_play(self, trajectory_ids: Iterable[str]) -> int:
+        """Delete the evaluation rows (and their LLM calls) of a market whose play did not finish, so playing
+        it again does not append to half an hour of old calls. Only `isEvaluation` rows are touched."""
+        ids = sorted(set(trajectory_ids))
+        if not ids:
+            return 0
+        self.store.require_own_store("evaluation play")
+        trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
+        with self.store.engine.begin() as connection:
+            doomed = list(connection.execute(
+                select(trajectories.c.trajectoryId).where(and_(
+                    trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)),
+                    trajectories.c.isEvaluation.is_(True))), {"ids": ids}).scalars())
+            if not doomed:
+                return 0
+            connection.execute(delete(calls).where(calls.c.trajectoryId.in_(bindparam("ids", expanding=True))),
+                               {"ids": doomed})
+            connection.execute(delete(trajectories).where(
+                trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": doomed})
+        return len(doomed)
+
+    def settle(self, closing: dict[str, dict[str, Any]]) -> int:
+        """Close evaluation trajectories with the simulator's books: {trajectoryId: {finalPnL, finalBalance,
+        tradesExecuted}}; they are marked held out (isEvaluation, not training data). Returns rows changed."""
+        if not closing:
+            return 0
+        trajectories = table_of(Trajectory)
+        changed = 0
+        with self.store.engine.begin() as connection:
+            for trajectory_id, books in sorted(closing.items()):
+                result = connection.execute(
+                    update(trajectories).where(trajectories.c.trajectoryId == trajectory_id).values(
+                        finalStatus="completed", finalPnL=books["finalPnL"], finalBalance=books["finalBalance"],
+                        tradesExecuted=books["tradesExecuted"], isEvaluation=True, isTrainingData=False,
+                        updatedAt=_now()))
+                changed += int(result.rowcount or 0)
+        return changed
+
+    # --- trained_models -----------------------------------------------------------------------------------
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        """A trained_models row by modelId (or version); a clear error when there is none."""
+        models = table_of(TrainedModel)
+        with self.store.engine.connect() as connection:
+            row = connection.execute(select(models).where(
+                (models.c.modelId == model_id) | (models.c.version == model_id))).mappings().first()
+        if row is None:
+            raise StoreError(f"no trained model {model_id!r} in trained_models")
+        return dict(row)
+
+    def newest_checkpoint(self, model_name: str) -> dict[str, Any] | None:
+        """The newest trained_models row of a model (by step), whatever its status."""
+        models = table_of(TrainedModel)
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(select(models).where(models.c.modelId.like(f"{model_name}@%"))
+                                      ).mappings().all()
+        steps = [(int(row["modelId"].rsplit("@", 1)[1]), dict(row)) for row in rows
+                 if row["modelId"].rsplit("@", 1)[1].isdigit()]
+        return max(steps, key=lambda item: item[0])[1] if steps else None
+
+    def record_evaluation(self, model_id: str, eval_metrics: dict[str, Any], benchmark_score: float) -> None:
+        """Store an evaluation's results on the model's row (evalMetrics, benchmarkScore)."""
+        self.store._require_game_writes("trained_models (evaluation results)")
+        models = table_of(TrainedModel)
+        with self.store.engine.begin() as connection:
+            connection.execute(update(models).where(models.c.modelId == model_id).values(
+                evalMetrics=eval_metrics, benchmarkScore=benchmark_score, updatedAt=_now()))
+
+    def set_gate_status(self, model_id: str, passed: bool) -> str:
+        """The gate's verdict: trained -> ready or rejected. A deployed or archived model keeps its status."""
+        self.store._require_game_writes("trained_models (gate)")
+        status = "ready" if passed else "rejected"
+        models = table_of(TrainedModel)
+        with self.store.engine.begin() as connection:
+            connection.execute(update(models).where(and_(
+                models.c.modelId == model_id, models.c.status.in_(("trained", *GATE_STATUSES)))
+            ).values(status=status, updatedAt=_now()))
+        return status
+
+    def mark_deployed(self, model_id: str) -> str | None:
+        """The model becomes `deployed` and the one deployed before it `archived`; returns that one's id."""
+        self.store._require_game_writes("trained_models (deploy)")
+        models = table_of(TrainedModel)
+        now = _now()
+        with self.store.engine.begin() as connection:
+            previous = connection.execute(select(models.c.modelId).where(and_(
+                models.c.status == "deployed", models.c.modelId != model_id))).scalars().all()
+            if previous:
+                connection.execute(update(models).where(models.c.modelId.in_(previous)).values(
+                    status="archived", archivedAt=now, updatedAt=now))
+            connection.execute(update(models).where(models.c.modelId == model_id).values(
+                status="deployed", deployedAt=now, archivedAt=None, updatedAt=now))
+        return previous[-1] if previous else None
+
+    def deployed(self) -> dict[str, Any] | None:
+        """The deployed model's row, if any."""
+        models = table_of(TrainedModel)
+        with self.store.engine.connect() as connection:
+            row = connection.execute(select(models).where(models.c.status == "deployed")
+                                     .order_by(models.c.deployedAt.desc())).mappings().first()
+        return None if row is None else dict(row)
+
+    def rollback_target(self) -> dict[str, Any] | None:
+        """The model deployed before the current one: the most recently deployed of the others."""
+        current = self.deployed()
+        models = table_of(TrainedModel)
+        query = select(models).where(models.c.deployedAt.is_not(None)).order_by(models.c.deployedAt.desc())
+        if current is not None:
+            query = query.where(models.c.modelId != current["modelId"])
+        with self.store.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return None if row is None else dict(row)
