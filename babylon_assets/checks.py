@@ -80,7 +80,7 @@ def dataset_not_empty(context: AssetCheckExecutionContext, store: StoreResource)
                          "GATE_MAX_UNPARSEABLE_RISE). Passing makes the checkpoint `ready`, failing `rejected`; "
                          "a failing gate blocks deployed_model.")
 def promotion_gate(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
-    version = evaluated_version(context, checkpoint_evaluation.key)
+    version = evaluated_version(context.instance, checkpoint_evaluation.key)
     records = EvaluationRecords(store.get_store())
     metrics = records.model(version).get("evalMetrics") or {}
     gate = metrics.get("gate") if isinstance(metrics, dict) else None

@@ -131,3 +131,22 @@ def tiny_model(tmp_path_factory):
     from babylon_assets.trainer.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> None:
+    """llama-server is built and SmolLM2's GGUF (its tokenizer) installed; skips off CI when not, fails on CI."""
+    from babylon_assets import local_llm
+
+    missing = []
+    if not local_llm.server_binary().is_file():
+        missing.append(f"llama-server is not built ({local_llm.server_binary()})")
+    try:
+        local_llm.model_file()
+    except local_llm.LocalLlmError as error:
+        missing.append(str(error))
+    if missing:
+        message = "; ".join(missing) + ": run `make llm-build` to run the local LLM tests"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)

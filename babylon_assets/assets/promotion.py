@@ -3,7 +3,7 @@ gate (checks.promotion_gate) in front of deployment, and the deployed model."""
 
 import base64
 
-from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, DagsterInstance, Failure, MaterializeResult, MetadataValue, asset
 
 from babylon_assets.core.evaluation import pnl_distributions_svg
 from babylon_assets.core.windows import utcnow
@@ -79,9 +79,8 @@ def checkpoint_evaluation(context: AssetExecutionContext, store: StoreResource, 
     })
 
 
-def evaluated_version(context: AssetExecutionContext | object, key: AssetKey) -> str:
+def evaluated_version(instance: DagsterInstance, key: AssetKey) -> str:
     """The model version the newest checkpoint_evaluation materialization evaluated."""
-    instance = context.instance  # type: ignore[attr-defined]
     event = instance.get_latest_materialization_event(key)
     materialization = event.asset_materialization if event is not None else None
     if materialization is None or "model_version" not in materialization.metadata:
@@ -95,7 +94,7 @@ def deployed_model(context: AssetExecutionContext, store: StoreResource, promoti
     """The evaluated checkpoint, once the gate made it `ready`: served (the local llama.cpp server restarted
     with its adapter, or POLICY_API_BASE), `deployed` in trained_models (the previous one `archived`), and
     named in the serving file, so every agent's next call through the gateway goes to it."""
-    version = evaluated_version(context, checkpoint_evaluation.key)
+    version = evaluated_version(context.instance, checkpoint_evaluation.key)
     options = promotion.deploy_options()
     try:
         deployment = deploy_model(store.get_store(), options, version)

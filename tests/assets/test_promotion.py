@@ -205,3 +205,34 @@ def test_only_a_gated_model_is_deployed_unless_forced(tmp_path):
         deploy_model(store, options, "babylon-mmo@9")
     assert deploy_model(store, options, "babylon-mmo@2", force=True).model_id == "babylon-mmo@2"
     store.dispose()
+
+
+def test_the_promotion_sensor_requests_the_newest_checkpoint_once(tmp_path):
+    from dagster import AssetMaterialization, DagsterRunStatus, SensorResult, SkipReason
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from babylon_assets.sensors import evaluate_promotion_sensor
+
+    with DagsterInstance.ephemeral() as instance:
+        assert isinstance(evaluate_promotion_sensor(instance, None), SkipReason)
+        for version in ("babylon-mmo@1", "babylon-mmo@2"):
+            instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint",
+                                                                     metadata={"model_version": version}))
+        first = evaluate_promotion_sensor(instance, None)
+        assert isinstance(first, SensorResult) and len(first.run_requests) == 1
+        assert first.run_requests[0].tags["babylon/model_version"] == "babylon-mmo@2"  # the newest only
+        again = evaluate_promotion_sensor(instance, first.cursor)
+        assert isinstance(again, SkipReason) and "no new checkpoint" in again.skip_message
+
+        # a training run that made no checkpoint moves the cursor without a request
+        instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint",
+                                                                 metadata={"model_version": ""}))
+        empty = evaluate_promotion_sensor(instance, first.cursor)
+        assert isinstance(empty, SensorResult) and not empty.run_requests and empty.cursor != first.cursor
+
+        # nothing while a promotion run is in flight; the checkpoint waits for the next tick
+        instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint",
+                                                                 metadata={"model_version": "babylon-mmo@3"}))
+        instance.add_run(DagsterRun(job_name="promotion_job", run_id="r" * 32, status=DagsterRunStatus.STARTED))
+        waiting = evaluate_promotion_sensor(instance, empty.cursor)
+        assert isinstance(waiting, SkipReason) and "babylon-mmo@3 waits" in waiting.skip_message
