@@ -525,7 +525,7 @@ def evaluate(
     finally:
         store.dispose()
     metrics = row.get("evalMetrics") or {}
-    if not run.success or not metrics:
+    if not run.evaluated or not metrics:
         err_console.print(f"[red]evaluation run {run.run_id} failed[/red]: see it in the UI (make ui)")
         raise typer.Exit(1)
     _print_evaluation(row["modelId"], row["status"], metrics)

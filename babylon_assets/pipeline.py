@@ -93,13 +93,25 @@ def materialize_training(defs: Definitions, instance: DagsterInstance, until: st
     return _run_from_dataset(defs, instance, "training_job", "training", until)
 
 
-def materialize_promotion(defs: Definitions, instance: DagsterInstance, *, deploy: bool = True) -> GraphRun:
+@dataclass(frozen=True, slots=True)
+class PromotionRun:
+    """A promotion run: whether the evaluation and the deploy materialized. A failing gate fails the run
+    (its check is blocking) after the evaluation was stored, so `success` alone does not say what happened."""
+
+    run_id: str
+    success: bool
+    evaluated: bool
+    deployed: bool
+
+
+def materialize_promotion(defs: Definitions, instance: DagsterInstance, *, deploy: bool = True) -> PromotionRun:
     """Evaluate the newest checkpoint and, where the blocking gate passes it, deploy it (deploy=False: only
     the evaluation and the gate's verdict)."""
     job = defs.resolve_job_def("promotion_job")
     selection = None if deploy else [AssetKey("checkpoint_evaluation")]
     result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET,
                                     asset_selection=selection)
-    # A failing gate fails the run only by its blocking check: the run itself may still succeed, so the
-    # caller reads the verdict from trained_models (status ready or rejected).
-    return GraphRun(result.run_id, "promotion" if deploy else "evaluation", result.success)
+    materialized = {event.asset_key.path[-1] for event in result.all_events
+                    if event.is_step_materialization and event.asset_key is not None}
+    return PromotionRun(result.run_id, result.success, "checkpoint_evaluation" in materialized,
+                        "deployed_model" in materialized)

@@ -96,6 +96,8 @@ def test_both_policies_face_identical_markets_and_a_passing_checkpoint_is_deploy
         assert row["benchmarkScore"] == pytest.approx(metrics["candidate"]["mean_pnl"])
         assert metrics["base"]["mean_pnl"] == 0.0  # holding all hour makes nothing
         assert metrics["candidate"]["mean_pnl"] != 0.0 and metrics["candidate"]["mean_judge_score"] is not None
+        logged = b"".join(p.read_bytes() for p in Path(settings.WANDB_DIR).rglob("*.wandb"))
+        assert b"eval/paired_pnl_mean" in logged and b"eval/checkpoint_unparseable_rate" in logged
         serving = json.loads(Path(settings.SERVING_FILE).read_text())
         assert serving == {"model": "openai/babylon-mmo@2", "api_base": double.base_url, "api_key": None,
                            "version": "babylon-mmo@2"}
