@@ -600,6 +600,65 @@ def rollback() -> None:
     _print_deployment(deployment, settings.GATEWAY_PORT)
 
 
+@app.command()
+def live(
+    agents: Annotated[int, typer.Option(min=1, help="Agents playing every hour.")] = 8,
+    llm: Annotated[bool, typer.Option("--llm/--scripted",
+                                      help="LLM agents through the gateway (deployed model), or scripted.")] = False,
+    window_seconds: Annotated[float, typer.Option(min=0.0, help="Wall seconds per simulated hour.")] = 120.0,
+    start: Annotated[str | None, typer.Option(help="First simulated hour (UTC); default: 7 days ago.")] = None,
+    windows: Annotated[int | None, typer.Option(min=1, help="Stop after this many hours (default: never).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the market.")] = 7,
+    duration: Annotated[int, typer.Option(min=1, max=59, help="Simulated minutes of play per hour.")] = 10,
+) -> None:
+    """Play the market continuously on a simulated clock, hour after hour, through the gateway with the
+    deployed model; with `make ui` beside it the sensors score, retrain, evaluate and deploy as hours close."""
+    from babylon_assets.live import LivePlan, run_live, stopped_by_signal
+
+    settings = get_settings()
+    plan = LivePlan(agents=agents, llm=llm, window_seconds=window_seconds, start=_parse_hour(start),
+                    windows=windows, seed=seed, duration_minutes=duration)
+    store = _open_store(settings)
+
+    def show(window: Any) -> None:
+        models = ", ".join(window.models) or "scripted"
+        lag = f", behind by {window.lag_seconds:.0f} s (total {window.total_lag_seconds:.0f} s)" \
+            if window.lag_seconds > 0 else ""
+        console.print(f"{window.window_id}: {window.agents} agents, {window.decisions} decisions "
+                      f"({window.unparseable} unparseable), mean P&L {window.mean_pnl:+,.2f}, model {models}, "
+                      f"played in {window.played_seconds:.0f} s{lag}")
+
+    try:
+        with stopped_by_signal() as should_stop:
+            console.print(f"Live play: {agents} {'LLM' if llm else 'scripted'} agents, one simulated hour per "
+                          f"{window_seconds:g} s; Ctrl-C stops after the current hour.")
+            played = run_live(store, settings, plan, on_window=show, should_stop=should_stop)
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+    skipped = sum(1 for w in played if w.skipped)
+    console.print(f"{len(played) - skipped} hour(s) played" + (f", {skipped} already played before" if skipped else ""))
+
+
+@app.command()
+def report(
+    output: Annotated[str, typer.Option("--output", "-o", help="HTML file to write.")] = ".babylon/report.html",
+) -> None:
+    """Write one HTML page with the training history: per checkpoint, base vs checkpoint P&L with intervals,
+    judge scores, unparseable rates, and the windows that trained it."""
+    from babylon_assets.report import write_report
+
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        path, checkpoints = write_report(store, Path(output), model_name=settings.MODEL_NAME)
+    finally:
+        store.dispose()
+    console.print(f"{path}: {checkpoints} checkpoint(s)")
+
+
 @app.command("export-dataset")
 def export_dataset(
     output: Annotated[str, typer.Option("--output", "-o", help="File to write; - for standard output.")] = "-",

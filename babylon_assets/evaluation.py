@@ -144,8 +144,8 @@ def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: C
         for seed, first in todo:
             windows = plan.window_ids(first)
             # A market whose play was cut short is played again from the start, not appended to.
-            records.discard_unfinished_play(gateway_trajectory_id(a.agent_id, w) for a in agents.values()
-                                            for w in windows)
+            store.discard_simulated_play(gateway_trajectory_id(a.agent_id, w) for a in agents.values()
+                                         for w in windows)
             summary = simulate(store, SimulationPlan(
                 agents=plan.agents, windows=plan.windows, duration_minutes=plan.duration_minutes, seed=seed,
                 start=first, step_seconds=plan.step_seconds, evaluation=True, llm=endpoint),
@@ -164,7 +164,7 @@ def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: C
                         unparseable=sum(1 for d in play.decisions if d.parse_error),
                         max_drawdown=round(max_drawdown([d.pnl for d in play.decisions] + [play.final_pnl]), 2),
                         trajectory_id=trajectory_id))
-            records.settle(closing)
+            store.settle_simulated_play(closing, held_out=True)
             records.save_plays(plan.key, plays)
             result.plays.extend(plays)
             result.played_markets += 1

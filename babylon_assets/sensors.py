@@ -21,10 +21,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests
-from babylon_assets.core.windows import lookback_window_ids, utcnow
+from babylon_assets.core.windows import lookback_window_ids
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.jobs import promotion_job, training_job, window_graph_job
+from babylon_assets.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.settings import get_settings
@@ -74,7 +75,9 @@ def evaluate_window_sensor(
     "arrive (run key = windows + row fingerprints); at most 4 runs of 24 windows per tick.",
 )
 def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
-    return evaluate_window_sensor(store.get_store(), rules, context.cursor, utcnow(), get_settings().PARTITION_START)
+    settings = get_settings()
+    return evaluate_window_sensor(store.get_store(), rules, context.cursor, platform_now(settings.LIVE_CLOCK_FILE),
+                                  settings.PARTITION_START)
 
 
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -107,8 +110,9 @@ def evaluate_training_sensor(db: Store, instance: DagsterInstance, rules: Window
     ">= NEW_WINDOWS_BEFORE_RETRAIN were scored since the last checkpoint; never while a training run is in flight.",
 )
 def training_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
-    return evaluate_training_sensor(store.get_store(), context.instance, rules, context.cursor, utcnow(),
-                                    get_settings().NEW_WINDOWS_BEFORE_RETRAIN)
+    settings = get_settings()
+    return evaluate_training_sensor(store.get_store(), context.instance, rules, context.cursor,
+                                    platform_now(settings.LIVE_CLOCK_FILE), settings.NEW_WINDOWS_BEFORE_RETRAIN)
 
 
 def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> SensorResult | SkipReason:

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     GATEWAY_PORT: int = 8787
     # Which model answers the agents; written by deploy, re-read by the gateway when it changes.
     SERVING_FILE: str = ".babylon/serving.json"
+    # `babylon live` publishes its simulated clock here; while it is fresh the sensors take it as "now", so a
+    # simulated hour counts as closed when its play has ended, not when the real hour has.
+    LIVE_CLOCK_FILE: str = ".babylon/live_clock.json"
 
     @field_validator("PARTITION_START")
     @classmethod

@@ -11,14 +11,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, select, update
 
 from babylon_assets.core.evaluation import PlayResult
-from babylon_assets.db.models import EvaluationPlay, LlmCallLog, TrainedModel, Trajectory, table_of
+from babylon_assets.db.models import EvaluationPlay, TrainedModel, table_of
 from babylon_assets.db.store import Store, StoreError, _insert_many
 
 GATE_STATUSES = ("ready", "rejected")
@@ -67,44 +67,6 @@ class EvaluationRecords:
                      for p in plays if (p.policy, p.seed, p.window_id, p.slot) not in existing]
             _insert_many(connection, table, fresh)
         return len(fresh)
-
-    def discard_unfinished_play(self, trajectory_ids: Iterable[str]) -> int:
-        """Delete the evaluation rows (and their LLM calls) of a market whose play did not finish, so playing
-        it again does not append to half an hour of old calls. Only `isEvaluation` rows are touched."""
-        ids = sorted(set(trajectory_ids))
-        if not ids:
-            return 0
-        self.store.require_own_store("evaluation play")
-        trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
-        with self.store.engine.begin() as connection:
-            doomed = list(connection.execute(
-                select(trajectories.c.trajectoryId).where(and_(
-                    trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)),
-                    trajectories.c.isEvaluation.is_(True))), {"ids": ids}).scalars())
-            if not doomed:
-                return 0
-            connection.execute(delete(calls).where(calls.c.trajectoryId.in_(bindparam("ids", expanding=True))),
-                               {"ids": doomed})
-            connection.execute(delete(trajectories).where(
-                trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": doomed})
-        return len(doomed)
-
-    def settle(self, closing: dict[str, dict[str, Any]]) -> int:
-        """Close evaluation trajectories with the simulator's books: {trajectoryId: {finalPnL, finalBalance,
-        tradesExecuted}}; they are marked held out (isEvaluation, not training data). Returns rows changed."""
-        if not closing:
-            return 0
-        trajectories = table_of(Trajectory)
-        changed = 0
-        with self.store.engine.begin() as connection:
-            for trajectory_id, books in sorted(closing.items()):
-                result = connection.execute(
-                    update(trajectories).where(trajectories.c.trajectoryId == trajectory_id).values(
-                        finalStatus="completed", finalPnL=books["finalPnL"], finalBalance=books["finalBalance"],
-                        tradesExecuted=books["tradesExecuted"], isEvaluation=True, isTrainingData=False,
-                        updatedAt=_now()))
-                changed += int(result.rowcount or 0)
-        return changed
 
     # --- trained_models -----------------------------------------------------------------------------------
 

@@ -443,6 +443,48 @@ class Store:
                 changed += 1
         return changed
 
+    def discard_simulated_play(self, trajectory_ids: Iterable[str]) -> int:
+        """Delete simulated agents' gateway trajectories (and their LLM calls) of an hour whose play did not
+        finish, so playing it again starts clean instead of appending to half an hour of old calls."""
+        ids = sorted(set(trajectory_ids))
+        if not ids:
+            return 0
+        self.require_own_store("simulated play")
+        trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
+        with self.engine.begin() as connection:
+            found = list(connection.execute(select(trajectories.c.trajectoryId).where(
+                trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": ids}).scalars())
+            if not found:
+                return 0
+            connection.execute(calls.delete().where(calls.c.trajectoryId.in_(bindparam("ids", expanding=True))),
+                               {"ids": found})
+            connection.execute(trajectories.delete().where(
+                trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": found})
+        return len(found)
+
+    def settle_simulated_play(self, closing: dict[str, dict[str, Any]], *, held_out: bool) -> int:
+        """Close the gateway's trajectories of simulated agents with the simulator's books (the game's books
+        close its own agents' hours): {trajectoryId: {finalPnL, finalBalance, tradesExecuted}}. Held-out play
+        is marked isEvaluation and not training data. Returns the rows changed."""
+        if not closing:
+            return 0
+        self.require_own_store("simulated play")
+        trajectories = table_of(Trajectory)
+        changed = 0
+        with self.engine.begin() as connection:
+            for trajectory_id, books in sorted(closing.items()):
+                values: dict[str, Any] = {"finalStatus": "completed", "finalPnL": books["finalPnL"],
+                                          "finalBalance": books["finalBalance"],
+                                          "tradesExecuted": books["tradesExecuted"],
+                                          "updatedAt": naive_utc(self.clock())}
+                if held_out:
+                    values.update(isEvaluation=True, isTrainingData=False)
+                result = connection.execute(trajectories.update()
+                                            .where(trajectories.c.trajectoryId == bindparam("tid"))
+                                            .values(**values), {"tid": trajectory_id})
+                changed += int(result.rowcount or 0)
+        return changed
+
     def append_gateway_calls(self, records: Sequence[Any]) -> int:
         """Add gateway calls to their agents' trajectories for the hour (each created by its first call) and to
         llm_call_logs, all in one transaction; calls already recorded (a retry) are skipped. Returns how many
