@@ -148,7 +148,8 @@ def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: C
                                          for w in windows)
             summary = simulate(store, SimulationPlan(
                 agents=plan.agents, windows=plan.windows, duration_minutes=plan.duration_minutes, seed=seed,
-                start=first, step_seconds=plan.step_seconds, evaluation=True, llm=endpoint),
+                start=first, step_seconds=plan.step_seconds, evaluation=True, llm=endpoint,
+                concurrency=plan.agents),
                 now=now, agents=list(agents.values()))
             recorder.drain_from_thread(timeout_s=120.0)
             plays, closing = [], {}

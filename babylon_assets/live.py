@@ -136,7 +136,8 @@ def run_live(store: Store, settings: Any, plan: LivePlan, *, on_window: Callable
                 store.discard_simulated_play(ids)  # an hour cut short is played again from its start
             summary = simulate(store, SimulationPlan(
                 agents=plan.agents, windows=1, duration_minutes=plan.duration_minutes, seed=plan.seed, start=hour,
-                step_seconds=plan.step_seconds, llm=endpoint), now=utcnow(), agents=agents)
+                step_seconds=plan.step_seconds, llm=endpoint, concurrency=plan.agents if endpoint else 1),
+                now=utcnow(), agents=agents)
             result = summary.windows[0]
             if running is not None:
                 running[1].drain_from_thread(timeout_s=120.0)

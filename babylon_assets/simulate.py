@@ -36,6 +36,7 @@ class SimulationPlan:
     step_seconds: int = 60
     evaluation: bool = False
     llm: LlmEndpoint | None = None
+    concurrency: int = 1  # LLM agents' calls of a step made at once (a server with parallel slots)
 
     def first_window(self, now: datetime) -> datetime:
         """The first window's start: `--start`, or the hour `windows` hours before now."""
@@ -201,7 +202,7 @@ def simulate(
             duration_minutes=plan.duration_minutes,
             step_seconds=plan.step_seconds,
         )
-        plays = play_window(market, agents, window_start=start)
+        plays = play_window(market, agents, window_start=start, concurrency=plan.concurrency)
         ids = {play.agent_id: trajectory_id_for(plan, window_id, play.agent_id) for play in plays}
         existing = store.existing_trajectory_ids(ids.values())
         # Through the gateway the agents' calls are recorded there, as the game's agents' are.

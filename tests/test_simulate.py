@@ -141,3 +141,29 @@ def test_the_simulate_command(monkeypatch):
     assert bad.exit_code == 2 and "UTC hour" in bad.output
     llm = runner.invoke(app, ["simulate", "--llm"])
     assert llm.exit_code == 2 and "AGENT_MODEL" in llm.output
+
+
+def test_concurrent_llm_calls_play_exactly_as_sequential_ones(tmp_path):
+    from babylon_assets.core.simulation import play_window
+    from babylon_assets.simulate import build_agents
+    from tests.doubles.openai_compatible import ScriptedReply
+
+    def by_agent(request: dict) -> ScriptedReply:  # the answer depends only on who asks and what they see
+        system, prompt = request["messages"][0]["content"], request["messages"][-1]["content"]
+        if "decision 2 of" in prompt and ("momentum" in system or "contrarian" in system):
+            return ScriptedReply('{"action": "OPEN_LONG", "ticker": "NVDX", "amount": 900, "leverage": 4}')
+        return ScriptedReply('{"action": "HOLD"}')
+
+    from babylon_assets.core.market import generate_window_market
+
+    market = generate_window_market(7, "2025-01-15T10:00", duration_minutes=4)
+    with OpenAICompatibleTestDouble(by_agent) as double:
+        plan = SimulationPlan(agents=6, seed=7, llm=LlmEndpoint("openai/test-double", double.base_url, retries=0))
+        runs = [play_window(market, build_agents(plan), window_start=START, concurrency=c) for c in (1, 6)]
+
+    def summary(plays: list) -> list:
+        return [(p.agent_id, p.final_pnl, [(d.step, d.decision.action, d.user_prompt) for d in p.decisions])
+                for p in plays]
+
+    assert summary(runs[0]) == summary(runs[1])
+    assert any(p.final_pnl != 0 for p in runs[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -158,8 +159,10 @@ def play_window(
     *,
     window_start: datetime,
     starting_balance: float = STARTING_BALANCE,
+    concurrency: int = 1,
 ) -> list[AgentWindowPlay]:
-    """Play every agent through the window's market; agents never move prices (price-takers)."""
+    """Play every agent through the window's market; agents never move prices (price-takers). With
+    `concurrency` > 1 the agents' calls of a step run in that many threads (LLM agents wait on a server)."""
     for agent in agents:
         agent.start_window(market.window_id)
     accounts = {agent.agent_id: Account(starting_balance) for agent in agents}
@@ -187,12 +190,22 @@ def play_window(
             equities[agent.agent_id].append(account.equity(marks, _yes_prices(market, step)))
         if step == market.steps:
             break
+        # Every agent sees the market before any of them acts (they are price-takers on their own accounts),
+        # so the step's calls are independent: with `concurrency` > 1 they are made at once.
+        seen = []
         for index, agent in enumerate(agents):
-            account = accounts[agent.agent_id]
             decided_at = window_start + timedelta(seconds=step * market.step_seconds + index)
-            observation = observe(market, account, step, decided_at)
-            user = observation_prompt(observation)
-            reply = agent.respond(prompts[agent.agent_id], user, observation)
+            observation = observe(market, accounts[agent.agent_id], step, decided_at)
+            seen.append((agent, decided_at, observation, observation_prompt(observation)))
+        if concurrency > 1 and len(agents) > 1:
+            with ThreadPoolExecutor(max_workers=min(concurrency, len(agents))) as pool:
+                replies = list(pool.map(lambda item: item[0].respond(prompts[item[0].agent_id], item[3], item[2]),
+                                        seen))
+        else:
+            replies = [agent.respond(prompts[agent.agent_id], user, observation)
+                       for agent, _, observation, user in seen]
+        for (agent, decided_at, observation, user), reply in zip(seen, replies, strict=True):
+            account = accounts[agent.agent_id]
             decision, parse_error = parse_or_hold(reply.text)
             if reply.error is not None:
                 parse_error = f"llm call failed: {reply.error}"
