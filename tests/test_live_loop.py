@@ -9,7 +9,6 @@ llama.cpp answers (nonsense, parsed as HOLD: a random model)."""
 import json
 import re
 from datetime import timedelta
-from pathlib import Path
 
 from dagster import DagsterInstance, SensorResult
 from sqlalchemy import select
