@@ -121,9 +121,11 @@ class PolicyPlay:
 
 
 def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: Callable[[], Any], *,
-                now: datetime, on_market: Callable[[str, int, int], None] | None = None) -> PolicyPlay:
-    """Play every evaluation market this policy has not played yet on this plan, through a gateway in this
-    process whose upstream is the served policy; store each market's plays as it finishes."""
+                now: datetime, on_market: Callable[[str, int, int], None] | None = None,
+                max_markets: int | None = None) -> PolicyPlay:
+    """Play every evaluation market this policy has not played yet on this plan (at most `max_markets` of
+    them: a long evaluation in chunks), through a gateway in this process whose upstream is the served
+    policy; store each market's plays as it finishes."""
     if plan.last_hour_end() > now:
         raise ValueError(f"evaluation hours must lie in the past: EVAL_START {window_id_of(plan.start)} + "
                          f"{len(plan.seeds) * plan.windows} h ends after now")
@@ -132,7 +134,7 @@ def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: C
     per_market = plan.windows * plan.agents
     done = {seed for seed in plan.seeds if sum(1 for p in stored if p.seed == seed) >= per_market}
     result = PolicyPlay(policy, [p for p in stored if p.seed in done], reused_markets=len(done))
-    todo = [(seed, first) for seed, first in plan.markets() if seed not in done]
+    todo = [(seed, first) for seed, first in plan.markets() if seed not in done][:max_markets]
     if not todo:
         return result
     slots = plan.slots()

@@ -137,11 +137,15 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
     model: art.TrainableModel[Any, Any] = art.TrainableModel(name=options.model_name, project=options.project,
                                                              base_model=options.base_model)
     await model.register(backend)
+    # Draws continue from the model's step: a run that goes on from an earlier checkpoint samples what one
+    # long run would have sampled, not the first run's windows again.
+    first_step = await model.get_step()
     records.mark_training(outcome.batch_id)
     used: dict[str, tuple[StepMember, AgentWindow]] = {}
     last_loss: float | None = None
     for iteration in range(1, options.iterations + 1):
-        windows = sample_windows(list(by_window), options.windows_per_iteration, options.seed, iteration)
+        draw = first_step + iteration
+        windows = sample_windows(list(by_window), options.windows_per_iteration, options.seed, draw)
         groups: list[art.TrajectoryGroup] = []
         step_members: list[StepMember] = []
         for window_id in windows:
@@ -155,7 +159,7 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
                 pairs = by_group[group_id]
                 groups.append(art.TrajectoryGroup([
                     to_art_trajectory(aw, float(m["reward"]), group_id, sample_decisions(
-                        aw.llm_decisions, options.decisions_per_trajectory, options.seed, iteration,
+                        aw.llm_decisions, options.decisions_per_trajectory, options.seed, draw,
                         aw.agent_window_id))
                     for m, aw in pairs]))
                 for m, aw in pairs:

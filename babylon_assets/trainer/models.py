@@ -79,7 +79,7 @@ def _smollm2_key(gguf: Path) -> str:
     return f"{gguf.stem}-{gguf.stat().st_size}-v{SMOLLM2_CACHE_VERSION}"
 
 
-def _special_token_ids(tokenizer: Any) -> dict[str, int]:
+def _special_token_ids(tokenizer: Any) -> dict[str, Any]:
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id}
 
@@ -119,17 +119,17 @@ def smollm2_tokenizer() -> Any:
     # tokenize_conversation would leave it out of the assistant's tokens.
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                for token, kind in zip(tokens, fields["ggml.token_type"], strict=True)
-                                if kind == TokenType.CONTROL])
+                                for token, token_type in zip(tokens, fields["ggml.token_type"], strict=True)
+                                if token_type == TokenType.CONTROL])
 
-    def token(key: str) -> str | None:
+    def special(key: str) -> str | None:
         index = fields.get(f"ggml.{key}_token_id")
         return None if index is None else tokens[index]
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=token("bos"), eos_token=token("eos"), pad_token=token("padding"),
-        unk_token=token("unknown"), chat_template=fields["chat_template"], clean_up_tokenization_spaces=False,
-        model_max_length=int(smollm2_hparams()["context_length"]),
+        tokenizer_object=backend, bos_token=special("bos"), eos_token=special("eos"),
+        pad_token=special("padding"), unk_token=special("unknown"), chat_template=fields["chat_template"],
+        clean_up_tokenization_spaces=False, model_max_length=int(smollm2_hparams()["context_length"]),
     )
 
 

@@ -1,0 +1,194 @@
+"""Does GRPO on simulated play make SmolLM2-135M trade better than its base? A resumable study (issue 12).
+
+    make local-llm                       # once: llama-server and SmolLM2's GGUF
+    python bench/study.py                # the next chunk (under --chunk-minutes); run again until it reports
+    python bench/study.py --report       # the table from what is stored so far
+
+Everything lives in --dir (default .babylon/study): its own SQLite store, Dagster instance, checkpoints
+and W&B files, so the study never mixes with other play. Each phase stores its results as it finishes
+and is skipped once done, so the study spans sessions:
+
+1. play     scripted agents play --train-windows hours (the training play; the judge's ground truth);
+2. score    the window graph scores them (the outcome judge) and builds the training dataset;
+3. train    SmolLM2-135M, LoRA rank 8, --iterations GRPO steps, one window a step, --decisions decisions of
+            each agent-window, prompts cut to their last --max-tokens tokens;
+4. evaluate base and checkpoint play the held-out markets (isEvaluation) through the gateway on local
+            llama.cpp servers, market by market, each market stored as it finishes;
+5. report   the paired P&L difference with its bootstrap 95% interval and both unparseable rates.
+
+The numbers are whatever they are: a 135M model and 2 CPU cores bound what this can show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("PYTHON_DOTENV_DISABLED", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TRAIN_START = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def study_settings(args: argparse.Namespace):
+    from babylon_assets.gateway.server import free_port
+    from babylon_assets.settings import Settings
+
+    folder = Path(args.dir).resolve()
+    return Settings(
+        DATABASE_URL=f"sqlite:///{folder / 'study.db'}", DAGSTER_HOME=str(folder / "dagster"),
+        ART_PATH=str(folder / ".art"), WANDB_DIR=str(folder / "wandb"), MODEL_NAME="study-mmo",
+        BASE_MODEL="HuggingFaceTB/SmolLM2-135M-Instruct", ITERATIONS=args.iterations, WINDOWS_PER_ITERATION=1,
+        DECISIONS_PER_TRAJECTORY=args.decisions, MAX_SEQUENCE_TOKENS=args.max_tokens, LEARNING_RATE=args.learning_rate,
+        KEEP_CHECKPOINTS=2, EVAL_SEEDS=",".join(str(101 + i) for i in range(args.eval_seeds)),
+        EVAL_WINDOWS=args.eval_windows, EVAL_AGENTS=8, EVAL_DURATION_MINUTES=args.eval_minutes,
+        EVAL_START="2024-11-01T00:00", EVAL_MAX_TOKENS=120, SERVING_FILE=str(folder / "serving.json"),
+        LIVE_CLOCK_FILE=str(folder / "clock.json"), LOCAL_LLM_PORT=free_port(), WANDB_MODE="offline")
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", default=".babylon/study")
+    parser.add_argument("--train-windows", type=int, default=48)
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--decisions", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=320)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--eval-seeds", type=int, default=5)
+    parser.add_argument("--eval-windows", type=int, default=5)
+    parser.add_argument("--eval-minutes", type=int, default=5)
+    parser.add_argument("--chunk-minutes", type=float, default=50.0)
+    parser.add_argument("--report", action="store_true", help="Only print the table from what is stored.")
+    args = parser.parse_args()
+
+    from babylon_assets.core.windows import window_id_of
+    from babylon_assets.db.evaluation_records import EvaluationRecords
+    from babylon_assets.db.store import Store
+    from babylon_assets.evaluation import EvaluationOptions, EvaluationPlan, base_policy
+
+    settings = study_settings(args)
+    folder = Path(args.dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = settings.DAGSTER_HOME
+    store = Store.from_settings(settings)
+    store.upgrade()
+    started = time.monotonic()
+    budget = args.chunk_minutes * 60
+
+    def out_of_time() -> bool:
+        return time.monotonic() - started > budget
+
+    plan = EvaluationPlan.from_settings(settings)
+    options = EvaluationOptions(plan=plan, base_model=settings.BASE_MODEL, resamples=settings.EVAL_BOOTSTRAP_RESAMPLES,
+                                work_folder=folder / "eval")
+    if args.report:
+        return report(store, settings, options)
+    train_hours = [window_id_of(TRAIN_START + timedelta(hours=h)) for h in range(args.train_windows)]
+
+    # 1. play
+    if len(store.windows_with_outcomes(train_hours)) < len(train_hours):
+        from babylon_assets.simulate import SimulationPlan, simulate
+
+        summary = simulate(store, SimulationPlan(agents=8, windows=args.train_windows, duration_minutes=10, seed=7,
+                                                 start=TRAIN_START), now=datetime.now(UTC))
+        log(f"play: {summary.written} trajectories in {len(train_hours)} hours")
+
+    # 2. score and 3. train, through the asset graph on the study's own instance
+    records = EvaluationRecords(store)
+    newest = records.newest_checkpoint(settings.MODEL_NAME)
+    trained = int(str(newest["modelId"]).rsplit("@", 1)[1]) if newest else 0
+    if trained < args.iterations:
+        from dagster import DagsterInstance
+
+        from babylon_assets.definitions import build_definitions
+        from babylon_assets.instance import prepare_dagster_home
+        from babylon_assets.pipeline import materialize_training, materialize_training_dataset, materialize_windows
+
+        prepare_dagster_home(settings)
+        remaining = settings.model_copy(update={"ITERATIONS": args.iterations - trained})
+        defs = build_definitions(remaining)
+        until = window_id_of(TRAIN_START + timedelta(hours=args.train_windows))
+        with DagsterInstance.get() as instance:
+            if store.latest_dataset() is None:
+                runs = materialize_windows(defs, train_hours, instance)
+                log(f"score: {sum(r.windows for r in runs if r.success)} windows scored")
+                assert materialize_training_dataset(defs, instance, until=until).success
+            log(f"train: steps {trained + 1}..{args.iterations}")
+            run = materialize_training(defs, instance, until=until)
+            if not run.success:
+                log(f"training run {run.run_id} failed: see {settings.DAGSTER_HOME}")
+                return 1
+        newest = records.newest_checkpoint(settings.MODEL_NAME)
+        log(f"train: {newest['modelId']} at {newest['storagePath']} ({(time.monotonic() - started) / 60:.1f} min)")
+        if out_of_time():
+            return 0
+
+    # 4. evaluate, market by market
+    from babylon_assets.evaluation import local_policy_server, play_policy
+
+    assert newest is not None
+    version = str(newest["modelId"])
+    policies = [(base_policy(settings.BASE_MODEL), local_policy_server(folder / "eval" / "base", settings.BASE_MODEL,
+                                                                       None, "base")),
+                (version, local_policy_server(folder / "eval" / "checkpoint", settings.BASE_MODEL,
+                                              Path(str(newest["storagePath"])), version))]
+    for policy, serve in policies:
+        while len(records.plays(plan.key, policy)) < plan.agent_windows:
+            if out_of_time():
+                log(f"chunk over ({args.chunk_minutes:g} min): run again to go on")
+                return 0
+            began = time.monotonic()
+            play_policy(store, plan, policy, serve, now=datetime.now(UTC), max_markets=1,
+                        on_market=lambda p, seed, n, began=began: log(
+                            f"evaluate: {p} seed {seed}: {n} agent-windows in {time.monotonic() - began:.0f} s"))
+    return report(store, settings, options, version)
+
+
+def report(store, settings, options, version: str | None = None) -> int:
+    from babylon_assets.core.evaluation import evaluate
+    from babylon_assets.db.evaluation_records import EvaluationRecords
+    from babylon_assets.evaluation import base_policy
+
+    records = EvaluationRecords(store)
+    if version is None:
+        newest = records.newest_checkpoint(settings.MODEL_NAME)
+        if newest is None:
+            print("no checkpoint yet")
+            return 1
+        version = str(newest["modelId"])
+    base = records.plays(options.plan.key, base_policy(settings.BASE_MODEL))
+    candidate = records.plays(options.plan.key, version)
+    result = evaluate(base, candidate, plan=options.plan.as_json(), resamples=options.resamples,
+                      seed=int(options.plan.key[:8], 16))
+    paired = result.paired
+    lines = [
+        f"Study: {version} (SmolLM2-135M-Instruct + LoRA) vs its base, held-out plan {options.plan.key[:8]} "
+        f"({options.plan.agent_windows} agent-windows per policy planned)",
+        "| policy | agent-windows | mean P&L | win rate | mean max drawdown | unparseable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in ((result.base_policy, result.base), (version, result.candidate)):
+        lines.append(f"| {name} | {m.agent_windows} | {m.mean_pnl:+,.2f} | {m.win_rate:.1%} | "
+                     f"{m.mean_max_drawdown:,.2f} | {m.unparseable_rate:.1%} |")
+    lines.append(f"Paired P&L difference (checkpoint - base) over {paired.pairs} pairs: {paired.mean:+,.2f}, "
+                 f"95% interval [{paired.low:+,.2f}, {paired.high:+,.2f}]; gate: {result.verdict.describe()}")
+    text = "\n".join(lines)
+    print(text)
+    Path(settings.SERVING_FILE).parent.joinpath("study_result.json").write_text(json.dumps(
+        {"version": version, **result.as_json()}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
