@@ -49,7 +49,7 @@ def study_settings(args: argparse.Namespace):
         DECISIONS_PER_TRAJECTORY=args.decisions, MAX_SEQUENCE_TOKENS=args.max_tokens, LEARNING_RATE=args.learning_rate,
         KEEP_CHECKPOINTS=2, EVAL_SEEDS=",".join(str(101 + i) for i in range(args.eval_seeds)),
         EVAL_WINDOWS=args.eval_windows, EVAL_AGENTS=8, EVAL_DURATION_MINUTES=args.eval_minutes,
-        EVAL_START="2024-11-01T00:00", EVAL_MAX_TOKENS=120, SERVING_FILE=str(folder / "serving.json"),
+        EVAL_START="2024-11-01T00:00", EVAL_MAX_TOKENS=args.eval_max_tokens, SERVING_FILE=str(folder / "serving.json"),
         LIVE_CLOCK_FILE=str(folder / "clock.json"), LOCAL_LLM_PORT=free_port(), WANDB_MODE="offline")
 
 
@@ -61,13 +61,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=".babylon/study")
     parser.add_argument("--train-windows", type=int, default=48)
-    parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--decisions", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=320)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--decisions", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--eval-seeds", type=int, default=5)
     parser.add_argument("--eval-windows", type=int, default=5)
-    parser.add_argument("--eval-minutes", type=int, default=5)
+    parser.add_argument("--eval-minutes", type=int, default=3)
+    parser.add_argument("--eval-max-tokens", type=int, default=96)
     parser.add_argument("--chunk-minutes", type=float, default=50.0)
     parser.add_argument("--report", action="store_true", help="Only print the table from what is stored.")
     args = parser.parse_args()
