@@ -623,7 +623,7 @@ def live(
     def show(window: Any) -> None:
         models = ", ".join(window.models) or "scripted"
         lag = f", behind by {window.lag_seconds:.0f} s (total {window.total_lag_seconds:.0f} s)" \
-            if window.lag_seconds > 0 else ""
+            if window.lag_seconds >= 1 else ""
         console.print(f"{window.window_id}: {window.agents} agents, {window.decisions} decisions "
                       f"({window.unparseable} unparseable), mean P&L {window.mean_pnl:+,.2f}, model {models}, "
                       f"played in {window.played_seconds:.0f} s{lag}")
