@@ -200,3 +200,27 @@ def test_an_upstream_without_logprobs_is_asked_again_without_them(tmp_path):
             assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"] == DECISION
             wait_until(lambda: recorder.counters.recorded == 1)
     assert [r.get("logprobs") for r in double.requests] == [True, True, None]
+
+
+def test_held_out_play_is_recorded_as_evaluation_from_its_first_call(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    store.upgrade()
+    with OpenAICompatibleTestDouble([DECISION]) as double:
+        app, recorder = gateway(store, double, lambda: HOUR)
+        with TestClient(app) as client:
+            held_out = body("eval-agent", 0)
+            held_out["babylon"]["evaluation"] = True
+            for agent, payload in (("eval-agent", held_out), ("train-agent", body("train-agent", 0))):
+                answer = client.post("/v1/chat/completions", json=payload, headers={AGENT_HEADER: agent})
+                assert answer.status_code == 200
+            wait_until(lambda: recorder.counters.recorded == 2)
+    assert "babylon" not in double.requests[0]
+    with store.engine.connect() as connection:
+        rows = dict(connection.execute(select(table_of(Trajectory).c.agentId,
+                                              table_of(Trajectory).c.isEvaluation)).all())
+        training = dict(connection.execute(select(table_of(Trajectory).c.agentId,
+                                                  table_of(Trajectory).c.isTrainingData)).all())
+    assert rows == {"eval-agent": True, "train-agent": False}
+    assert training == {"eval-agent": False, "train-agent": True}
+    read = store.read_window("2025-01-15T10:00", EligibilityRules(min_actions=1, min_agents=1))
+    assert [aw.agent_id for aw in read.eligible] == ["train-agent"]  # held out: never trained on
