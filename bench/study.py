@@ -35,6 +35,45 @@ os.environ.setdefault("PYTHON_DOTENV_DISABLED", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TRAIN_START = datetime(2025, 6, 1, tzinfo=UTC)
+# Every evaluation play the study finishes, appended as it finishes and committed with the code: a new
+# checkout (whose .babylon is empty) loads them back and plays only what is missing. A checkpoint's plays
+# are tied to its adapter's fingerprint: a retrained adapter that differs is played again.
+RESULTS = Path(__file__).resolve().parent / "study" / "plays.jsonl"
+
+
+def adapter_fingerprint(checkpoint: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((checkpoint / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def stored_lines() -> list[dict]:
+    if not RESULTS.is_file():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def load_plays(records, plan_key: str, policy: str, fingerprint: str) -> int:
+    """Put this policy's committed plays (same plan, same adapter) back into the study's store."""
+    from babylon_assets.core.evaluation import PlayResult
+
+    plays = [PlayResult(**{k: v for k, v in line.items() if k not in ("plan_key", "fingerprint")})
+             for line in stored_lines()
+             if line["plan_key"] == plan_key and line["policy"] == policy and line["fingerprint"] == fingerprint]
+    return records.save_plays(plan_key, plays)
+
+
+def save_plays(records, plan_key: str, policy: str, fingerprint: str) -> None:
+    """Append this policy's plays that the results file does not hold yet."""
+    from dataclasses import asdict
+
+    held = {(line["plan_key"], line["policy"], line["seed"], line["window_id"], line["slot"], line["fingerprint"])
+            for line in stored_lines()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as out:
+        for play in records.plays(plan_key, policy):
+            if (plan_key, policy, play.seed, play.window_id, play.slot, fingerprint) not in held:
+                out.write(json.dumps({"plan_key": plan_key, "fingerprint": fingerprint, **asdict(play)}) + "\n")
 
 
 def study_settings(args: argparse.Namespace):
@@ -144,7 +183,12 @@ def main() -> int:
                                                                        None, "base")),
                 (version, local_policy_server(folder / "eval" / "checkpoint", settings.BASE_MODEL,
                                               Path(str(newest["storagePath"])), version))]
+    fingerprints = {policies[0][0]: "smollm2-q4_1", version: adapter_fingerprint(Path(str(newest["storagePath"])))}
     for policy, serve in policies:
+        loaded = load_plays(records, plan.key, policy, fingerprints[policy])
+        if loaded:
+            log(f"evaluate: {policy}: {loaded} plays loaded from {RESULTS.name}")
+        save_plays(records, plan.key, policy, fingerprints[policy])  # what an earlier chunk stored here
         while len(records.plays(plan.key, policy)) < plan.agent_windows:
             if out_of_time():
                 log(f"chunk over ({args.chunk_minutes:g} min): run again to go on")
@@ -153,6 +197,7 @@ def main() -> int:
             play_policy(store, plan, policy, serve, now=datetime.now(UTC), max_markets=1,
                         on_market=lambda p, seed, n, began=began: log(
                             f"evaluate: {p} seed {seed}: {n} agent-windows in {time.monotonic() - began:.0f} s"))
+            save_plays(records, plan.key, policy, fingerprints[policy])
     return report(store, settings, options, version)
 
 
