@@ -562,42 +562,39 @@ def _print_deployment(deployment: Any, gateway_port: int) -> None:
         console.print(f"  {name}={value}")
 
 
+def _deploy_and_print(deploy: Callable[[Store, Any], Any]) -> None:
+    """Run a deploy (by id, or a rollback) on the store with the settings' options, and print what it did."""
+    from babylon_assets.deploy import DeployOptions
+
+    settings = get_settings()
+    store = _open_store(settings)
+    try:
+        deployment = deploy(store, DeployOptions.from_settings(settings))
+    except StoreError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    finally:
+        store.dispose()
+    _print_deployment(deployment, settings.GATEWAY_PORT)
+
+
 @app.command("deploy")
 def deploy_command(
     model_id: Annotated[str, typer.Argument(help="trained_models modelId, e.g. babylon-mmo@3.")],
     force: Annotated[bool, typer.Option("--force", help="Deploy a model the gate has not passed.")] = False,
 ) -> None:
     """Serve a checkpoint, mark it deployed (the previous one archived) and switch the gateway to it."""
-    from babylon_assets.deploy import DeployOptions, deploy_model
+    from babylon_assets.deploy import deploy_model
 
-    settings = get_settings()
-    store = _open_store(settings)
-    try:
-        deployment = deploy_model(store, DeployOptions.from_settings(settings), model_id, force=force)
-    except StoreError as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
-    finally:
-        store.dispose()
-    _print_deployment(deployment, settings.GATEWAY_PORT)
+    _deploy_and_print(lambda store, options: deploy_model(store, options, model_id, force=force))
 
 
 @app.command()
 def rollback() -> None:
     """Deploy again the model that was deployed before the current one."""
-    from babylon_assets.deploy import DeployOptions
     from babylon_assets.deploy import rollback as roll_back
 
-    settings = get_settings()
-    store = _open_store(settings)
-    try:
-        deployment = roll_back(store, DeployOptions.from_settings(settings))
-    except StoreError as error:
-        err_console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
-    finally:
-        store.dispose()
-    _print_deployment(deployment, settings.GATEWAY_PORT)
+    _deploy_and_print(roll_back)
 
 
 @app.command()

@@ -3,7 +3,6 @@
 These assert validity, never values: a 135M judge gives valid but meaningless scores."""
 
 import json
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -15,33 +14,20 @@ from babylon_assets import local_llm
 from babylon_assets.db.models import LlmCallLog
 from babylon_assets.db.store import Store
 from babylon_assets.definitions import build_definitions
+from babylon_assets.gateway.server import free_port
 from babylon_assets.llm_agent import LlmEndpoint
 from babylon_assets.pipeline import materialize_windows
 from babylon_assets.settings import Settings
 from babylon_assets.simulate import SimulationPlan, simulate
-from tests.conftest import IN_CI, NOW
+from tests.conftest import NOW
 
 START = datetime(2025, 1, 15, 10, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def llm_url(tmp_path_factory) -> Iterator[str]:
-    """The local server on a free port for this module; skips off CI when it is not built."""
-    missing = []
-    if not local_llm.server_binary().is_file():
-        missing.append(f"llama-server is not built ({local_llm.server_binary()})")
-    try:
-        local_llm.model_file()
-    except local_llm.LocalLlmError as error:
-        missing.append(str(error))
-    if missing:
-        message = "; ".join(missing) + ": run `make llm-build` to run the local LLM tests"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def llm_url(tmp_path_factory, llama_server) -> Iterator[str]:
+    """The local server on a free port for this module (llama_server skips off CI when it is not built)."""
+    port = free_port()
     folder = tmp_path_factory.mktemp("llm")
     state = local_llm.serve(folder, port=port)
     try:
