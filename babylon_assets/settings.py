@@ -4,7 +4,7 @@ embedded SQLite store."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     def dagster_home(self) -> Path:
         """DAGSTER_HOME made absolute: Dagster refuses a relative one."""
         return Path(self.DAGSTER_HOME).expanduser().resolve()
+
+
+def carried_fields(settings: Settings, names: tuple[str, ...]) -> dict[str, Any]:
+    """These settings as the lower-case fields of a resource that carries them."""
+    return {name.lower(): getattr(settings, name) for name in names}
+
+
+def settings_of(carrier: object, names: tuple[str, ...]) -> Settings:
+    """The settings a resource carries as lower-case fields, validated as the environment's would be."""
+    return Settings.model_validate({name: getattr(carrier, name.lower()) for name in names})
 
 
 def get_settings() -> Settings:

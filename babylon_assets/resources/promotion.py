@@ -9,7 +9,7 @@ from dagster import ConfigurableResource
 
 from babylon_assets.deploy import DeployOptions
 from babylon_assets.evaluation import EvaluationOptions, EvaluationPlan
-from babylon_assets.settings import Settings
+from babylon_assets.settings import Settings, carried_fields, settings_of
 
 # Every setting evaluation and deployment read; carried as the lower-case field of the same name.
 PROMOTION_SETTINGS = (
@@ -42,11 +42,11 @@ class PromotionResource(ConfigurableResource):  # type: ignore[type-arg]
     @classmethod
     def from_settings(cls, settings: Settings) -> PromotionResource:
         """The resource for these settings."""
-        return cls(**{name.lower(): getattr(settings, name) for name in PROMOTION_SETTINGS})
+        return cls(**carried_fields(settings, PROMOTION_SETTINGS))
 
     def settings(self) -> Settings:
         """The settings this resource carries, validated as the environment's would be."""
-        return Settings.model_validate({name: getattr(self, name.lower()) for name in PROMOTION_SETTINGS})
+        return settings_of(self, PROMOTION_SETTINGS)
 
     def evaluation_options(self) -> EvaluationOptions:
         """The evaluation plan and how it is judged against the gate."""

@@ -7,7 +7,7 @@ from typing import Any
 from dagster import ConfigurableResource
 
 from babylon_assets.db.store import Store
-from babylon_assets.settings import Settings
+from babylon_assets.settings import Settings, carried_fields, settings_of
 from babylon_assets.tracking import WandbTracker
 from babylon_assets.training import TrainingOptions
 
@@ -51,11 +51,11 @@ class TrainerResource(ConfigurableResource):  # type: ignore[type-arg]
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainerResource:
         """The resource for these settings."""
-        return cls(**{name.lower(): getattr(settings, name) for name in TRAINING_SETTINGS})
+        return cls(**carried_fields(settings, TRAINING_SETTINGS))
 
     def settings(self) -> Settings:
         """The training settings this resource carries, validated as the environment's would be."""
-        return Settings.model_validate({name: getattr(self, name.lower()) for name in TRAINING_SETTINGS})
+        return settings_of(self, TRAINING_SETTINGS)
 
     def options(self) -> TrainingOptions:
         """What a training run does."""
