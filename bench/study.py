@@ -11,7 +11,9 @@ and is skipped once done, so the study spans sessions:
 1. play     scripted agents play --train-windows hours (the training play; the judge's ground truth);
 2. score    the window graph scores them (the outcome judge) and builds the training dataset;
 3. train    SmolLM2-135M, LoRA rank 8, --iterations GRPO steps, one window a step, --decisions decisions of
-            each agent-window, prompts cut to their last --max-tokens tokens;
+            each agent-window, prompts cut to their last --max-tokens tokens; with --warm-start N, first
+            supervised fine-tuning (ART's `model.train_sft`) on the N best-judged agent-windows of every
+            window (the same decisions), so the policy answers in the decision format before GRPO starts;
 4. evaluate base and checkpoint play the held-out markets (isEvaluation) through the gateway on local
             llama.cpp servers, market by market, each market stored as it finishes;
 5. report   the paired P&L difference with its bootstrap 95% interval and both unparseable rates.
@@ -83,13 +85,71 @@ def study_settings(args: argparse.Namespace):
     folder = Path(args.dir).resolve()
     return Settings(
         DATABASE_URL=f"sqlite:///{folder / 'study.db'}", DAGSTER_HOME=str(folder / "dagster"),
-        ART_PATH=str(folder / ".art"), WANDB_DIR=str(folder / "wandb"), MODEL_NAME="study-mmo",
+        ART_PATH=str(folder / ".art"), WANDB_DIR=str(folder / "wandb"), MODEL_NAME=args.model_name,
         BASE_MODEL="HuggingFaceTB/SmolLM2-135M-Instruct", ITERATIONS=args.iterations, WINDOWS_PER_ITERATION=1,
         DECISIONS_PER_TRAJECTORY=args.decisions, MAX_SEQUENCE_TOKENS=args.max_tokens, LEARNING_RATE=args.learning_rate,
         KEEP_CHECKPOINTS=2, EVAL_SEEDS=",".join(str(101 + i) for i in range(args.eval_seeds)),
         EVAL_WINDOWS=args.eval_windows, EVAL_AGENTS=8, EVAL_DURATION_MINUTES=args.eval_minutes,
         EVAL_START="2024-11-01T00:00", EVAL_MAX_TOKENS=args.eval_max_tokens, SERVING_FILE=str(folder / "serving.json"),
         LIVE_CLOCK_FILE=str(folder / "clock.json"), LOCAL_LLM_PORT=free_port(), WANDB_MODE="offline")
+
+
+def warm_start_steps(folder: Path, args: argparse.Namespace) -> int:
+    """How many SFT steps this arm's warm start took (0 when it has none or it has not finished)."""
+    marker = folder / f"{args.model_name}.warm_start.json"
+    return int(json.loads(marker.read_text())["steps"]) if marker.is_file() else 0
+
+
+def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
+    """SFT on the best-judged agent-windows of every window of the dataset; a marker says it finished.
+
+    An unfinished warm start (no marker) is started again from the base: its partial checkpoints go.
+    """
+    import asyncio
+    import shutil
+
+    import art
+    from art.types import TrainSFTConfig
+
+    from babylon_assets.core.training_plan import best_of_groups, sample_decisions
+    from babylon_assets.core.views import to_art_trajectory
+    from babylon_assets.export import agent_windows_of
+    from babylon_assets.trainer.torch_backend import SFT_AUTO_BATCH, make_backend
+
+    model_folder = Path(settings.ART_PATH) / settings.PROJECT_NAME / "models" / settings.MODEL_NAME
+    shutil.rmtree(model_folder, ignore_errors=True)
+    latest = store.latest_dataset()
+    assert latest is not None, "the dataset is built before the warm start"
+    members = latest[1]
+    chosen = set(best_of_groups([(str(m["group_id"]), str(m["agent_window_id"]), float(m["reward"]))
+                                 for m in members], per_group=args.warm_start))
+    trajectories = []
+    for window_id in sorted({str(m["window_id"]) for m in members}):
+        for agent_window in agent_windows_of(store, window_id).values():
+            if agent_window.agent_window_id in chosen and agent_window.llm_decisions > 0:
+                trajectories.append(to_art_trajectory(agent_window, 1.0, None, sample_decisions(
+                    agent_window.llm_decisions, args.decisions, settings.TRAIN_SEED, 0, agent_window.agent_window_id)))
+    began = time.monotonic()
+
+    async def train() -> int:
+        backend = make_backend(settings)
+        model = art.TrainableModel(name=settings.MODEL_NAME, project=settings.PROJECT_NAME,
+                                   base_model=settings.BASE_MODEL)
+        await model.register(backend)
+        await model.train_sft(trajectories, TrainSFTConfig(batch_size=SFT_AUTO_BATCH,
+                                                           learning_rate=args.warm_start_learning_rate))
+        step = await model.get_step()
+        await backend.close()
+        return step
+
+    steps = asyncio.run(train())
+    (folder / f"{args.model_name}.warm_start.json").write_text(json.dumps(
+        {"steps": steps, "agent_windows": len(trajectories), "decisions": args.decisions,
+         "learning_rate": args.warm_start_learning_rate, "minutes": round((time.monotonic() - began) / 60, 1)}))
+    log(f"warm start: {steps} SFT steps on the best {args.warm_start} agent-window(s) of each window "
+        f"({len(trajectories)} agent-windows, {args.decisions} decisions each) in "
+        f"{(time.monotonic() - began) / 60:.1f} min")
+    return steps
 
 
 def log(message: str) -> None:
@@ -104,6 +164,10 @@ def main() -> int:
     parser.add_argument("--decisions", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--model-name", default="study-mmo", help="One arm of the study (its checkpoints' name).")
+    parser.add_argument("--warm-start", type=int, default=0, metavar="N",
+                        help="Before GRPO, SFT on the N best-judged agent-windows of every window (0: none).")
+    parser.add_argument("--warm-start-learning-rate", type=float, default=2e-4)
     parser.add_argument("--eval-seeds", type=int, default=5)
     parser.add_argument("--eval-windows", type=int, default=5)
     parser.add_argument("--eval-minutes", type=int, default=3)
@@ -147,7 +211,8 @@ def main() -> int:
     # 2. score and 3. train, through the asset graph on the study's own instance
     records = EvaluationRecords(store)
     newest = records.newest_checkpoint(settings.MODEL_NAME)
-    trained = int(str(newest["modelId"]).rsplit("@", 1)[1]) if newest else 0
+    warm_steps = warm_start_steps(folder, args)
+    trained = int(str(newest["modelId"]).rsplit("@", 1)[1]) - warm_steps if newest else 0
     if trained < args.iterations:
         from dagster import DagsterInstance
 
@@ -164,7 +229,9 @@ def main() -> int:
                 runs = materialize_windows(defs, train_hours, instance)
                 log(f"score: {sum(r.windows for r in runs if r.success)} windows scored")
                 assert materialize_training_dataset(defs, instance, until=until).success
-            log(f"train: steps {trained + 1}..{args.iterations}")
+            if args.warm_start and not warm_steps:
+                warm_steps = warm_start(store, settings, folder, args)
+            log(f"train: GRPO steps {warm_steps + trained + 1}..{warm_steps + args.iterations}")
             run = materialize_training(defs, instance, until=until)
             if not run.success:
                 log(f"training run {run.run_id} failed: see {settings.DAGSTER_HOME}")

@@ -30,6 +30,28 @@ def sample_decisions(count: int, per_trajectory: int, seed: int, iteration: int,
     return sorted(random.Random(digest).sample(range(count), per_trajectory))
 
 
+def best_of_groups(rewards: Sequence[tuple[str, str, float]], per_group: int = 1) -> list[str]:
+    """(group, member, reward) -> the `per_group` best-rewarded members of every group, group by group.
+
+    The warm start's data (supervised fine-tuning on what the judge ranked best in each window): ties go to
+    the member that sorts first, so the choice depends only on the inputs. Groups whose rewards are all
+    equal carry no ranking and give nothing.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be at least 1, got {per_group}")
+    by_group: dict[str, list[tuple[str, float]]] = {}
+    for group, member, reward in rewards:
+        by_group.setdefault(group, []).append((member, reward))
+    chosen: list[str] = []
+    for group in sorted(by_group):
+        members = by_group[group]
+        if len({reward for _, reward in members}) < 2:
+            continue
+        ranked = sorted(members, key=lambda m: (-m[1], m[0]))
+        chosen.extend(member for member, _ in ranked[:per_group])
+    return chosen
+
+
 @dataclass(frozen=True)
 class Spread:
     """Minimum, mean and maximum of some numbers (zeros when there are none)."""

@@ -52,6 +52,8 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng_state.pt"
 STATE_FILE = "trainer_state.json"
+# ART's TrainSFTConfig defaults batch_size to "auto": this many trajectories a step on CPU-sized models.
+SFT_AUTO_BATCH = 8
 
 
 class CheckpointRegistry(Protocol):
@@ -251,17 +253,27 @@ class TorchBackend:
     async def _train_sft(self, model: art.TrainableModel, trajectories: Iterable[art.Trajectory],
                          config: TrainSFTConfig, dev_config: dev.TrainSFTConfig,
                          verbose: bool = False) -> AsyncIterator[dict[str, float]]:
-        """Supervised fine-tuning: log-likelihood of the assistant tokens, one step per batch."""
+        """Supervised fine-tuning: log-likelihood of the assistant tokens, one step (and checkpoint) per batch.
+
+        ART's TrainSFTConfig: `batch_size` "auto" means SFT_AUTO_BATCH trajectories; `learning_rate` is one
+        value or one per batch (a list shorter than the batches is an error, not a silent reuse).
+        """
         trajectories = list(trajectories)
-        batch_size = int(getattr(config, "batch_size", None) or 8)
-        learning_rate = float(getattr(config, "learning_rate", None) or 5e-5)
+        batch_size = config.batch_size if isinstance(config.batch_size, int) else SFT_AUTO_BATCH
+        if batch_size < 1:
+            raise ValueError(f"SFT batch_size must be at least 1, got {batch_size}")
+        batches = [trajectories[start : start + batch_size] for start in range(0, len(trajectories), batch_size)]
+        rates = config.learning_rate
+        if not isinstance(rates, list):
+            rates = [rates] * len(batches)
+        if len(rates) < len(batches):
+            raise ValueError(f"{len(rates)} learning rates for {len(batches)} SFT batches")
         step_config = StepConfig(max_grad_norm=self.config.max_grad_norm,
                                  micro_batch_size=self.config.micro_batch_size)
-        for start in range(0, len(trajectories), batch_size):
-            chunk = trajectories[start : start + batch_size]
+        for chunk, learning_rate in zip(batches, rates, strict=False):
             async with self._lock:
-                result = await asyncio.to_thread(self._sft_sync, model, chunk, step_config, learning_rate)
-            yield result.metrics
+                result = await asyncio.to_thread(self._sft_sync, model, chunk, step_config, float(learning_rate))
+            yield {**result.metrics, "learning_rate": float(learning_rate)}
 
     # --- the work ---------------------------------------------------------------------------------------
 

@@ -1,6 +1,14 @@
 """What each training iteration learns from: the seeded draws of windows and of decisions, and group ranks."""
 
-from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_decisions, sample_windows
+import pytest
+
+from babylon_assets.core.training_plan import (
+    Spread,
+    best_of_groups,
+    ranks_within_groups,
+    sample_decisions,
+    sample_windows,
+)
 
 WINDOWS = [f"2025-01-15T{h:02d}:00" for h in range(10)]
 
@@ -29,3 +37,14 @@ def test_ranks_within_groups_share_ties_and_spread_summarises():
     spread = Spread.of([1.0, 2.0, 6.0])
     assert (spread.low, spread.mean, spread.high, spread.count) == (1.0, 3.0, 6.0, 3)
     assert Spread.of([]).count == 0
+
+
+def test_best_of_groups_takes_the_top_of_each_ranked_group():
+    rewards = [("g2", "b", 0.9), ("g1", "a", 0.2), ("g1", "c", 0.7), ("g1", "d", 0.7), ("g2", "e", 0.1),
+               ("g3", "f", 0.5), ("g3", "h", 0.5)]
+    # g1: the tie at 0.7 goes to the member that sorts first; g3 ranks nobody (all equal) and gives nothing.
+    assert best_of_groups(rewards) == ["c", "b"]
+    assert best_of_groups(rewards, per_group=2) == ["c", "d", "b", "e"]
+    assert best_of_groups(list(reversed(rewards))) == ["c", "b"]  # order of the input does not matter
+    with pytest.raises(ValueError, match="at least 1"):
+        best_of_groups(rewards, per_group=0)

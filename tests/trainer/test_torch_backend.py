@@ -143,6 +143,33 @@ def test_a_resumed_run_continues_exactly(tmp_path, tiny_model):
         assert torch.equal(tensor, resumed[name]), name
 
 
+def test_supervised_warm_start_through_arts_train_sft(tmp_path, tiny_model, tiny_tokenizer):
+    """ART's `model.train_sft` with its default config ("auto" batch) and with one learning rate per batch."""
+    from art.types import TrainSFTConfig
+
+    backend = backend_at(tmp_path, tiny_model)
+    target = tokenize_conversation(tiny_tokenizer, Conversation(decision(RESPONSES[0])), 0.0)
+    examples = [art.Trajectory(messages_and_choices=decision(RESPONSES[0]), reward=0.0)  # type: ignore[arg-type]
+                for _ in range(12)]
+
+    async def scenario():
+        model = await registered(backend, tiny_model)
+        peft_model = backend.session(model).model
+        before = sequence_logprob(peft_model, target)
+        await model.train_sft(examples[:9])  # "auto": batches of 8 and 1 -> two steps
+        after_default = await model.get_step()
+        await model.train_sft(examples, TrainSFTConfig(batch_size=6, learning_rate=[LR, LR]))
+        with pytest.raises(ValueError, match="2 learning rates for 3 SFT batches"):
+            await model.train_sft(examples[:3] * 6, TrainSFTConfig(batch_size=6, learning_rate=[LR, LR]))
+        return before, sequence_logprob(peft_model, target), after_default, await model.get_step()
+
+    before, after, after_default, step = run(scenario())
+    assert after_default == 2 and step == 4  # one checkpoint per batch; the refused call trained nothing
+    assert after - before > 1.0  # the imitated response became far more likely
+    checkpoint = tmp_path / ".art" / "babylon-agents" / "models" / "babylon-mmo" / "checkpoints" / "0004"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["learning_rate"] == LR
+
+
 def test_kl_penalty_against_the_base_with_the_adapter_disabled(tmp_path, tiny_model):
     backend = backend_at(tmp_path, tiny_model, kl_coef=0.5)
 
