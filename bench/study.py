@@ -4,6 +4,11 @@
     python bench/study.py                # the next chunk (under --chunk-minutes); run again until it reports
     python bench/study.py --report       # the table from what is stored so far
 
+Two arms, each against the same base plays: GRPO alone (the defaults), and GRPO after a supervised warm
+start on the judge's best agent-windows:
+
+    python bench/study.py --dir .babylon/study-sft --model-name study-sft --warm-start 2
+
 Everything lives in --dir (default .babylon/study): its own SQLite store, Dagster instance, checkpoints
 and W&B files, so the study never mixes with other play. Each phase stores its results as it finishes
 and is skipped once done, so the study spans sessions:
@@ -106,6 +111,7 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
     An unfinished warm start (no marker) is started again from the base: its partial checkpoints go.
     """
     import asyncio
+    import random
     import shutil
 
     import art
@@ -136,8 +142,11 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
         model = art.TrainableModel(name=settings.MODEL_NAME, project=settings.PROJECT_NAME,
                                    base_model=settings.BASE_MODEL)
         await model.register(backend)
-        await model.train_sft(trajectories, TrainSFTConfig(batch_size=SFT_AUTO_BATCH,
-                                                           learning_rate=args.warm_start_learning_rate))
+        # Each epoch in its own seeded order, so batches mix windows instead of walking through time.
+        epochs = [random.Random(f"{settings.TRAIN_SEED}:{epoch}").sample(trajectories, len(trajectories))
+                  for epoch in range(args.warm_start_epochs)]
+        config = TrainSFTConfig(batch_size=SFT_AUTO_BATCH, learning_rate=args.warm_start_learning_rate)
+        await model.train_sft([t for epoch in epochs for t in epoch], config)
         step = await model.get_step()
         await backend.close()
         return step
@@ -145,9 +154,10 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
     steps = asyncio.run(train())
     (folder / f"{args.model_name}.warm_start.json").write_text(json.dumps(
         {"steps": steps, "agent_windows": len(trajectories), "decisions": args.decisions,
-         "learning_rate": args.warm_start_learning_rate, "minutes": round((time.monotonic() - began) / 60, 1)}))
-    log(f"warm start: {steps} SFT steps on the best {args.warm_start} agent-window(s) of each window "
-        f"({len(trajectories)} agent-windows, {args.decisions} decisions each) in "
+         "epochs": args.warm_start_epochs, "learning_rate": args.warm_start_learning_rate,
+         "minutes": round((time.monotonic() - began) / 60, 1)}))
+    log(f"warm start: {steps} SFT steps, {args.warm_start_epochs} epochs of the best {args.warm_start} "
+        f"agent-window(s) of each window ({len(trajectories)} agent-windows, {args.decisions} decisions each) in "
         f"{(time.monotonic() - began) / 60:.1f} min")
     return steps
 
@@ -167,7 +177,8 @@ def main() -> int:
     parser.add_argument("--model-name", default="study-mmo", help="One arm of the study (its checkpoints' name).")
     parser.add_argument("--warm-start", type=int, default=0, metavar="N",
                         help="Before GRPO, SFT on the N best-judged agent-windows of every window (0: none).")
-    parser.add_argument("--warm-start-learning-rate", type=float, default=2e-4)
+    parser.add_argument("--warm-start-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warm-start-epochs", type=int, default=2)
     parser.add_argument("--eval-seeds", type=int, default=5)
     parser.add_argument("--eval-windows", type=int, default=5)
     parser.add_argument("--eval-minutes", type=int, default=3)
