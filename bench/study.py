@@ -162,6 +162,23 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
     return steps
 
 
+def trades_executed(store, plays) -> list[int]:
+    """Trades each play executed (its trajectory's tradesExecuted), for the plays this store holds: a
+    decision can parse and still not trade (an unknown ticker, no cash), which the unparseable rate misses."""
+    from sqlalchemy import select
+
+    from babylon_assets.db.models import Trajectory
+
+    ids = [p.trajectory_id for p in plays if p.trajectory_id]
+    found: dict[str, int] = {}
+    with store.engine.connect() as connection:
+        for start in range(0, len(ids), 500):
+            rows = connection.execute(select(Trajectory.trajectoryId, Trajectory.tradesExecuted)
+                                      .where(Trajectory.trajectoryId.in_(ids[start : start + 500])))
+            found.update({row.trajectoryId: int(row.tradesExecuted or 0) for row in rows})
+    return [found[i] for i in ids if i in found]
+
+
 def log(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
@@ -307,6 +324,12 @@ def report(store, settings, options, version: str | None = None) -> int:
                      f"{m.mean_max_drawdown:,.2f} | {m.unparseable_rate:.1%} |")
     lines.append(f"Paired P&L difference (checkpoint - base) over {paired.pairs} pairs: {paired.mean:+,.2f}, "
                  f"95% interval [{paired.low:+,.2f}, {paired.high:+,.2f}]; gate: {result.verdict.describe()}")
+    for name, plays in ((result.base_policy, base), (version, candidate)):
+        trades = trades_executed(store, plays)
+        if trades:
+            lines.append(f"{name}: {sum(trades) / len(trades):.2f} trades executed per agent-window, "
+                         f"{sum(1 for t in trades if t) / len(trades):.1%} of agent-windows traded "
+                         f"({len(trades)} of its plays are in this store)")
     text = "\n".join(lines)
     print(text)
     Path(settings.SERVING_FILE).parent.joinpath("study_result.json").write_text(json.dumps(
