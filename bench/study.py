@@ -99,9 +99,14 @@ def study_settings(args: argparse.Namespace):
         LIVE_CLOCK_FILE=str(folder / "clock.json"), LOCAL_LLM_PORT=free_port(), WANDB_MODE="offline")
 
 
+def warm_start_marker(folder: Path, args: argparse.Namespace) -> Path:
+    """Written when this arm's warm start has finished: its steps and what it trained on."""
+    return folder / f"{args.model_name}.warm_start.json"
+
+
 def warm_start_steps(folder: Path, args: argparse.Namespace) -> int:
     """How many SFT steps this arm's warm start took (0 when it has none or it has not finished)."""
-    marker = folder / f"{args.model_name}.warm_start.json"
+    marker = warm_start_marker(folder, args)
     return int(json.loads(marker.read_text())["steps"]) if marker.is_file() else 0
 
 
@@ -152,7 +157,7 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
         return step
 
     steps = asyncio.run(train())
-    (folder / f"{args.model_name}.warm_start.json").write_text(json.dumps(
+    warm_start_marker(folder, args).write_text(json.dumps(
         {"steps": steps, "agent_windows": len(trajectories), "decisions": args.decisions,
          "epochs": args.warm_start_epochs, "learning_rate": args.warm_start_learning_rate,
          "minutes": round((time.monotonic() - began) / 60, 1)}))
