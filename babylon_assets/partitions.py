@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import HourlyPartitionsDefinition
 
-from babylon_assets.core.windows import WINDOW_ID_FORMAT
+from babylon_assets.core.window_time import WINDOW_ID_FORMAT
 from babylon_assets.settings import get_settings
 
 

@@ -21,11 +21,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests
-from babylon_assets.core.windows import lookback_window_ids
+from babylon_assets.core.window_time import lookback_window_ids
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.jobs import promotion_job, training_job, window_graph_job
-from babylon_assets.live import platform_now
+from babylon_assets.play.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.settings import get_settings

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     @field_validator("PARTITION_START")
     @classmethod
     def _partition_start_is_a_window(cls, value: str) -> str:
-        from babylon_assets.core.windows import parse_window_id
+        from babylon_assets.core.window_time import parse_window_id
 
         parse_window_id(value)
         return value
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     @field_validator("EVAL_START")
     @classmethod
     def _eval_start_is_a_window(cls, value: str) -> str:
-        from babylon_assets.core.windows import parse_window_id
+        from babylon_assets.core.window_time import parse_window_id
 
         parse_window_id(value)
         return value

@@ -30,16 +30,16 @@ from babylon_assets.assets.scores import rank_group
 from babylon_assets.core.dropout import assign_groups, dropout_rate
 from babylon_assets.core.judging import JudgeGroup, OutcomeJudge, validate_result
 from babylon_assets.core.sensing import rows_fingerprint
-from babylon_assets.core.windows import window_id_of
-from babylon_assets.db.models import MarketOutcome, Trajectory, table_of
+from babylon_assets.core.window_time import window_id_of
+from babylon_assets.db.schema import MarketOutcome, Trajectory, table_of
 from babylon_assets.db.store import AgentWindowScore, Store, naive_utc
 from babylon_assets.definitions import build_definitions
-from babylon_assets.instance import prepare_dagster_home
-from babylon_assets.pipeline import materialize_windows
+from babylon_assets.orchestration.instance import prepare_dagster_home
+from babylon_assets.orchestration.pipeline import materialize_windows
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.sensors import evaluate_window_sensor
 from babylon_assets.settings import Settings
-from babylon_assets.simulate import SimulationPlan, simulate
 
 WEEK_START = datetime(2025, 1, 6, tzinfo=UTC)
 NOW = WEEK_START + timedelta(days=8)

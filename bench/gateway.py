@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from babylon_assets.db.models import LlmCallLog, table_of  # noqa: E402
+from babylon_assets.db.schema import LlmCallLog, table_of  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
 
 DECISION = '{"action": "HOLD", "reasoning": "waiting for the open"}'

@@ -30,7 +30,7 @@ from babylon_assets.core.eligibility import EligibilityRules  # noqa: E402
 from babylon_assets.core.judging import JudgeGroup  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
 from babylon_assets.judges.ruler import RulerConfig, RulerJudge  # noqa: E402
-from babylon_assets.simulate import SimulationPlan, simulate  # noqa: E402
+from babylon_assets.play.simulator import SimulationPlan, simulate  # noqa: E402
 from tests.doubles.openai_compatible import ScriptedReply, serve_until_stopped  # noqa: E402
 
 START = datetime(2025, 1, 6, tzinfo=UTC)

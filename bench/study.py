@@ -62,7 +62,7 @@ def stored_lines() -> list[dict]:
 
 def load_plays(records, plan_key: str, policy: str, fingerprint: str) -> int:
     """Put this policy's committed plays (same plan, same adapter) back into the study's store."""
-    from babylon_assets.core.evaluation import PlayResult
+    from babylon_assets.core.paired_stats import PlayResult
 
     plays = [PlayResult(**{k: v for k, v in line.items() if k not in ("plan_key", "fingerprint")})
              for line in stored_lines()
@@ -123,9 +123,9 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
     from art.types import TrainSFTConfig
 
     from babylon_assets.core.training_plan import best_of_groups, sample_decisions
-    from babylon_assets.core.views import to_art_trajectory
-    from babylon_assets.export import agent_windows_of
-    from babylon_assets.trainer.torch_backend import SFT_AUTO_BATCH, make_backend
+    from babylon_assets.training.art_trajectories import to_art_trajectory
+    from babylon_assets.training.dataset_export import agent_windows_of
+    from babylon_assets.training.torch_backend import SFT_AUTO_BATCH, make_backend
 
     model_folder = Path(settings.ART_PATH) / settings.PROJECT_NAME / "models" / settings.MODEL_NAME
     shutil.rmtree(model_folder, ignore_errors=True)
@@ -172,7 +172,7 @@ def trades_executed(store, plays) -> list[int]:
     decision can parse and still not trade (an unknown ticker, no cash), which the unparseable rate misses."""
     from sqlalchemy import select
 
-    from babylon_assets.db.models import Trajectory
+    from babylon_assets.db.schema import Trajectory
 
     ids = [p.trajectory_id for p in plays if p.trajectory_id]
     found: dict[str, int] = {}
@@ -209,10 +209,10 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="Only print the table from what is stored.")
     args = parser.parse_args()
 
-    from babylon_assets.core.windows import window_id_of
+    from babylon_assets.core.window_time import window_id_of
     from babylon_assets.db.evaluation_records import EvaluationRecords
     from babylon_assets.db.store import Store
-    from babylon_assets.evaluation import EvaluationOptions, EvaluationPlan, base_policy
+    from babylon_assets.promotion.evaluation import EvaluationOptions, EvaluationPlan, base_policy
 
     settings = study_settings(args)
     folder = Path(args.dir).resolve()
@@ -235,7 +235,7 @@ def main() -> int:
 
     # 1. play
     if len(store.windows_with_outcomes(train_hours)) < len(train_hours):
-        from babylon_assets.simulate import SimulationPlan, simulate
+        from babylon_assets.play.simulator import SimulationPlan, simulate
 
         summary = simulate(store, SimulationPlan(agents=8, windows=args.train_windows, duration_minutes=10, seed=7,
                                                  start=TRAIN_START), now=datetime.now(UTC))
@@ -250,8 +250,12 @@ def main() -> int:
         from dagster import DagsterInstance
 
         from babylon_assets.definitions import build_definitions
-        from babylon_assets.instance import prepare_dagster_home
-        from babylon_assets.pipeline import materialize_training, materialize_training_dataset, materialize_windows
+        from babylon_assets.orchestration.instance import prepare_dagster_home
+        from babylon_assets.orchestration.pipeline import (
+            materialize_training,
+            materialize_training_dataset,
+            materialize_windows,
+        )
 
         prepare_dagster_home(settings)
         remaining = settings.model_copy(update={"ITERATIONS": args.iterations - trained})
@@ -275,7 +279,7 @@ def main() -> int:
             return 0
 
     # 4. evaluate, market by market
-    from babylon_assets.evaluation import local_policy_server, play_policy
+    from babylon_assets.promotion.evaluation import local_policy_server, play_policy
 
     assert newest is not None
     version = str(newest["modelId"])
@@ -302,9 +306,9 @@ def main() -> int:
 
 
 def report(store, settings, options, version: str | None = None) -> int:
-    from babylon_assets.core.evaluation import evaluate
+    from babylon_assets.core.paired_stats import evaluate
     from babylon_assets.db.evaluation_records import EvaluationRecords
-    from babylon_assets.evaluation import base_policy
+    from babylon_assets.promotion.evaluation import base_policy
 
     records = EvaluationRecords(store)
     if version is None:

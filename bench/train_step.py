@@ -1,6 +1,6 @@
 """One GRPO step against a bare forward and backward of the same model and batch (issue 9).
 
-Imports only babylon_assets.core.grpo, torch, transformers and peft, so it also runs on a GPU machine
+Imports only babylon_assets.training.grpo, torch, transformers and peft, so it also runs on a GPU machine
 with its own Python and no network: the model is SmolLM2-135M's architecture with random weights
 (timing does not depend on the weights) unless --model names a local Hugging Face folder.
 
@@ -11,7 +11,7 @@ Prints, for each: median seconds over --repeats (after one warm-up), tokens per 
 and the ratio GRPO step / bare forward+backward (goal: within 1.2x).
 
 - bare: model(input_ids, labels=assistant tokens) then backward, micro-batch by micro-batch; no step.
-- grpo: babylon_assets.core.grpo.grpo_step: the same micro-batches, log-probs of the trained tokens,
+- grpo: babylon_assets.training.grpo.grpo_step: the same micro-batches, log-probs of the trained tokens,
   the clipped-ratio / advantage-weighted loss, backward, gradient clipping and the AdamW step.
 """
 
@@ -32,7 +32,7 @@ import torch
 # database, no Dagster): the bench runs from a bare checkout on a machine with only torch,
 # transformers and peft.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from babylon_assets.core import grpo  # noqa: E402
+from babylon_assets.training import grpo  # noqa: E402
 
 
 def build_model(args: argparse.Namespace, device: str):

@@ -27,7 +27,7 @@ from sqlalchemy import text
 
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.trajectory import TRAJECTORY_COLUMNS
-from babylon_assets.core.windows import lookback_window_ids, window_id_of
+from babylon_assets.core.window_time import lookback_window_ids, window_id_of
 from babylon_assets.db.store import Store, naive_utc
 
 UNTIL = datetime(2025, 1, 22, 0, 0, tzinfo=UTC)
@@ -119,7 +119,7 @@ def fill(store: Store, rows: int, steps: int) -> None:
     for offset in range(0, rows, chunk):
         batch = [make_row(n, steps, rng) for n in range(offset, min(rows, offset + chunk))]
         with store.engine.begin() as connection:
-            from babylon_assets.db.models import Trajectory
+            from babylon_assets.db.schema import Trajectory
 
             connection.execute(Trajectory.__table__.insert(), batch)
         print(f"  filled {min(rows, offset + chunk):,}/{rows:,} rows ({table})", end="\r", flush=True)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from babylon_assets.core.trajectory import TrajectoryRow
-from babylon_assets.core.windows import window_id_of
+from babylon_assets.core.window_time import window_id_of
 from babylon_assets.db.store import naive_utc
 
 

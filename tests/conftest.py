@@ -102,7 +102,7 @@ SIM_START = datetime(2025, 1, 15, 10, tzinfo=UTC)
 @pytest.fixture
 def simulated_store(tmp_path) -> Iterator[Store]:
     """An embedded store with 3 simulated windows of 6 agents from 2025-01-15T10:00 (seed 7), clocked at NOW."""
-    from babylon_assets.simulate import SimulationPlan, simulate
+    from babylon_assets.play.simulator import SimulationPlan, simulate
 
     opened = Store(f"sqlite:///{tmp_path / 'simulated.db'}", clock=lambda: NOW)
     opened.upgrade()
@@ -128,7 +128,7 @@ def postgres_instance_env(monkeypatch: pytest.MonkeyPatch, fresh_pg_url: str) ->
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """DESIGN 6's tiny model: a random 2-layer Llama folder with SmolLM2's tokenizer and chat template."""
-    from babylon_assets.trainer.models import build_tiny_model
+    from babylon_assets.training.base_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -136,14 +136,14 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_server() -> None:
     """llama-server is built and SmolLM2's GGUF (its tokenizer) installed; skips off CI when not, fails on CI."""
-    from babylon_assets import local_llm
+    from babylon_assets.llm import local_server
 
     missing = []
-    if not local_llm.server_binary().is_file():
-        missing.append(f"llama-server is not built ({local_llm.server_binary()})")
+    if not local_server.server_binary().is_file():
+        missing.append(f"llama-server is not built ({local_server.server_binary()})")
     try:
-        local_llm.model_file()
-    except local_llm.LocalLlmError as error:
+        local_server.model_file()
+    except local_server.LocalLlmError as error:
         missing.append(str(error))
     if missing:
         message = "; ".join(missing) + ": run `make llm-build` to run the local LLM tests"

@@ -9,10 +9,10 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Definitions, MaterializeResult, asset, materialize
 
 from babylon_assets.core.eligibility import EligibilityRules
-from babylon_assets.core.windows import utcnow
+from babylon_assets.core.window_time import utcnow
 from babylon_assets.db.store import Store
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.resources.store import StoreResource
-from babylon_assets.simulate import SimulationPlan, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from dagster import RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from babylon_assets.core.sensing import parse_cursor, plan_window_requests
-from babylon_assets.core.windows import parse_window_id, window_id_of
+from babylon_assets.core.window_time import parse_window_id, window_id_of
 from babylon_assets.db.store import RecordedPlay, Store
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource

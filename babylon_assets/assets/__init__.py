@@ -1,1 +1,3 @@
-"""Software-defined assets, one module per domain (the window graph arrives with issue 4)."""
+"""Software-defined assets, one module per domain of the graph: thin shells over core/ and resources/ (may import
+both, db/ and the domain packages).
+"""

@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
-from babylon_assets.training import StepReport, run_training
+from babylon_assets.training.run import StepReport, run_training
 
 from .datasets import training_dataset
 from .presentation import markdown_table

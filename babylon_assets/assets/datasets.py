@@ -4,8 +4,8 @@ import json
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 
-from babylon_assets.core.dataset import plan_dataset
-from babylon_assets.core.windows import as_utc, lookback_window_ids, parse_window_id, utcnow
+from babylon_assets.core.dataset_assembly import plan_dataset
+from babylon_assets.core.window_time import as_utc, lookback_window_ids, parse_window_id, utcnow
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 

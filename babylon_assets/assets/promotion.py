@@ -5,11 +5,11 @@ import base64
 
 from dagster import AssetExecutionContext, AssetKey, DagsterInstance, Failure, MaterializeResult, MetadataValue, asset
 
-from babylon_assets.core.evaluation import pnl_distributions_svg
-from babylon_assets.core.windows import utcnow
+from babylon_assets.core.paired_stats import pnl_distributions_svg
+from babylon_assets.core.window_time import utcnow
 from babylon_assets.db.evaluation_records import EvaluationRecords
-from babylon_assets.deploy import DeployError, deploy_model
-from babylon_assets.evaluation import evaluate_checkpoint
+from babylon_assets.promotion.deploy import DeployError, deploy_model
+from babylon_assets.promotion.evaluation import evaluate_checkpoint
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.promotion import PromotionResource
 from babylon_assets.resources.store import StoreResource

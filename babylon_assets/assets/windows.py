@@ -6,7 +6,7 @@ import json
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from babylon_assets.core.dropout import assign_groups, dropout_rate
-from babylon_assets.core.windows import is_window_closed
+from babylon_assets.core.window_time import is_window_closed
 from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource

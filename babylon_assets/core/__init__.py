@@ -1,1 +1,3 @@
-"""Pure logic: windows, parsing, eligibility, outcomes. Nothing here imports Dagster."""
+"""Pure rules (windows, parsing, eligibility, dropout, judge maths, ranking, the market simulator): the standard
+library and pydantic only.
+"""

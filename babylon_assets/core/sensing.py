@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from babylon_assets.core.windows import is_window_closed, parse_window_id
+from babylon_assets.core.window_time import is_window_closed, parse_window_id
 
 CURSOR_VERSION = 1
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from babylon_assets.core.windows import as_utc, normalize_window_id, window_id_of
+from babylon_assets.core.window_time import as_utc, normalize_window_id, window_id_of
 
 LlmPurpose = Literal["action", "reasoning", "evaluation", "response"]
 

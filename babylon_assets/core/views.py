@@ -1,4 +1,5 @@
-"""Two views of an agent-window (DESIGN 5). No Dagster here.
+"""Two views of an agent-window (DESIGN 5). No Dagster here; `training.art_trajectories` wraps the training
+view in ART's types.
 
 - Training view: each decision is its own conversation exactly as the agent saw it (system prompt,
   user prompt, response); nothing of the ground truth, nothing of another decision.
@@ -8,15 +9,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from babylon_assets.core.eligibility import AgentWindow
 from babylon_assets.core.outcomes import WindowOutcomes
 from babylon_assets.core.trajectory import LlmCall, Step
-
-if TYPE_CHECKING:
-    import art
 
 Message = dict[str, str]
 
@@ -63,28 +60,6 @@ def training_metadata(agent_window: AgentWindow, group_id: str | None) -> dict[s
         "group_id": group_id,
         "trajectory_ids": ",".join(agent_window.trajectory_ids),
     }
-
-
-def to_art_trajectory(agent_window: AgentWindow, reward: float, group_id: str | None = None,
-                      decisions: Sequence[int] | None = None) -> art.Trajectory:
-    """The training view as an `art.Trajectory`: first decision in messages_and_choices, the rest as histories
-    (only the `decisions` named by index, when given)."""
-    import art
-    from art.trajectories import History
-
-    conversations = decision_conversations(agent_window)
-    if decisions is not None:
-        conversations = [conversations[i] for i in decisions if 0 <= i < len(conversations)]
-    if not conversations:
-        raise ValueError(f"agent-window {agent_window.agent_window_id} has no decision with an LLM call")
-    first, *rest = conversations
-    return art.Trajectory(
-        messages_and_choices=first,  # type: ignore[arg-type]
-        additional_histories=[History(messages_and_choices=c) for c in rest],  # type: ignore[arg-type]
-        reward=reward,
-        metrics=training_metrics(agent_window),
-        metadata=training_metadata(agent_window, group_id),
-    )
 
 
 def ground_truth_text(outcomes: WindowOutcomes) -> str:

@@ -1,1 +1,1 @@
-"""The store: the game's schema as SQLAlchemy models, our schema, migrations, reads and writes."""
+"""The store: the game's schema and ours (SQLAlchemy, Alembic), split by concern, one clock; may import core/ only."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
-from babylon_assets.db.models import OUR_SCHEMA
+from babylon_assets.db.schema import OUR_SCHEMA
 from babylon_assets.db.url import DatabaseTarget
 
 

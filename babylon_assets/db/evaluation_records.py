@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
 
-from babylon_assets.core.evaluation import PlayResult
-from babylon_assets.db.models import EvaluationPlay, TrainedModel, table_of
+from babylon_assets.core.paired_stats import PlayResult
+from babylon_assets.db.schema import EvaluationPlay, TrainedModel, table_of
 from babylon_assets.db.store import Store, StoreError, _insert_many
 
 GATE_STATUSES = ("ready", "rejected")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, inspect
 
-from babylon_assets.db.models import GAME_TABLE_NAMES, GAME_USER_TABLE
+from babylon_assets.db.schema import GAME_TABLE_NAMES, GAME_USER_TABLE
 
 
 class GameSchemaError(RuntimeError):

@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from babylon_assets.db.models import OUR_SCHEMA
+from babylon_assets.db.schema import OUR_SCHEMA
 
 VERSION_TABLE = "babylon_alembic_version"
 # Any constant works: it only has to be the same in every process that migrates this database.

@@ -21,7 +21,7 @@ from babylon_assets.core.trajectory import (
     Step,
     TrajectoryMetrics,
 )
-from babylon_assets.core.windows import Clock, as_utc, utcnow, window_id_of
+from babylon_assets.core.window_time import Clock, as_utc, utcnow, window_id_of
 from babylon_assets.db.store import RecordedPlay, Store, StoreError, naive_utc, new_id
 
 

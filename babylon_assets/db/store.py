@@ -47,7 +47,7 @@ from babylon_assets.core.trajectory import (
     TrajectoryRow,
     parse_trajectory_rows,
 )
-from babylon_assets.core.windows import (
+from babylon_assets.core.window_time import (
     Clock,
     as_utc,
     is_window_closed,
@@ -61,7 +61,7 @@ from babylon_assets.core.windows import (
 from babylon_assets.db.engine import make_engine
 from babylon_assets.db.inspection import game_schema_of
 from babylon_assets.db.migrate import current_revision, head_revision, upgrade_to_head
-from babylon_assets.db.models import (
+from babylon_assets.db.schema import (
     GAME_USER_TABLE,
     DatasetMember,
     GroupMember,

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 
-from babylon_assets.db.models import (
+from babylon_assets.db.schema import (
     JudgmentRecord,
     TrainedModel,
     TrainingBatch,

@@ -1,1 +1,3 @@
-"""The gateway: an OpenAI-compatible endpoint that records the game's agents' LLM calls (DESIGN 6)."""
+"""The agents' OpenAI-compatible endpoint that records every call into the store (DESIGN 6); may import core/, db/
+and llm/.
+"""

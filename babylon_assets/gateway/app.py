@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from babylon_assets.core.windows import Clock, as_utc, utcnow
+from babylon_assets.core.window_time import Clock, as_utc, utcnow
 from babylon_assets.gateway.recording import CallRecord, GatewayRecorder
-from babylon_assets.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
+from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
 
 AGENT_HEADER = "X-Babylon-Agent"
 

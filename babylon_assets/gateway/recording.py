@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, Step
-from babylon_assets.core.windows import Clock, as_utc, utcnow, window_id_of
+from babylon_assets.core.window_time import Clock, as_utc, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError, naive_utc
 
 log = logging.getLogger(__name__)

@@ -1,1 +1,1 @@
-"""Judges that call outside services (the pure interface and the outcome judge live in core.judging)."""
+"""Judges that call outside services (RULER through litellm); the interface and the outcome judge are core.judging."""

@@ -27,7 +27,7 @@ import aiohttp
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
 from babylon_assets.core.rubric import rubric_text
 from babylon_assets.core.views import decision_conversations, judge_messages
-from babylon_assets.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
+from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
 
 Mode = Literal["art", "pinned"]
 

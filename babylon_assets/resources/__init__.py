@@ -1,1 +1,3 @@
-"""Resources: one module per outside thing, chosen by environment in `definitions.py`."""
+"""Dagster resources, one module per outside thing, built from Settings in `definitions.py`; thin adapters over db/,
+judges/, training/, promotion/.
+"""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from babylon_assets.deploy import DeployOptions
-from babylon_assets.evaluation import EvaluationOptions, EvaluationPlan
+from babylon_assets.promotion.deploy import DeployOptions
+from babylon_assets.promotion.evaluation import EvaluationOptions, EvaluationPlan
 from babylon_assets.settings import Settings, carried_fields, settings_of
 
 # Every setting evaluation and deployment read; carried as the lower-case field of the same name.

@@ -8,8 +8,8 @@ from dagster import ConfigurableResource
 
 from babylon_assets.db.store import Store
 from babylon_assets.settings import Settings, carried_fields, settings_of
-from babylon_assets.tracking import WandbTracker
-from babylon_assets.training import TrainingOptions
+from babylon_assets.training.run import TrainingOptions
+from babylon_assets.training.tracking import WandbTracker
 
 # Every setting a training run reads (DESIGN 7). The resource carries each as the field of the same name in
 # lower case, so the launchpad shows them all and none can be dropped on the way to the backend.
@@ -66,8 +66,8 @@ class TrainerResource(ConfigurableResource):  # type: ignore[type-arg]
 
     def backend(self, store: Store) -> Any:
         """A fresh backend for one run, its checkpoint retention tied to the store's trained_models rows."""
-        from babylon_assets.db.checkpoints import CheckpointRecords
-        from babylon_assets.trainer.torch_backend import make_backend
+        from babylon_assets.db.checkpoint_records import CheckpointRecords
+        from babylon_assets.training.torch_backend import make_backend
 
         return make_backend(self.settings(), registry=CheckpointRecords(store))
 

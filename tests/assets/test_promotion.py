@@ -2,7 +2,7 @@
 
 The policies here are served by the OpenAI-compatible TEST DOUBLE (POLICY_API_BASE), which answers by the
 model name it is asked for, so each policy's behaviour is constructed; the tiny model served by llama.cpp
-runs the same path in tests/test_promotion_local.py.
+runs the same path in tests/promotion/test_promotion_local.py.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dagster import DagsterInstance
 from sqlalchemy import select
 
 from babylon_assets.db.evaluation_records import EvaluationRecords
-from babylon_assets.db.models import EvaluationPlay, LlmCallLog, TrainedModel, Trajectory, table_of
+from babylon_assets.db.schema import EvaluationPlay, LlmCallLog, TrainedModel, Trajectory, table_of
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.definitions import build_definitions
-from babylon_assets.deploy import DeployError, DeployOptions, deploy_model, rollback
-from babylon_assets.pipeline import materialize_promotion
+from babylon_assets.orchestration.pipeline import materialize_promotion
+from babylon_assets.promotion.deploy import DeployError, DeployOptions, deploy_model, rollback
 from babylon_assets.settings import Settings
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply
 

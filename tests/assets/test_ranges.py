@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 from babylon_assets.cli import app
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, OutcomeJudge
 from babylon_assets.definitions import build_definitions
-from babylon_assets.pipeline import materialize_windows, window_ranges
+from babylon_assets.orchestration.pipeline import materialize_windows, window_ranges
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.settings import Settings
-from babylon_assets.simulate import SimulationPlan, simulate
 from tests.conftest import NOW, SIM_START
 
 JUDGED: Counter[str] = Counter()
@@ -104,8 +104,8 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
 
 
 def test_the_window_graph_runs_on_the_postgres_instance(monkeypatch, tmp_path, postgres_instance_env, simulated_store):
-    from babylon_assets.instance import prepare_dagster_home
-    from tests.test_instance import ROOT
+    from babylon_assets.orchestration.instance import prepare_dagster_home
+    from tests.orchestration.test_instance import ROOT
 
     monkeypatch.chdir(ROOT)
     prepare_dagster_home(Settings(DAGSTER_HOME=str(tmp_path / "pg_home")))

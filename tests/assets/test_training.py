@@ -12,17 +12,17 @@ from dagster import DagsterInstance, DagsterRunStatus, SensorResult, SkipReason
 from dagster._core.storage.dagster_run import DagsterRun
 from sqlalchemy import select
 
-from babylon_assets.db.models import TrainedModel, TrainingBatch, Trajectory, table_of
+from babylon_assets.db.schema import TrainedModel, TrainingBatch, Trajectory, table_of
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.definitions import build_definitions
-from babylon_assets.pipeline import materialize_training_dataset, materialize_windows
+from babylon_assets.orchestration.pipeline import materialize_training_dataset, materialize_windows
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.trainer import TrainerResource
 from babylon_assets.sensors import evaluate_training_sensor
 from babylon_assets.settings import Settings
-from babylon_assets.simulate import SimulationPlan, simulate
-from babylon_assets.training import listening
+from babylon_assets.training.run import listening
 from tests.conftest import NOW, SIM_START
 
 WINDOWS = ["2025-01-15T10:00", "2025-01-15T11:00", "2025-01-15T12:00"]

@@ -7,13 +7,13 @@ import pytest
 from dagster import DagsterInstance
 from sqlalchemy import func, select
 
-from babylon_assets.core.windows import parse_window_id
-from babylon_assets.db.models import JudgmentRecord, MarketOutcome, RewardJudgment, Trajectory, table_of
+from babylon_assets.core.window_time import parse_window_id
+from babylon_assets.db.schema import JudgmentRecord, MarketOutcome, RewardJudgment, Trajectory, table_of
 from babylon_assets.db.store import RecordedPlay, Store
 from babylon_assets.definitions import build_definitions
-from babylon_assets.pipeline import materialize_training_dataset, materialize_windows
+from babylon_assets.orchestration.pipeline import materialize_training_dataset, materialize_windows
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.settings import Settings
-from babylon_assets.simulate import SimulationPlan, simulate
 from tests.builders import game_row
 from tests.conftest import NOW, SIM_START
 

@@ -7,7 +7,6 @@ from babylon_assets.core.views import (
     decision_conversations,
     judge_messages,
     judge_system_message,
-    to_art_trajectory,
 )
 
 W = "2025-01-15T10:00"
@@ -46,19 +45,6 @@ def test_each_decision_is_its_own_conversation_exactly_as_the_agent_saw_it(simul
             assert prompt.startswith(f"Minute {i} of the hour")
             assert not any(other in prompt for j, other in enumerate(prompts) if j != i)
             assert not any(answer in prompt for answer in answers)
-
-
-def test_the_training_view_contains_no_ground_truth(simulated_store):
-    truths = ground_truth_strings(simulated_store)
-    read = simulated_store.read_window(W, RULES)
-    for agent_window in read.eligible:
-        trajectory = to_art_trajectory(agent_window, reward=0.5, group_id="g")
-        text = trajectory.model_dump_json()
-        leaked = [t for t in truths if t in text]
-        assert leaked == [], leaked
-        assert len(trajectory.additional_histories) == 7 and trajectory.reward == 0.5
-        assert all(isinstance(v, (int, float, bool)) for v in trajectory.metrics.values())
-        assert trajectory.metadata["agent_window_id"] == agent_window.agent_window_id
 
 
 def test_the_judge_view_shares_one_system_message_with_the_ground_truth(simulated_store):

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from babylon_assets.cli import app
 from babylon_assets.core.eligibility import EligibilityRules
-from babylon_assets.core.windows import parse_window_id
-from babylon_assets.db.models import GAME_TABLE_NAMES, OUR_SCHEMA, OurBase
+from babylon_assets.core.window_time import parse_window_id
 from babylon_assets.db.recorder import TrajectoryRecorder
+from babylon_assets.db.schema import GAME_TABLE_NAMES, OUR_SCHEMA, OurBase
 from babylon_assets.db.store import (
     GameReadOnlyError,
     NotOurStoreError,
@@ -22,8 +22,8 @@ from babylon_assets.db.store import (
     Store,
     UnknownAgentError,
 )
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.settings import get_settings
-from babylon_assets.simulate import SimulationPlan, simulate
 from tests.builders import game_row
 from tests.conftest import NOW
 

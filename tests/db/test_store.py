@@ -12,10 +12,10 @@ from sqlalchemy import MetaData, func, select
 
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall
-from babylon_assets.core.windows import parse_window_id
+from babylon_assets.core.window_time import parse_window_id
 from babylon_assets.db.migrate import VERSION_TABLE
-from babylon_assets.db.models import OUR_SCHEMA, GameBase, LlmCallLog, OurBase, Trajectory
 from babylon_assets.db.recorder import RecordedLlmCall, RecorderError, TokenLogprob, TrajectoryRecorder
+from babylon_assets.db.schema import OUR_SCHEMA, GameBase, LlmCallLog, OurBase, Trajectory
 from babylon_assets.db.store import (
     DuplicateTrajectoryError,
     GameReadOnlyError,

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from babylon_assets.core.eligibility import EligibilityRules
-from babylon_assets.db.models import LlmCallLog, Trajectory, table_of
+from babylon_assets.db.schema import LlmCallLog, Trajectory, table_of
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
 from babylon_assets.gateway.recording import GatewayRecorder

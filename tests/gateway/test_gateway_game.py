@@ -15,7 +15,7 @@ from babylon_assets.definitions import build_definitions
 from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
 from babylon_assets.gateway.recording import GatewayRecorder
 from babylon_assets.gateway.serving import ServingFile, write_serving_file
-from babylon_assets.pipeline import materialize_windows
+from babylon_assets.orchestration.pipeline import materialize_windows
 from babylon_assets.settings import Settings
 from tests.db.test_game_database import PRISMA_DDL
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble

@@ -6,8 +6,8 @@ from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import Upstream
 from babylon_assets.gateway.server import gateway_in_thread
-from babylon_assets.llm_agent import LlmEndpoint
-from babylon_assets.simulate import SimulationPlan, simulate
+from babylon_assets.llm.agent import LlmEndpoint
+from babylon_assets.play.simulator import SimulationPlan, simulate
 from tests.conftest import NOW
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble
 from tests.gateway.test_gateway import wait_until

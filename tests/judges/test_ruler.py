@@ -13,7 +13,7 @@ import pytest
 
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.judging import JudgeGroup
-from babylon_assets.core.windows import parse_window_id
+from babylon_assets.core.window_time import parse_window_id
 from babylon_assets.db.store import RecordedPlay, Store
 from babylon_assets.judges.ruler import RulerConfig, RulerJudge, pinned_schema
 from tests.builders import game_row, step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from babylon_assets.db.models import OurBase
+from babylon_assets.db.schema import OurBase
 
 connection = context.config.attributes["connection"]
 version_table_schema = context.config.attributes["version_table_schema"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from alembic import op
 
 from babylon_assets.db.inspection import plan_game_tables
-from babylon_assets.db.models import GAME_TABLES
+from babylon_assets.db.schema import GAME_TABLES
 
 revision = "0001_game_tables"
 down_revision = None

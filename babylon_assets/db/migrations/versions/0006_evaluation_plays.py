@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from babylon_assets.db.models import OUR_SCHEMA
+from babylon_assets.db.schema import OUR_SCHEMA
 
 revision = "0006_evaluation_plays"
 down_revision = "0005_training_lineage"

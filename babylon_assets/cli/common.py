@@ -1,0 +1,105 @@
+"""What every command shares: the consoles, the store and Dagster sessions, progress, and argument parsing."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from babylon_assets.core.window_time import as_utc, parse_window_id
+from babylon_assets.db.store import Store
+from babylon_assets.settings import Settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance, Definitions
+
+# Wide enough that CI logs keep the report's rows on one line.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+def fail(error: object, code: int = 2) -> NoReturn:
+    """Print one error line and exit with `code` (2: a bad argument or store)."""
+    err_console.print(f"[red]error:[/red] {error}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[Store]:
+    """The settings' store with its schema in place, disposed when the command is done with it."""
+    store = Store.from_settings(settings)
+    try:
+        store.ensure_schema()
+        yield store
+    finally:
+        store.dispose()
+
+
+@contextmanager
+def dagster_session(settings: Settings) -> Iterator[tuple[Definitions, DagsterInstance]]:
+    """The code location's definitions and the instance at DAGSTER_HOME (prepared first), as the UI sees them."""
+    from dagster import DagsterInstance
+
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.orchestration.instance import prepare_dagster_home
+
+    prepare_dagster_home(settings)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        yield defs, instance
+
+
+@contextmanager
+def row_progress(description: str) -> Iterator[Callable[[int], None]]:
+    """A spinner with a row count on stderr (shown only while the work runs)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,.0f} rows"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda count: progress.update(task, completed=count)
+
+
+@contextmanager
+def spinner(description: str) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr, for work that cannot count its steps."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                  transient=True) as progress:
+        progress.add_task(description, total=None)
+        yield
+
+
+def progress_bar() -> Progress:
+    """A progress bar on stderr, shown only while the work runs."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
+def parse_until(value: str | None) -> datetime | None:
+    """A --until option as an aware UTC time (None: now)."""
+    if value is None:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a time like 2025-01-15T10:00") from None
+
+
+def parse_hour(value: str | None) -> datetime | None:
+    """An hour option (a window id) as its start."""
+    if value is None:
+        return None
+    try:
+        return parse_window_id(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None

@@ -1,0 +1,100 @@
+"""`babylon ui`, `gateway`, `instance`, `db upgrade`: the long-running services and the stores they stand on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from babylon_assets.cli.common import console, fail, open_store
+from babylon_assets.cli.main import app, db_app
+from babylon_assets.db.store import StoreError
+from babylon_assets.settings import get_settings
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 3000,
+    webserver_only: Annotated[bool, typer.Option("--webserver-only", help="No daemon (sensors stay idle).")] = False,
+) -> None:
+    """Start Dagster (webserver + daemon) on 127.0.0.1 with this code location; Ctrl-C or SIGTERM stops it."""
+    import signal as signals
+
+    from babylon_assets.orchestration.instance import prepare_dagster_home, project_root
+    from babylon_assets.orchestration.ui_launcher import (
+        clear_community_popup,
+        start_dagster,
+        stop_dagster,
+        terminate_group,
+        wait_until_ready,
+    )
+
+    settings = get_settings()
+    home = prepare_dagster_home(settings)
+    url = f"http://127.0.0.1:{port}"
+    process = start_dagster(port, workspace=project_root() / "workspace.yaml", dagster_home=home,
+                            webserver_only=webserver_only)
+
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        # Only signal here: the main thread's wait() returns once the group has exited.
+        stopping.append(signum)
+        terminate_group(process)
+
+    for sig in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
+        signals.signal(sig, forward)
+    try:
+        wait_until_ready(url, process)
+        clear_community_popup(url)
+        console.print(f"Dagster is up at {url} (instance {home}); Ctrl-C stops it.")
+        process.wait()
+    except Exception:
+        if not stopping:
+            raise
+    finally:
+        stop_dagster(process)
+    if not stopping:
+        raise typer.Exit(process.returncode or 1)
+
+
+@app.command()
+def gateway(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GATEWAY_PORT].")] = None) -> None:
+    """The agents' OpenAI-compatible endpoint: forwards to AGENT_MODEL, records every call (X-Babylon-Agent)."""
+    import uvicorn
+
+    from babylon_assets.gateway.app import Upstream, create_app
+    from babylon_assets.gateway.recording import GatewayRecorder
+    from babylon_assets.gateway.serving import ServingFile
+
+    settings = get_settings()
+    serving = Path(settings.SERVING_FILE).resolve()
+    if not settings.AGENT_MODEL and not serving.is_file():
+        fail(f"no model to forward to: set AGENT_MODEL (and AGENT_API_BASE), or deploy one ({serving})")
+    upstream = ServingFile(serving, Upstream(settings.AGENT_MODEL or "", settings.AGENT_API_BASE,
+                                             settings.AGENT_API_KEY))
+    with open_store(settings) as store:
+        app_ = create_app(upstream, GatewayRecorder(store))
+        console.print(f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {upstream().model} "
+                      f"(serving file {serving}); recording into {store.target.redacted()}")
+        uvicorn.run(app_, host="127.0.0.1", port=port or settings.GATEWAY_PORT, log_level="warning")
+
+
+@app.command()
+def instance() -> None:
+    """Prepare DAGSTER_HOME (absolute, with the chosen dagster.yaml) and print its path."""
+    from babylon_assets.orchestration.instance import prepare_dagster_home
+
+    print(prepare_dagster_home(get_settings()))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or update the store's schema (our tables; the game's tables only in a store of our own)."""
+    try:
+        with open_store(get_settings()) as store:
+            kind = "game database (its tables untouched)" if store.is_game_database else "store of our own"
+            console.print(f"{store.target.redacted()}: schema up to date ({kind}).")
+    except StoreError as error:
+        fail(error)

@@ -1,0 +1,216 @@
+"""One training run over the newest training dataset (plain Python; the `trained_checkpoint` asset and
+`babylon train` call it): ITERATIONS steps, each on every group of up to WINDOWS_PER_ITERATION sampled
+windows, through ART's backend protocol, with its records, lineage and W&B run."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from babylon_assets.core.eligibility import AgentWindow
+from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_decisions, sample_windows
+from babylon_assets.db.store import Store, StoreError
+from babylon_assets.db.training_records import StepMember, TrainingRecords
+from babylon_assets.training.art_trajectories import to_art_trajectory
+from babylon_assets.training.dataset_export import agent_windows_of
+from babylon_assets.training.tracking import WandbTracker
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What a training run does (the seed's flags, DESIGN 7)."""
+
+    iterations: int
+    windows_per_iteration: int
+    learning_rate: float
+    model_name: str
+    project: str
+    base_model: str
+    seed: int = 0
+    decisions_per_trajectory: int = 0  # 0: every decision of each agent-window
+
+
+@dataclass
+class StepReport:
+    """One iteration's step."""
+
+    iteration: int
+    step: int
+    windows: list[str]
+    groups: int
+    trajectories: int
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+
+
+@dataclass
+class TrainingOutcome:
+    """What a run did, for the asset's metadata and the CLI's summary."""
+
+    batch_id: str
+    dataset_id: str
+    steps: list[StepReport] = field(default_factory=list)
+    model_version: str | None = None
+    checkpoint_path: str | None = None
+    wandb_run_id: str | None = None
+    wandb_dir: str | None = None
+    windows: list[str] = field(default_factory=list)
+    trajectory_ids: list[str] = field(default_factory=list)
+    rewards: Spread = field(default_factory=lambda: Spread.of([]))
+    pnl: Spread = field(default_factory=lambda: Spread.of([]))
+    agents: list[tuple[str, float, int]] = field(default_factory=list)  # (agent, mean reward, agent-windows)
+
+
+# Who else wants to hear of each step and the outcome in this process: `babylon train` runs the graph
+# in-process and draws its progress bar from here; the asset itself only logs.
+_listeners: list[tuple[Callable[[StepReport], None] | None, Callable[[TrainingOutcome], None] | None]] = []
+
+
+@contextmanager
+def listening(on_step: Callable[[StepReport], None] | None = None,
+              on_outcome: Callable[[TrainingOutcome], None] | None = None) -> Iterator[None]:
+    """Hear every training run of this process while the block runs."""
+    entry = (on_step, on_outcome)
+    _listeners.append(entry)
+    try:
+        yield
+    finally:
+        _listeners.remove(entry)
+
+
+class NothingToTrainError(StoreError):
+    """No training dataset, or one without a group to learn from."""
+
+
+def run_training(store: Store, backend: Any, options: TrainingOptions, *, tracker: WandbTracker | None = None,
+                 batch_id: str | None = None, on_step: Callable[[StepReport], None] | None = None) -> TrainingOutcome:
+    """Train on the newest dataset; a failure marks the batch failed with its error and is raised again."""
+    latest = store.latest_dataset()
+    if latest is None or not latest[1]:
+        raise NothingToTrainError("no training dataset with members yet: materialize training_dataset first "
+                                  "(`babylon score`, then the dataset; `make demo` does both)")
+    record, members = latest
+    records = TrainingRecords(store)
+    batch_id = batch_id or f"batch-{uuid.uuid4().hex[:16]}"
+    outcome = TrainingOutcome(batch_id=batch_id, dataset_id=str(record["dataset_id"]))
+    records.start_batch(batch_id, options.base_model, f"{options.model_name}@pending")
+    try:
+        if tracker is not None:
+            tracked = tracker.start(batch_id, {**options.__dict__, "batch_id": batch_id,
+                                               "dataset_id": outcome.dataset_id, "backend": type(backend).__name__})
+            outcome.wandb_run_id, outcome.wandb_dir = tracked.run_id, tracked.run_dir
+        asyncio.run(_train(store, backend, options, members, records, outcome, tracker, on_step))
+    except BaseException as error:
+        records.fail_batch(batch_id, f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}")
+        if tracker is not None:
+            tracker.finish(failed=True)
+        raise
+    if tracker is not None:
+        tracker.finish()
+    for _, hear_outcome in list(_listeners):
+        if hear_outcome is not None:
+            hear_outcome(outcome)
+    return outcome
+
+
+async def _train(store: Store, backend: Any, options: TrainingOptions, members: list[dict[str, Any]],
+                 records: TrainingRecords, outcome: TrainingOutcome, tracker: WandbTracker | None,
+                 on_step: Callable[[StepReport], None] | None) -> None:
+    import art
+
+    by_window: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for member in members:
+        by_window[str(member["window_id"])].append(member)
+    agent_windows: dict[str, dict[str, AgentWindow]] = {}
+
+    def window(window_id: str) -> dict[str, AgentWindow]:
+        if window_id not in agent_windows:
+            agent_windows[window_id] = agent_windows_of(store, window_id)
+        return agent_windows[window_id]
+
+    model: art.TrainableModel[Any, Any] = art.TrainableModel(name=options.model_name, project=options.project,
+                                                             base_model=options.base_model)
+    await model.register(backend)
+    # Draws continue from the model's step: a run that goes on from an earlier checkpoint samples what one
+    # long run would have sampled, not the first run's windows again.
+    first_step = await model.get_step()
+    records.mark_training(outcome.batch_id)
+    used: dict[str, tuple[StepMember, AgentWindow]] = {}
+    last_loss: float | None = None
+    for iteration in range(1, options.iterations + 1):
+        draw = first_step + iteration
+        windows = sample_windows(list(by_window), options.windows_per_iteration, options.seed, draw)
+        groups: list[art.TrajectoryGroup] = []
+        step_members: list[StepMember] = []
+        for window_id in windows:
+            found = window(window_id)
+            by_group: dict[str, list[tuple[dict[str, Any], AgentWindow]]] = defaultdict(list)
+            for member in by_window[window_id]:
+                agent_window = found.get(str(member["agent_window_id"]))
+                if agent_window is not None and agent_window.llm_decisions > 0:
+                    by_group[str(member["group_id"])].append((member, agent_window))
+            for group_id in sorted(by_group):
+                pairs = by_group[group_id]
+                groups.append(art.TrajectoryGroup([
+                    to_art_trajectory(aw, float(m["reward"]), group_id, sample_decisions(
+                        aw.llm_decisions, options.decisions_per_trajectory, options.seed, draw,
+                        aw.agent_window_id))
+                    for m, aw in pairs]))
+                for m, aw in pairs:
+                    step_members.append(StepMember(aw.agent_window_id, window_id, group_id,
+                                                   tuple(aw.trajectory_ids), float(m["reward"])))
+                    used[aw.agent_window_id] = (step_members[-1], aw)
+        result = await backend.train(model, groups, learning_rate=options.learning_rate,
+                                     data_position={"batch_id": outcome.batch_id, "iteration": iteration,
+                                                    "seed": options.seed, "dataset_id": outcome.dataset_id})
+        metrics = dict(result.metrics)
+        checkpoint = getattr(result, "checkpoint_path", None)
+        rewards = [m.reward for m in step_members]
+        metrics.update({"reward_mean": Spread.of(rewards).mean,
+                        "reward_std": _std(rewards), "windows": float(len(windows))})
+        if checkpoint:
+            version = f"{options.model_name}@{result.step}"
+            records.record_step(model_name=options.model_name, step=result.step, batch_id=outcome.batch_id,
+                                members=step_members)
+            records.add_checkpoint(model_version=version, base_model=options.base_model, batch_id=outcome.batch_id,
+                                   storage_path=str(checkpoint), avg_reward=Spread.of(rewards).mean,
+                                   wandb_run_id=outcome.wandb_run_id)
+            outcome.model_version, outcome.checkpoint_path = version, str(checkpoint)
+        if "loss" in metrics:
+            last_loss = metrics["loss"]
+        if tracker is not None:
+            tracker.log(result.step, metrics)
+        report = StepReport(iteration, result.step, windows, len(groups), len(step_members), metrics,
+                            None if checkpoint is None else str(checkpoint))
+        outcome.steps.append(report)
+        for hear in [on_step, *(listener for listener, _ in _listeners)]:
+            if hear is not None:
+                hear(report)
+    if tracker is not None and outcome.checkpoint_path and outcome.model_version:
+        tracker.log_adapter(outcome.checkpoint_path, outcome.model_version)
+    rewards_by_member = [(m.group_id, m.agent_window_id, m.reward) for m, _ in used.values()]
+    outcome.windows = sorted({m.window_id for m, _ in used.values()})
+    outcome.trajectory_ids = sorted({t for m, _ in used.values() for t in m.trajectory_ids})
+    outcome.rewards = Spread.of([m.reward for m, _ in used.values()])
+    outcome.pnl = Spread.of([aw.final_pnl for _, aw in used.values() if aw.final_pnl is not None])
+    per_agent: dict[str, list[float]] = defaultdict(list)
+    for used_member, aw in used.values():
+        per_agent[aw.agent_id].append(used_member.reward)
+    outcome.agents = sorted(((agent, sum(r) / len(r), len(r)) for agent, r in per_agent.items()),
+                            key=lambda a: (-a[1], a[0]))
+    records.complete_batch(outcome.batch_id, model_version=outcome.model_version or f"{options.model_name}@0",
+                           trajectory_ids=outcome.trajectory_ids, rewards=[r for _, _, r in rewards_by_member],
+                           rankings=ranks_within_groups(rewards_by_member), loss=last_loss)
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return float((sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5)

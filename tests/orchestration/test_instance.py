@@ -1,0 +1,46 @@
+"""DESIGN 8: one absolute DAGSTER_HOME, SQLite by default, PostgreSQL when its variables are set."""
+
+
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, asset, materialize
+
+from babylon_assets.orchestration.instance import prepare_dagster_home
+from babylon_assets.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@asset
+def probe() -> int:
+    return 1
+
+
+def test_dagster_home_is_made_absolute_and_holds_the_top_level_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("DAGSTER_HOME", "relative/home")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    home = prepare_dagster_home(get_settings())
+    assert home.is_absolute() and home == (tmp_path / "relative" / "home").resolve()
+    assert (home / "dagster.yaml").read_text() == (ROOT / "dagster.yaml").read_text()
+    with DagsterInstance.get() as instance:
+        assert "Sqlite" in type(instance.run_storage).__name__
+        assert materialize([probe], instance=instance).success
+        assert len(instance.get_runs()) == 1
+
+
+@pytest.mark.postgres
+def test_postgres_instance_storage_when_its_variables_are_set(monkeypatch, tmp_path, postgres_instance_env):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "pg_home"))
+    monkeypatch.chdir(ROOT)
+    home = prepare_dagster_home(get_settings())
+    assert (home / "dagster.yaml").read_text() == (ROOT / "dagster.postgres.yaml").read_text()
+    with DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert materialize([probe], instance=instance).success
+        (run,) = instance.get_runs()
+        assert run.is_success
+    # the run is in PostgreSQL, not in a file under DAGSTER_HOME
+    with DagsterInstance.get() as again:
+        assert len(again.get_runs()) == 1

@@ -1,0 +1,112 @@
+"""The GRPO step (babylon_assets.training.grpo) on constructed cases and the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from babylon_assets.training.base_models import load_causal_lm
+from babylon_assets.training.grpo import (
+    Conversation,
+    StepConfig,
+    collate,
+    grpo_step,
+    token_logprobs,
+    token_losses,
+    tokenize_conversation,
+)
+from tests.training.conftest import PROMPT, SYSTEM, decision
+
+
+def test_only_assistant_tokens_are_trained(tiny_tokenizer):
+    response = '{"action": "buy", "ticker": "BTC", "size": 1}'
+    sample = tokenize_conversation(tiny_tokenizer, Conversation(decision(response)), advantage=1.0)
+    trained = [t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True) if m]
+    assert tiny_tokenizer.decode(trained) == response + "<|im_end|>"
+    prompt_part = tiny_tokenizer.decode([t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True)
+                                         if not m])
+    assert SYSTEM in prompt_part and PROMPT in prompt_part and response not in prompt_part
+
+
+def test_each_assistant_turn_of_a_longer_conversation_is_trained(tiny_tokenizer):
+    messages = [*decision("first"), {"role": "user", "content": "and now?"}, {"role": "assistant", "content": "second"}]
+    sample = tokenize_conversation(tiny_tokenizer, Conversation(messages), advantage=1.0)
+    trained = tiny_tokenizer.decode([t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True) if m])
+    assert trained == "first<|im_end|>second<|im_end|>"
+
+
+def test_behaviour_logprobs_are_used_only_when_they_line_up(tiny_tokenizer):
+    response = "buy BTC now"
+    tokens = tiny_tokenizer(response, add_special_tokens=False)["input_ids"]
+    aligned = tokenize_conversation(tiny_tokenizer, Conversation(decision(response), {2: [-0.5] * len(tokens)}), 1.0)
+    assert aligned.logprobs_aligned == 1
+    known = [lp for lp in aligned.old_logprobs if not math.isnan(lp)]
+    assert known == [-0.5] * len(tokens)  # the content tokens; <|im_end|> has none and trains on-policy
+    off = tokenize_conversation(tiny_tokenizer, Conversation(decision(response), {2: [-0.5] * (len(tokens) + 3)}), 1.0)
+    assert off.logprobs_misaligned == 1 and all(math.isnan(lp) for lp in off.old_logprobs)
+
+
+def test_long_prompts_are_cut_from_the_left_keeping_the_response(tiny_tokenizer):
+    messages = decision("hold")
+    messages[1]["content"] = "market data " * 400
+    sample = tokenize_conversation(tiny_tokenizer, Conversation(messages), 1.0, max_tokens=64)
+    assert sample.truncated and len(sample.input_ids) == 64
+    assert tiny_tokenizer.decode([t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True)
+                                  if m]) == "hold<|im_end|>"
+
+
+def test_the_loss_reaches_no_prompt_or_padding_position(tiny_model, tiny_tokenizer):
+    model = load_causal_lm(tiny_model)
+    samples = [tokenize_conversation(tiny_tokenizer, Conversation(decision(r)), a)
+               for r, a in (("buy", 1.0), ('{"action": "hold", "reason": "a much longer answer"}', -1.0))]
+    batch = collate(samples, tiny_tokenizer.pad_token_id)
+    new = token_logprobs(model, batch)
+    new.retain_grad()
+    losses, _ = token_losses(new, batch.old_logprobs, batch.advantages, StepConfig())
+    torch.where(batch.target_mask, losses, 0.0).sum().backward()
+    assert new.grad is not None
+    assert torch.equal(new.grad != 0, batch.target_mask)
+    # Advantage-weighted log-likelihood where no behaviour logprobs exist: d loss / d log p = -A.
+    assert torch.allclose(new.grad[0][batch.target_mask[0]], torch.tensor(-1.0))
+    assert torch.allclose(new.grad[1][batch.target_mask[1]], torch.tensor(1.0))
+
+
+def test_ratios_far_outside_the_clip_give_no_gradient():
+    new = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    old = new.detach() - 1.0  # ratio e > 1.2 with a positive advantage: clipped
+    losses, parts = token_losses(new, old, torch.tensor([1.0]), StepConfig(clip_epsilon=0.2))
+    losses.sum().backward()
+    assert new.grad is not None and torch.all(new.grad == 0)
+    assert bool(parts["clipped"].all())
+    # Inside the clip the ratio's own gradient flows: r * A with r = 1.
+    inside = torch.tensor([[-1.0]], requires_grad=True)
+    losses, parts = token_losses(inside, inside.detach().clone(), torch.tensor([2.0]), StepConfig())
+    losses.sum().backward()
+    assert inside.grad is not None and inside.grad.item() == pytest.approx(-2.0)
+
+
+def test_kl_penalty_is_zero_at_the_reference_and_positive_away_from_it():
+    new = torch.tensor([[-1.0, -2.0]])
+    nan = torch.full_like(new, math.nan)
+    _, parts = token_losses(new, nan, torch.tensor([0.0]), StepConfig(kl_coef=0.1), reference=new.clone())
+    assert torch.all(parts["kl"] == 0)
+    _, parts = token_losses(new, nan, torch.tensor([0.0]), StepConfig(kl_coef=0.1), reference=new - 0.5)
+    assert torch.all(parts["kl"] > 0)
+
+
+def test_a_step_accumulates_micro_batches_into_the_same_update(tiny_model, tiny_tokenizer):
+    samples = [tokenize_conversation(tiny_tokenizer, Conversation(decision(r)), a)
+               for r, a in (("buy", 1.0), ("sell now", -1.0), ("hold", 0.5), ("buy buy buy", -0.5))]
+    updated = []
+    for micro in (1, 4):
+        torch.manual_seed(0)
+        model = load_causal_lm(tiny_model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        stats = grpo_step(model, optimizer, samples, StepConfig(micro_batch_size=micro, max_grad_norm=None,
+                                                                 pad_token_id=tiny_tokenizer.pad_token_id))
+        assert stats.objective == "advantage_weighted_likelihood" and stats.sequences == 4
+        assert stats.micro_batches == 4 // micro
+        updated.append(model.lm_head.weight.detach().clone())
+    assert torch.allclose(updated[0], updated[1], atol=1e-6)
