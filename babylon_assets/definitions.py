@@ -56,12 +56,21 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
-def build_definitions(settings: Settings | None = None, resource_overrides: dict[str, object] | None = None
-                      ) -> Definitions:
+def build_definitions(
+    settings: Settings | None = None, resource_overrides: dict[str, object] | None = None
+) -> Definitions:
     """The code location: window assets, the dataset, checks, jobs, sensors and resources."""
     return Definitions(
-        assets=[trajectories, market_outcomes, window_groups, ruler_scores, training_dataset, trained_checkpoint,
-                checkpoint_evaluation, deployed_model],
+        assets=[
+            trajectories,
+            market_outcomes,
+            window_groups,
+            ruler_scores,
+            training_dataset,
+            trained_checkpoint,
+            checkpoint_evaluation,
+            deployed_model,
+        ],
         asset_checks=ALL_CHECKS,
         jobs=[window_graph_job, training_dataset_job, training_job, promotion_job],
         sensors=[window_sensor, training_sensor, promotion_sensor],

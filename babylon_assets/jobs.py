@@ -32,5 +32,5 @@ promotion_job = define_asset_job(
     "promotion_job",
     selection=AssetSelection.assets(checkpoint_evaluation, deployed_model),
     description="Evaluate the newest checkpoint against its base (paired, held out); the blocking gate lets "
-                "only a passing one be deployed.",
+    "only a passing one be deployed.",
 )

@@ -76,16 +76,28 @@ def evaluate_window_sensor(
 )
 def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
     settings = get_settings()
-    return evaluate_window_sensor(store.get_store(), rules, context.cursor, platform_now(settings.LIVE_CLOCK_FILE),
-                                  settings.PARTITION_START)
+    return evaluate_window_sensor(
+        store.get_store(), rules, context.cursor, platform_now(settings.LIVE_CLOCK_FILE), settings.PARTITION_START
+    )
 
 
-IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-             DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 
-def evaluate_training_sensor(db: Store, instance: DagsterInstance, rules: WindowRulesResource, cursor: str | None,
-                             now: datetime, new_before_retrain: int) -> SensorResult | SkipReason:
+def evaluate_training_sensor(
+    db: Store,
+    instance: DagsterInstance,
+    rules: WindowRulesResource,
+    cursor: str | None,
+    now: datetime,
+    new_before_retrain: int,
+) -> SensorResult | SkipReason:
     """One tick: a training run when enough ready, scored windows (and enough new ones) exist, else why not."""
     in_flight = len(instance.get_runs(RunsFilter(job_name=training_job.name, statuses=IN_FLIGHT), limit=5))
     records = TrainingRecords(db)
@@ -94,12 +106,20 @@ def evaluate_training_sensor(db: Store, instance: DagsterInstance, rules: Window
     ready_scored = sorted(w for w in scored if states.get(w, {}).get("ready"))
     last_checkpoint = records.latest_checkpoint_time()
     new = None if last_checkpoint is None else [w for w in ready_scored if scored[w] > last_checkpoint]
-    decision = plan_retraining(ready_scored, new, min_ready=rules.min_ready_windows,
-                               new_before_retrain=new_before_retrain, in_flight=in_flight, cursor=cursor)
+    decision = plan_retraining(
+        ready_scored,
+        new,
+        min_ready=rules.min_ready_windows,
+        new_before_retrain=new_before_retrain,
+        in_flight=in_flight,
+        cursor=cursor,
+    )
     if not decision.launch:
         return SkipReason(decision.reason)
-    return SensorResult(run_requests=[RunRequest(run_key=decision.run_key, tags={"babylon/reason": decision.reason})],
-                        cursor=decision.cursor)
+    return SensorResult(
+        run_requests=[RunRequest(run_key=decision.run_key, tags={"babylon/reason": decision.reason})],
+        cursor=decision.cursor,
+    )
 
 
 @sensor(
@@ -111,8 +131,14 @@ def evaluate_training_sensor(db: Store, instance: DagsterInstance, rules: Window
 )
 def training_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
     settings = get_settings()
-    return evaluate_training_sensor(store.get_store(), context.instance, rules, context.cursor,
-                                    platform_now(settings.LIVE_CLOCK_FILE), settings.NEW_WINDOWS_BEFORE_RETRAIN)
+    return evaluate_training_sensor(
+        store.get_store(),
+        context.instance,
+        rules,
+        context.cursor,
+        platform_now(settings.LIVE_CLOCK_FILE),
+        settings.NEW_WINDOWS_BEFORE_RETRAIN,
+    )
 
 
 def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> SensorResult | SkipReason:
@@ -120,7 +146,8 @@ def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> 
     id). Older new ones are passed over: only the newest checkpoint is worth evaluating."""
     after = int(cursor) if cursor else None
     found = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=trained_checkpoint.key, after_storage_id=after), limit=1, ascending=False)
+        AssetRecordsFilter(asset_key=trained_checkpoint.key, after_storage_id=after), limit=1, ascending=False
+    )
     if not found.records:
         return SkipReason("no new checkpoint since the last promotion run")
     newest = found.records[0]
@@ -128,13 +155,18 @@ def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> 
     version_value = materialization.metadata.get("model_version") if materialization is not None else None
     version = str(version_value.value) if version_value is not None else ""
     if not version:
-        return SensorResult(skip_reason=SkipReason("the newest trained_checkpoint made no checkpoint "
-                                                   "(every group had equal rewards)"), cursor=str(newest.storage_id))
+        return SensorResult(
+            skip_reason=SkipReason("the newest trained_checkpoint made no checkpoint (every group had equal rewards)"),
+            cursor=str(newest.storage_id),
+        )
     if len(instance.get_runs(RunsFilter(job_name=promotion_job.name, statuses=IN_FLIGHT), limit=1)):
         return SkipReason(f"{version} waits: a promotion run is in flight")
-    return SensorResult(run_requests=[RunRequest(run_key=f"promote-{version}-{newest.storage_id}",
-                                                 tags={"babylon/model_version": version})],
-                        cursor=str(newest.storage_id))
+    return SensorResult(
+        run_requests=[
+            RunRequest(run_key=f"promote-{version}-{newest.storage_id}", tags={"babylon/model_version": version})
+        ],
+        cursor=str(newest.storage_id),
+    )
 
 
 @sensor(

@@ -49,8 +49,9 @@ RULES = WindowRulesResource()
 def simulated_week(path: Path, agents: int) -> tuple[Store, list[str]]:
     store = Store(f"sqlite:///{path}", clock=lambda: NOW)
     store.upgrade()
-    summary = simulate(store, SimulationPlan(agents=agents, windows=168, duration_minutes=10, seed=11,
-                                             start=WEEK_START), now=NOW)
+    summary = simulate(
+        store, SimulationPlan(agents=agents, windows=168, duration_minutes=10, seed=11, start=WEEK_START), now=NOW
+    )
     return store, [w.window_id for w in summary.windows]
 
 
@@ -70,13 +71,26 @@ def direct_backfill(store: Store, window_ids: list[str]) -> int:
         total = store.eligible_in_lookback(window_id, RULES.lookback_hours, rules)
         rate = dropout_rate(total, RULES.target_trajectories, RULES.max_dropout)
         by_id = {aw.agent_window_id: aw for aw in read.eligible}
-        memberships = assign_groups(window_id, list(by_id), rate=rate, max_per_group=RULES.max_per_group,
-                                    ready=summary.is_ready(rules))
-        store.replace_group_members(window_id, [
-            {"agent_window_id": m.agent_window_id, "agent_id": by_id[m.agent_window_id].agent_id,
-             "trajectory_ids_json": json.dumps(by_id[m.agent_window_id].trajectory_ids), "kept": m.kept,
-             "reason": m.reason, "group_id": m.group_id, "dropout_rate": rate, "dropout_draw": m.draw,
-             "final_pnl": by_id[m.agent_window_id].final_pnl} for m in memberships])
+        memberships = assign_groups(
+            window_id, list(by_id), rate=rate, max_per_group=RULES.max_per_group, ready=summary.is_ready(rules)
+        )
+        store.replace_group_members(
+            window_id,
+            [
+                {
+                    "agent_window_id": m.agent_window_id,
+                    "agent_id": by_id[m.agent_window_id].agent_id,
+                    "trajectory_ids_json": json.dumps(by_id[m.agent_window_id].trajectory_ids),
+                    "kept": m.kept,
+                    "reason": m.reason,
+                    "group_id": m.group_id,
+                    "dropout_rate": rate,
+                    "dropout_draw": m.draw,
+                    "final_pnl": by_id[m.agent_window_id].final_pnl,
+                }
+                for m in memberships
+            ],
+        )
         grouped: dict[str, list[str]] = {}
         for m in memberships:
             if m.kept and m.group_id:
@@ -92,8 +106,14 @@ def direct_backfill(store: Store, window_ids: list[str]) -> int:
             for aw in group.members:
                 rank, normalized = ranks[aw.agent_window_id]
                 verdict = result.scores[aw.agent_window_id]
-                judged.append((AgentWindowScore(aw.agent_window_id, group.group_id, verdict.score, rank, normalized,
-                                                verdict.reasoning), aw.trajectory_ids))
+                judged.append(
+                    (
+                        AgentWindowScore(
+                            aw.agent_window_id, group.group_id, verdict.score, rank, normalized, verdict.reasoning
+                        ),
+                        aw.trajectory_ids,
+                    )
+                )
         store.record_judgments(window_id, judge.name, judge.version, {"judge": judge.name}, judged)
         scored += len(judged)
     return scored
@@ -107,8 +127,10 @@ def dagster_backfill(store: Store, window_ids: list[str], home: Path, per_run: i
     with DagsterInstance.get() as instance:
         runs = materialize_windows(defs, window_ids, instance, max_per_run=per_run)
         assert all(run.success for run in runs), runs
-        print(f"  dagster: {len(runs)} runs of {', '.join(str(r.windows) for r in runs)} windows "
-              f"({type(instance.event_log_storage).__name__})")
+        print(
+            f"  dagster: {len(runs)} runs of {', '.join(str(r.windows) for r in runs)} windows "
+            f"({type(instance.event_log_storage).__name__})"
+        )
     return sum(1 for w in window_ids for m in store.group_members(w) if m["score"] is not None)
 
 
@@ -116,9 +138,18 @@ def sensor_store(path: Path, windows: int, rows: int) -> Store:
     store = Store(f"sqlite:///{path}", clock=lambda: NOW)
     store.upgrade()
     first = NOW - timedelta(hours=windows + 2)
-    steps = json.dumps([{"stepNumber": 0, "timestamp": 0, "environmentState": {"agentBalance": 1.0, "agentPnL": 0.0,
-                                                                                "openPositions": 0},
-                         "llmCalls": [], "action": {"actionType": "HOLD", "success": True}, "reward": 0.0}])
+    steps = json.dumps(
+        [
+            {
+                "stepNumber": 0,
+                "timestamp": 0,
+                "environmentState": {"agentBalance": 1.0, "agentPnL": 0.0, "openPositions": 0},
+                "llmCalls": [],
+                "action": {"actionType": "HOLD", "success": True},
+                "reward": 0.0,
+            }
+        ]
+    )
     per_window = rows // windows
     batch: list[dict[str, object]] = []
     outcomes: list[dict[str, object]] = []
@@ -126,14 +157,30 @@ def sensor_store(path: Path, windows: int, rows: int) -> Store:
         for w in range(windows):
             start = first + timedelta(hours=w)
             window_id = window_id_of(start)
-            outcomes.append({"id": f"o{w}", "windowId": window_id, "stockTicker": "NVDX", "startPrice": 1,
-                             "endPrice": 1})
+            outcomes.append(
+                {"id": f"o{w}", "windowId": window_id, "stockTicker": "NVDX", "startPrice": 1, "endPrice": 1}
+            )
             for n in range(per_window):
                 at = naive_utc(start + timedelta(minutes=n % 60))
-                batch.append({"id": f"r{w}-{n}", "trajectoryId": f"t{w}-{n}", "agentId": f"a{n}", "startTime": at,
-                              "endTime": at, "durationMs": 0, "windowId": window_id, "stepsJson": steps,
-                              "rewardComponentsJson": "{}", "metricsJson": "{}", "metadataJson": "{}",
-                              "totalReward": 0.0, "episodeLength": 1, "finalStatus": "completed", "updatedAt": at})
+                batch.append(
+                    {
+                        "id": f"r{w}-{n}",
+                        "trajectoryId": f"t{w}-{n}",
+                        "agentId": f"a{n}",
+                        "startTime": at,
+                        "endTime": at,
+                        "durationMs": 0,
+                        "windowId": window_id,
+                        "stepsJson": steps,
+                        "rewardComponentsJson": "{}",
+                        "metricsJson": "{}",
+                        "metadataJson": "{}",
+                        "totalReward": 0.0,
+                        "episodeLength": 1,
+                        "finalStatus": "completed",
+                        "updatedAt": at,
+                    }
+                )
             if len(batch) >= 20_000:
                 connection.execute(table_of(Trajectory).insert(), batch)
                 batch.clear()
@@ -163,16 +210,20 @@ def main() -> None:
         direct_scored = direct_backfill(direct_store, windows)
         direct_s = time.perf_counter() - started
         print(f"  direct : {direct_s:6.2f} s  ({direct_scored} agent-windows scored)")
-        for per_run, label in ((168, "a week in one run: the backfill policy, babylon backfill"),
-                               (24, "7 runs of 24: as the sensor chunks history")):
+        for per_run, label in (
+            (168, "a week in one run: the backfill policy, babylon backfill"),
+            (24, "7 runs of 24: as the sensor chunks history"),
+        ):
             dagster_store, _ = simulated_week(folder / f"dagster-{per_run}.db", args.agents)
             started = time.perf_counter()
             dagster_scored = dagster_backfill(dagster_store, windows, folder / f"home-{per_run}", per_run)
             dagster_s = time.perf_counter() - started
             assert direct_scored == dagster_scored, (direct_scored, dagster_scored)
             ratio = dagster_s / direct_s
-            print(f"  dagster: {dagster_s:6.2f} s  ({dagster_scored} scored; {label}) = {ratio:.2f}x direct "
-                  f"({'within' if ratio <= 3 else 'OUTSIDE'} the 3x goal)")
+            print(
+                f"  dagster: {dagster_s:6.2f} s  ({dagster_scored} scored; {label}) = {ratio:.2f}x direct "
+                f"({'within' if ratio <= 3 else 'OUTSIDE'} the 3x goal)"
+            )
 
         print(f"\n2. Window sensor over {args.sensor_windows:,} windows and {args.sensor_rows:,} trajectories (SQLite)")
         started = time.perf_counter()

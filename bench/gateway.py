@@ -37,16 +37,34 @@ DECISION = '{"action": "HOLD", "reasoning": "waiting for the open"}'
 
 
 def _canned_answer() -> bytes:
-    tokens = [DECISION[i:i + 4] for i in range(0, len(DECISION), 4)]
-    body = json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "deployed",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": DECISION},
-                     "logprobs": {"content": [{"token": t, "logprob": -0.1, "bytes": list(t.encode()),
-                                               "top_logprobs": []} for t in tokens]}}],
-        "usage": {"prompt_tokens": 40, "completion_tokens": len(tokens), "total_tokens": 40 + len(tokens)},
-    }).encode()
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body)
+    tokens = [DECISION[i : i + 4] for i in range(0, len(DECISION), 4)]
+    body = json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "deployed",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": DECISION},
+                    "logprobs": {
+                        "content": [
+                            {"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens
+                        ]
+                    },
+                }
+            ],
+            "usage": {"prompt_tokens": 40, "completion_tokens": len(tokens), "total_tokens": 40 + len(tokens)},
+        }
+    ).encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 def _serve_light_double(latency: float, urls: multiprocessing.Queue, stop: multiprocessing.Event) -> None:  # type: ignore[type-arg]
@@ -102,12 +120,19 @@ async def load(url: str, agents: int, calls: int, gateway: bool) -> list[float]:
 
     latencies: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
         async def agent(n: int) -> None:
             headers = {"X-Babylon-Agent": f"agent-{n:03d}"} if gateway else {}
             for call in range(calls):
-                payload = {"model": "deployed", "max_tokens": 64, "logprobs": True,
-                           "messages": [{"role": "system", "content": f"You are agent {n}."},
-                                        {"role": "user", "content": f"Minute {call}: NVDX $100.00."}]}
+                payload = {
+                    "model": "deployed",
+                    "max_tokens": 64,
+                    "logprobs": True,
+                    "messages": [
+                        {"role": "system", "content": f"You are agent {n}."},
+                        {"role": "user", "content": f"Minute {call}: NVDX $100.00."},
+                    ],
+                }
                 started = time.perf_counter()
                 async with session.post(f"{url}/chat/completions", json=payload, headers=headers) as response:
                     await response.read()
@@ -154,8 +179,9 @@ def main() -> None:
             deadline = time.monotonic() + 60
             while True:
                 with store.engine.connect() as connection:
-                    rows, distinct = connection.execute(select(func.count(), func.count(
-                        table_of(LlmCallLog).c.callId.distinct()))).one()
+                    rows, distinct = connection.execute(
+                        select(func.count(), func.count(table_of(LlmCallLog).c.callId.distinct()))
+                    ).one()
                 if rows >= total or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
@@ -167,14 +193,20 @@ def main() -> None:
         ms = 1000
         print(f"{args.agents} agents x {args.calls} calls at once, upstream latency {args.latency * ms:.0f} ms")
         for label, values in (("direct ", direct), ("gateway", through)):
-            print(f"  {label}: p50 {percentile(values, 0.5) * ms:7.1f} ms  p99 {percentile(values, 0.99) * ms:7.1f} ms"
-                  f"  mean {statistics.mean(values) * ms:7.1f} ms")
+            print(
+                f"  {label}: p50 {percentile(values, 0.5) * ms:7.1f} ms  p99 {percentile(values, 0.99) * ms:7.1f} ms"
+                f"  mean {statistics.mean(values) * ms:7.1f} ms"
+            )
         added_p50 = (percentile(through, 0.5) - percentile(direct, 0.5)) * ms
         added_p99 = (percentile(through, 0.99) - percentile(direct, 0.99)) * ms
-        print(f"  added by the gateway: p50 {added_p50:.1f} ms ({'met' if added_p50 < 5 else 'NOT met'}: goal < 5 ms), "
-              f"p99 {added_p99:.1f} ms")
-        print(f"  recorded {rows} of {total} calls, {distinct} distinct: "
-              f"{'none lost, none twice' if rows == distinct == total else 'MISMATCH'}")
+        print(
+            f"  added by the gateway: p50 {added_p50:.1f} ms ({'met' if added_p50 < 5 else 'NOT met'}: goal < 5 ms), "
+            f"p99 {added_p99:.1f} ms"
+        )
+        print(
+            f"  recorded {rows} of {total} calls, {distinct} distinct: "
+            f"{'none lost, none twice' if rows == distinct == total else 'MISMATCH'}"
+        )
 
 
 if __name__ == "__main__":

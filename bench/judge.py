@@ -56,24 +56,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'judge.db'}", clock=lambda: START + timedelta(days=5))
         store.upgrade()
-        summary = simulate(store, SimulationPlan(agents=6, windows=args.windows, duration_minutes=6, seed=5,
-                                                 start=START), now=START + timedelta(days=5))
+        summary = simulate(
+            store,
+            SimulationPlan(agents=6, windows=args.windows, duration_minutes=6, seed=5, start=START),
+            now=START + timedelta(days=5),
+        )
         groups = []
         for window in summary.windows:
             read = store.read_window(window.window_id, EligibilityRules(min_actions=5, min_agents=5))
-            groups.append(JudgeGroup(f"{window.window_id}#g1", window.window_id, read.eligible,
-                                     store.window_outcomes(window.window_id)))
+            groups.append(
+                JudgeGroup(
+                    f"{window.window_id}#g1", window.window_id, read.eligible, store.window_outcomes(window.window_id)
+                )
+            )
         urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         stop = multiprocessing.Event()
         # The double runs in a process of its own, so its HTTP work does not share the judge's interpreter.
-        server = multiprocessing.Process(target=serve_until_stopped, args=(_Responder(args.latency), urls, stop),
-                                         daemon=True)
+        server = multiprocessing.Process(
+            target=serve_until_stopped, args=(_Responder(args.latency), urls, stop), daemon=True
+        )
         server.start()
         base_url = urls.get(timeout=30)
         try:
+
             def judge(concurrency: int, cache: Store | None = None) -> RulerJudge:
-                return RulerJudge(RulerConfig(model="openai/judge-double", api_base=base_url, mode="pinned",
-                                              max_concurrency=concurrency, timeout_s=30), cache=cache)
+                return RulerJudge(
+                    RulerConfig(
+                        model="openai/judge-double",
+                        api_base=base_url,
+                        mode="pinned",
+                        max_concurrency=concurrency,
+                        timeout_s=30,
+                    ),
+                    cache=cache,
+                )
 
             asyncio.run(judge(1).score(groups[:1]))  # warm-up: imports, litellm's first client
             print(f"{len(groups)} windows, one group of 6 each, {args.latency * 1000:.0f} ms per call")
@@ -83,13 +99,17 @@ def main() -> None:
                 elapsed = time.perf_counter() - started
                 assert not result.failures, result.failures
                 ideal = len(groups) * args.latency / concurrency
-                print(f"  concurrency {concurrency:>2}: {elapsed:6.2f} s, ideal {ideal:5.2f} s, "
-                      f"throughput {ideal / elapsed:.2f} of ideal")
+                print(
+                    f"  concurrency {concurrency:>2}: {elapsed:6.2f} s, ideal {ideal:5.2f} s, "
+                    f"throughput {ideal / elapsed:.2f} of ideal"
+                )
             asyncio.run(judge(16, cache=store).score(groups))
             warm = judge(16, cache=store)
             result = asyncio.run(warm.score(groups))
-            print(f"  warm re-run with the cache: {warm.stats.sent_groups} calls "
-                  f"({warm.stats.cache_hits} groups from the cache; goal 0 calls)")
+            print(
+                f"  warm re-run with the cache: {warm.stats.sent_groups} calls "
+                f"({warm.stats.cache_hits} groups from the cache; goal 0 calls)"
+            )
             assert len(result.scores) == sum(len(g.members) for g in groups)
         finally:
             stop.set()

@@ -64,9 +64,11 @@ def load_plays(records, plan_key: str, policy: str, fingerprint: str) -> int:
     """Put this policy's committed plays (same plan, same adapter) back into the study's store."""
     from babylon_assets.core.paired_stats import PlayResult
 
-    plays = [PlayResult(**{k: v for k, v in line.items() if k not in ("plan_key", "fingerprint")})
-             for line in stored_lines()
-             if line["plan_key"] == plan_key and line["policy"] == policy and line["fingerprint"] == fingerprint]
+    plays = [
+        PlayResult(**{k: v for k, v in line.items() if k not in ("plan_key", "fingerprint")})
+        for line in stored_lines()
+        if line["plan_key"] == plan_key and line["policy"] == policy and line["fingerprint"] == fingerprint
+    ]
     return records.save_plays(plan_key, plays)
 
 
@@ -74,8 +76,10 @@ def save_plays(records, plan_key: str, policy: str, fingerprint: str) -> None:
     """Append this policy's plays that the results file does not hold yet."""
     from dataclasses import asdict
 
-    held = {(line["plan_key"], line["policy"], line["seed"], line["window_id"], line["slot"], line["fingerprint"])
-            for line in stored_lines()}
+    held = {
+        (line["plan_key"], line["policy"], line["seed"], line["window_id"], line["slot"], line["fingerprint"])
+        for line in stored_lines()
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as out:
         for play in records.plays(plan_key, policy):
@@ -89,14 +93,29 @@ def study_settings(args: argparse.Namespace):
 
     folder = Path(args.dir).resolve()
     return Settings(
-        DATABASE_URL=f"sqlite:///{folder / 'study.db'}", DAGSTER_HOME=str(folder / "dagster"),
-        ART_PATH=str(folder / ".art"), WANDB_DIR=str(folder / "wandb"), MODEL_NAME=args.model_name,
-        BASE_MODEL="HuggingFaceTB/SmolLM2-135M-Instruct", ITERATIONS=args.iterations, WINDOWS_PER_ITERATION=1,
-        DECISIONS_PER_TRAJECTORY=args.decisions, MAX_SEQUENCE_TOKENS=args.max_tokens, LEARNING_RATE=args.learning_rate,
-        KEEP_CHECKPOINTS=2, EVAL_SEEDS=",".join(str(101 + i) for i in range(args.eval_seeds)),
-        EVAL_WINDOWS=args.eval_windows, EVAL_AGENTS=8, EVAL_DURATION_MINUTES=args.eval_minutes,
-        EVAL_START="2024-11-01T00:00", EVAL_MAX_TOKENS=args.eval_max_tokens, SERVING_FILE=str(folder / "serving.json"),
-        LIVE_CLOCK_FILE=str(folder / "clock.json"), LOCAL_LLM_PORT=free_port(), WANDB_MODE="offline")
+        DATABASE_URL=f"sqlite:///{folder / 'study.db'}",
+        DAGSTER_HOME=str(folder / "dagster"),
+        ART_PATH=str(folder / ".art"),
+        WANDB_DIR=str(folder / "wandb"),
+        MODEL_NAME=args.model_name,
+        BASE_MODEL="HuggingFaceTB/SmolLM2-135M-Instruct",
+        ITERATIONS=args.iterations,
+        WINDOWS_PER_ITERATION=1,
+        DECISIONS_PER_TRAJECTORY=args.decisions,
+        MAX_SEQUENCE_TOKENS=args.max_tokens,
+        LEARNING_RATE=args.learning_rate,
+        KEEP_CHECKPOINTS=2,
+        EVAL_SEEDS=",".join(str(101 + i) for i in range(args.eval_seeds)),
+        EVAL_WINDOWS=args.eval_windows,
+        EVAL_AGENTS=8,
+        EVAL_DURATION_MINUTES=args.eval_minutes,
+        EVAL_START="2024-11-01T00:00",
+        EVAL_MAX_TOKENS=args.eval_max_tokens,
+        SERVING_FILE=str(folder / "serving.json"),
+        LIVE_CLOCK_FILE=str(folder / "clock.json"),
+        LOCAL_LLM_PORT=free_port(),
+        WANDB_MODE="offline",
+    )
 
 
 def warm_start_marker(folder: Path, args: argparse.Namespace) -> Path:
@@ -132,24 +151,43 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
     latest = store.latest_dataset()
     assert latest is not None, "the dataset is built before the warm start"
     members = latest[1]
-    chosen = set(best_of_groups([(str(m["group_id"]), str(m["agent_window_id"]), float(m["reward"]))
-                                 for m in members], per_group=args.warm_start))
+    chosen = set(
+        best_of_groups(
+            [(str(m["group_id"]), str(m["agent_window_id"]), float(m["reward"])) for m in members],
+            per_group=args.warm_start,
+        )
+    )
     trajectories = []
     for window_id in sorted({str(m["window_id"]) for m in members}):
         for agent_window in agent_windows_of(store, window_id).values():
             if agent_window.agent_window_id in chosen and agent_window.llm_decisions > 0:
-                trajectories.append(to_art_trajectory(agent_window, 1.0, None, sample_decisions(
-                    agent_window.llm_decisions, args.decisions, settings.TRAIN_SEED, 0, agent_window.agent_window_id)))
+                trajectories.append(
+                    to_art_trajectory(
+                        agent_window,
+                        1.0,
+                        None,
+                        sample_decisions(
+                            agent_window.llm_decisions,
+                            args.decisions,
+                            settings.TRAIN_SEED,
+                            0,
+                            agent_window.agent_window_id,
+                        ),
+                    )
+                )
     began = time.monotonic()
 
     async def train() -> int:
         backend = make_backend(settings)
-        model = art.TrainableModel(name=settings.MODEL_NAME, project=settings.PROJECT_NAME,
-                                   base_model=settings.BASE_MODEL)
+        model = art.TrainableModel(
+            name=settings.MODEL_NAME, project=settings.PROJECT_NAME, base_model=settings.BASE_MODEL
+        )
         await model.register(backend)
         # Each epoch in its own seeded order, so batches mix windows instead of walking through time.
-        epochs = [random.Random(f"{settings.TRAIN_SEED}:{epoch}").sample(trajectories, len(trajectories))
-                  for epoch in range(args.warm_start_epochs)]
+        epochs = [
+            random.Random(f"{settings.TRAIN_SEED}:{epoch}").sample(trajectories, len(trajectories))
+            for epoch in range(args.warm_start_epochs)
+        ]
         config = TrainSFTConfig(batch_size=SFT_AUTO_BATCH, learning_rate=args.warm_start_learning_rate)
         await model.train_sft([t for epoch in epochs for t in epoch], config)
         step = await model.get_step()
@@ -157,13 +195,23 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
         return step
 
     steps = asyncio.run(train())
-    warm_start_marker(folder, args).write_text(json.dumps(
-        {"steps": steps, "agent_windows": len(trajectories), "decisions": args.decisions,
-         "epochs": args.warm_start_epochs, "learning_rate": args.warm_start_learning_rate,
-         "minutes": round((time.monotonic() - began) / 60, 1)}))
-    log(f"warm start: {steps} SFT steps, {args.warm_start_epochs} epochs of the best {args.warm_start} "
+    warm_start_marker(folder, args).write_text(
+        json.dumps(
+            {
+                "steps": steps,
+                "agent_windows": len(trajectories),
+                "decisions": args.decisions,
+                "epochs": args.warm_start_epochs,
+                "learning_rate": args.warm_start_learning_rate,
+                "minutes": round((time.monotonic() - began) / 60, 1),
+            }
+        )
+    )
+    log(
+        f"warm start: {steps} SFT steps, {args.warm_start_epochs} epochs of the best {args.warm_start} "
         f"agent-window(s) of each window ({len(trajectories)} agent-windows, {args.decisions} decisions each) in "
-        f"{(time.monotonic() - began) / 60:.1f} min")
+        f"{(time.monotonic() - began) / 60:.1f} min"
+    )
     return steps
 
 
@@ -178,8 +226,11 @@ def trades_executed(store, plays) -> list[int]:
     found: dict[str, int] = {}
     with store.engine.connect() as connection:
         for start in range(0, len(ids), 500):
-            rows = connection.execute(select(Trajectory.trajectoryId, Trajectory.tradesExecuted)
-                                      .where(Trajectory.trajectoryId.in_(ids[start : start + 500])))
+            rows = connection.execute(
+                select(Trajectory.trajectoryId, Trajectory.tradesExecuted).where(
+                    Trajectory.trajectoryId.in_(ids[start : start + 500])
+                )
+            )
             found.update({row.trajectoryId: int(row.tradesExecuted or 0) for row in rows})
     return [found[i] for i in ids if i in found]
 
@@ -197,8 +248,13 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--model-name", default="study-mmo", help="One arm of the study (its checkpoints' name).")
-    parser.add_argument("--warm-start", type=int, default=0, metavar="N",
-                        help="Before GRPO, SFT on the N best-judged agent-windows of every window (0: none).")
+    parser.add_argument(
+        "--warm-start",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Before GRPO, SFT on the N best-judged agent-windows of every window (0: none).",
+    )
     parser.add_argument("--warm-start-learning-rate", type=float, default=1e-3)
     parser.add_argument("--warm-start-epochs", type=int, default=2)
     parser.add_argument("--eval-seeds", type=int, default=5)
@@ -227,8 +283,12 @@ def main() -> int:
         return time.monotonic() - started > budget
 
     plan = EvaluationPlan.from_settings(settings)
-    options = EvaluationOptions(plan=plan, base_model=settings.BASE_MODEL, resamples=settings.EVAL_BOOTSTRAP_RESAMPLES,
-                                work_folder=folder / "eval")
+    options = EvaluationOptions(
+        plan=plan,
+        base_model=settings.BASE_MODEL,
+        resamples=settings.EVAL_BOOTSTRAP_RESAMPLES,
+        work_folder=folder / "eval",
+    )
     if args.report:
         return report(store, settings, options)
     train_hours = [window_id_of(TRAIN_START + timedelta(hours=h)) for h in range(args.train_windows)]
@@ -237,8 +297,11 @@ def main() -> int:
     if len(store.windows_with_outcomes(train_hours)) < len(train_hours):
         from babylon_assets.play.simulator import SimulationPlan, simulate
 
-        summary = simulate(store, SimulationPlan(agents=8, windows=args.train_windows, duration_minutes=10, seed=7,
-                                                 start=TRAIN_START), now=datetime.now(UTC))
+        summary = simulate(
+            store,
+            SimulationPlan(agents=8, windows=args.train_windows, duration_minutes=10, seed=7, start=TRAIN_START),
+            now=datetime.now(UTC),
+        )
         log(f"play: {summary.written} trajectories in {len(train_hours)} hours")
 
     # 2. score and 3. train, through the asset graph on the study's own instance
@@ -283,10 +346,18 @@ def main() -> int:
 
     assert newest is not None
     version = str(newest["modelId"])
-    policies = [(base_policy(settings.BASE_MODEL), local_policy_server(folder / "eval" / "base", settings.BASE_MODEL,
-                                                                       None, "base")),
-                (version, local_policy_server(folder / "eval" / "checkpoint", settings.BASE_MODEL,
-                                              Path(str(newest["storagePath"])), version))]
+    policies = [
+        (
+            base_policy(settings.BASE_MODEL),
+            local_policy_server(folder / "eval" / "base", settings.BASE_MODEL, None, "base"),
+        ),
+        (
+            version,
+            local_policy_server(
+                folder / "eval" / "checkpoint", settings.BASE_MODEL, Path(str(newest["storagePath"])), version
+            ),
+        ),
+    ]
     fingerprints = {policies[0][0]: "smollm2-q4_1", version: adapter_fingerprint(Path(str(newest["storagePath"])))}
     for policy, serve in policies:
         loaded = load_plays(records, plan.key, policy, fingerprints[policy])
@@ -298,9 +369,17 @@ def main() -> int:
                 log(f"chunk over ({args.chunk_minutes:g} min): run again to go on")
                 return 0
             began = time.monotonic()
-            play_policy(store, plan, policy, serve, now=datetime.now(UTC), max_markets=1,
-                        on_market=lambda p, seed, n, began=began: log(
-                            f"evaluate: {p} seed {seed}: {n} agent-windows in {time.monotonic() - began:.0f} s"))
+            play_policy(
+                store,
+                plan,
+                policy,
+                serve,
+                now=datetime.now(UTC),
+                max_markets=1,
+                on_market=lambda p, seed, n, began=began: log(
+                    f"evaluate: {p} seed {seed}: {n} agent-windows in {time.monotonic() - began:.0f} s"
+                ),
+            )
             save_plays(records, plan.key, policy, fingerprints[policy])
     return report(store, settings, options, version)
 
@@ -319,8 +398,9 @@ def report(store, settings, options, version: str | None = None) -> int:
         version = str(newest["modelId"])
     base = records.plays(options.plan.key, base_policy(settings.BASE_MODEL))
     candidate = records.plays(options.plan.key, version)
-    result = evaluate(base, candidate, plan=options.plan.as_json(), resamples=options.resamples,
-                      seed=int(options.plan.key[:8], 16))
+    result = evaluate(
+        base, candidate, plan=options.plan.as_json(), resamples=options.resamples, seed=int(options.plan.key[:8], 16)
+    )
     paired = result.paired
     lines = [
         f"Study: {version} (SmolLM2-135M-Instruct + LoRA) vs its base, held-out plan {options.plan.key[:8]} "
@@ -329,20 +409,27 @@ def report(store, settings, options, version: str | None = None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for name, m in ((result.base_policy, result.base), (version, result.candidate)):
-        lines.append(f"| {name} | {m.agent_windows} | {m.mean_pnl:+,.2f} | {m.win_rate:.1%} | "
-                     f"{m.mean_max_drawdown:,.2f} | {m.unparseable_rate:.1%} |")
-    lines.append(f"Paired P&L difference (checkpoint - base) over {paired.pairs} pairs: {paired.mean:+,.2f}, "
-                 f"95% interval [{paired.low:+,.2f}, {paired.high:+,.2f}]; gate: {result.verdict.describe()}")
+        lines.append(
+            f"| {name} | {m.agent_windows} | {m.mean_pnl:+,.2f} | {m.win_rate:.1%} | "
+            f"{m.mean_max_drawdown:,.2f} | {m.unparseable_rate:.1%} |"
+        )
+    lines.append(
+        f"Paired P&L difference (checkpoint - base) over {paired.pairs} pairs: {paired.mean:+,.2f}, "
+        f"95% interval [{paired.low:+,.2f}, {paired.high:+,.2f}]; gate: {result.verdict.describe()}"
+    )
     for name, plays in ((result.base_policy, base), (version, candidate)):
         trades = trades_executed(store, plays)
         if trades:
-            lines.append(f"{name}: {sum(trades) / len(trades):.2f} trades executed per agent-window, "
-                         f"{sum(1 for t in trades if t) / len(trades):.1%} of agent-windows traded "
-                         f"({len(trades)} of its plays are in this store)")
+            lines.append(
+                f"{name}: {sum(trades) / len(trades):.2f} trades executed per agent-window, "
+                f"{sum(1 for t in trades if t) / len(trades):.1%} of agent-windows traded "
+                f"({len(trades)} of its plays are in this store)"
+            )
     text = "\n".join(lines)
     print(text)
-    Path(settings.SERVING_FILE).parent.joinpath("study_result.json").write_text(json.dumps(
-        {"version": version, **result.as_json()}, indent=2, default=str))
+    Path(settings.SERVING_FILE).parent.joinpath("study_result.json").write_text(
+        json.dumps({"version": version, **result.as_json()}, indent=2, default=str)
+    )
     return 0
 
 

@@ -43,13 +43,27 @@ def build_model(args: argparse.Namespace, device: str):
     if args.model:
         base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     else:  # SmolLM2-135M-Instruct's shape
-        config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                             num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                             max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0)
+        config = LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            head_dim=64,
+            max_position_embeddings=8192,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+        )
         base = LlamaForCausalLM(config)
     base = base.to(device)
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     return get_peft_model(base, lora)
 
 
@@ -61,8 +75,9 @@ def build_samples(args: argparse.Namespace, vocab: int) -> list:
         response = args.response_tokens - rng.randrange(0, max(1, args.response_tokens // 4))
         ids = [rng.randrange(100, vocab) for _ in range(prompt + response)]
         mask = [False] * prompt + [True] * response
-        samples.append(grpo.Sample(ids, mask, [float("nan")] * len(ids), advantage=(-1.0) ** i * 0.8,
-                                   assistant_messages=1))
+        samples.append(
+            grpo.Sample(ids, mask, [float("nan")] * len(ids), advantage=(-1.0) ** i * 0.8, assistant_messages=1)
+        )
     return samples
 
 
@@ -75,8 +90,13 @@ def bare_forward_backward(model, samples, micro: int, device: str) -> int:
         labels = torch.full_like(batch.input_ids, -100)
         width = batch.keep - 1
         labels[:, -width:] = torch.where(batch.target_mask, batch.input_ids[:, -width:], -100)
-        output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, labels=labels, use_cache=False)
+        output = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            labels=labels,
+            use_cache=False,
+        )
         output.loss.backward()
         tokens += int(batch.attention_mask.sum())
     model.zero_grad(set_to_none=True)
@@ -165,34 +185,51 @@ def main() -> None:
     kl_config = grpo.StepConfig(micro_batch_size=args.micro_batch, pad_token_id=0, kl_coef=args.kl)
     total_tokens = sum(len(s.input_ids) for s in samples)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device {args.device} ({where}), "
-          f"torch {torch.__version__}; {args.batch} sequences, {total_tokens} tokens "
-          f"({sum(s.trained_tokens for s in samples)} trained), micro-batch {args.micro_batch}")
+    print(
+        f"device {args.device} ({where}), "
+        f"torch {torch.__version__}; {args.batch} sequences, {total_tokens} tokens "
+        f"({sum(s.trained_tokens for s in samples)} trained), micro-batch {args.micro_batch}"
+    )
     rows = []
-    bare_s, bare_all, bare_mem = timed(lambda: bare_forward_backward(model, samples, args.micro_batch, args.device),
-                                       args.repeats, args.device)
+    bare_s, bare_all, bare_mem = timed(
+        lambda: bare_forward_backward(model, samples, args.micro_batch, args.device), args.repeats, args.device
+    )
     rows.append(("bare forward + backward (full logits)", bare_s, bare_all, bare_mem))
-    kept_s, kept_all, kept_mem = timed(lambda: bare_kept_forward_backward(model, samples, args.micro_batch,
-                                                                          args.device), args.repeats, args.device)
+    kept_s, kept_all, kept_mem = timed(
+        lambda: bare_kept_forward_backward(model, samples, args.micro_batch, args.device), args.repeats, args.device
+    )
     rows.append(("bare, trained positions' logits only", kept_s, kept_all, kept_mem))
-    step_s, step_all, step_mem = timed(lambda: grpo.grpo_step(model, optimizer, samples, config), args.repeats,
-                                       args.device)
+    step_s, step_all, step_mem = timed(
+        lambda: grpo.grpo_step(model, optimizer, samples, config), args.repeats, args.device
+    )
     rows.append(("GRPO step", step_s, step_all, step_mem))
     if args.kl > 0:
-        kl_s, kl_all, kl_mem = timed(lambda: grpo.grpo_step(model, optimizer, samples, kl_config,
-                                                            reference=model.disable_adapter),
-                                     args.repeats, args.device)
+        kl_s, kl_all, kl_mem = timed(
+            lambda: grpo.grpo_step(model, optimizer, samples, kl_config, reference=model.disable_adapter),
+            args.repeats,
+            args.device,
+        )
         rows.append((f"GRPO step + KL {args.kl} (reference forward)", kl_s, kl_all, kl_mem))
     print(f"{'':44} {'median s':>9} {'tokens/s':>9} {'peak MB':>9} {'ratio':>6}   runs")
     for name, median, runs, memory in rows:
-        print(f"{name:44} {median:9.3f} {total_tokens / median:9.0f} {memory:9.0f} {median / bare_s:6.2f}   "
-              + " ".join(f"{t:.3f}" for t in runs))
+        print(
+            f"{name:44} {median:9.3f} {total_tokens / median:9.0f} {memory:9.0f} {median / bare_s:6.2f}   "
+            + " ".join(f"{t:.3f}" for t in runs)
+        )
     ratio = step_s / bare_s
     verdict = "met" if ratio <= 1.2 else "NOT met"
-    print(f"GRPO step / bare forward+backward = {ratio:.2f}x (goal within 1.2x): {verdict}; "
-          f"against the same forward with a plain loss: {step_s / kept_s:.2f}x")
-    print("peak MB: " + ("CUDA memory allocated" if args.device == "cuda" else
-                         "resident memory above the phase's start (the model and its first-run buffers are below it)"))
+    print(
+        f"GRPO step / bare forward+backward = {ratio:.2f}x (goal within 1.2x): {verdict}; "
+        f"against the same forward with a plain loss: {step_s / kept_s:.2f}x"
+    )
+    print(
+        "peak MB: "
+        + (
+            "CUDA memory allocated"
+            if args.device == "cuda"
+            else "resident memory above the phase's start (the model and its first-run buffers are below it)"
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -137,8 +137,9 @@ def baseline_reader(store: Store) -> Callable[[], int]:
     window_ids = lookback_window_ids(168, UNTIL)
     lo, hi = naive_utc(WEEK_START), naive_utc(UNTIL)
     placeholders_sqlite = ", ".join("?" for _ in window_ids)
-    json_columns = [TRAJECTORY_COLUMNS.index(c) for c in
-                    ("stepsJson", "rewardComponentsJson", "metricsJson", "metadataJson")]
+    json_columns = [
+        TRAJECTORY_COLUMNS.index(c) for c in ("stepsJson", "rewardComponentsJson", "metricsJson", "metadataJson")
+    ]
 
     def run() -> int:
         loads = json.loads

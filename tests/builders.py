@@ -26,8 +26,9 @@ def llm_call(agent: str = "agent-1", user_prompt: str = "Prices: NVDX $100.", **
     }
 
 
-def step(number: int, *, pnl: float = 0.0, calls: int = 1, agent: str = "agent-1",
-         user_prompt: str = "Prices: NVDX $100.") -> dict[str, Any]:
+def step(
+    number: int, *, pnl: float = 0.0, calls: int = 1, agent: str = "agent-1", user_prompt: str = "Prices: NVDX $100."
+) -> dict[str, Any]:
     """One stepsJson entry with `calls` LLM calls."""
     return {
         "stepNumber": number,

@@ -24,8 +24,7 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """No developer setting leaks in: each test starts from the defaults and its own SQLite file."""
     for name in Settings.model_fields:
         monkeypatch.delenv(name, raising=False)
-    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD",
-                 "DAGSTER_PG_DB"):
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
@@ -119,8 +118,13 @@ def postgres_instance_env(monkeypatch: pytest.MonkeyPatch, fresh_pg_url: str) ->
     user_host, database = fresh_pg_url.removeprefix("postgresql://").rsplit("/", 1)
     user, host_port = user_host.split("@")
     host, port = host_port.split(":")
-    for name, value in (("DAGSTER_PG_HOST", host), ("DAGSTER_PG_PORT", port), ("DAGSTER_PG_USERNAME", user),
-                        ("DAGSTER_PG_PASSWORD", ""), ("DAGSTER_PG_DB", database)):
+    for name, value in (
+        ("DAGSTER_PG_HOST", host),
+        ("DAGSTER_PG_PORT", port),
+        ("DAGSTER_PG_USERNAME", user),
+        ("DAGSTER_PG_PASSWORD", ""),
+        ("DAGSTER_PG_DB", database),
+    ):
         monkeypatch.setenv(name, value)
     return fresh_pg_url
 

@@ -117,8 +117,11 @@ def test_a_changed_graph_fails_the_snapshot(monkeypatch):
         """A new asset downstream of the windows."""
 
     changed = Definitions(
-        assets=[*defs.assets, late_rows_report], asset_checks=defs.asset_checks, jobs=defs.jobs,
-        sensors=defs.sensors, resources=defs.resources,
+        assets=[*defs.assets, late_rows_report],
+        asset_checks=defs.asset_checks,
+        jobs=defs.jobs,
+        sensors=defs.sensors,
+        resources=defs.resources,
     )
     expected = json.loads(SNAPSHOT.read_text())
     assert describe(defs)["assets"] == expected["assets"]

@@ -1,6 +1,5 @@
 """The code location loads, and its store resource works inside a Dagster run."""
 
-
 import os
 import subprocess
 import sys
@@ -30,7 +29,11 @@ def test_dagster_validates_the_workspace(tmp_path):
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     result = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "babylon_assets" in result.stdout + result.stderr

@@ -32,8 +32,7 @@ def test_new_windows_then_nothing_new_then_late_rows(simulated_store):
     first = tick(simulated_store, None)
     assert isinstance(first, SensorResult)
     assert ranges(first) == [("2025-01-15T10:00", "2025-01-15T12:00")]
-    assert parse_cursor(first.cursor) == {w: "n6" for w in ("2025-01-15T10:00", "2025-01-15T11:00",
-                                                             "2025-01-15T12:00")}
+    assert parse_cursor(first.cursor) == {w: "n6" for w in ("2025-01-15T10:00", "2025-01-15T11:00", "2025-01-15T12:00")}
     quiet = tick(simulated_store, first.cursor)
     assert isinstance(quiet, SkipReason) and "no closed window with new rows" in quiet.skip_message
     late = game_row("late-row", "agent-late", parse_window_id("2025-01-15T11:00") + timedelta(minutes=50))
@@ -64,8 +63,10 @@ def test_a_year_of_history_is_worked_through_a_bounded_chunk_per_tick(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'year.db'}", clock=lambda: NOW)
     store.upgrade()
     first_hour = datetime(2024, 1, 15, tzinfo=UTC)
-    rows = [game_row(f"y{i}", "agent-1", first_hour + timedelta(hours=i), steps=[step(0)], decisions=1)
-            for i in range(365 * 24)]
+    rows = [
+        game_row(f"y{i}", "agent-1", first_hour + timedelta(hours=i), steps=[step(0)], decisions=1)
+        for i in range(365 * 24)
+    ]
     store.record_play(RecordedPlay(trajectories=rows))
     cursor = None
     seen: list[tuple[str, str]] = []
@@ -85,10 +86,20 @@ def test_a_year_of_history_is_worked_through_a_bounded_chunk_per_tick(tmp_path):
 
 def test_planning_is_pure_and_splits_ranges_at_gaps():
     counts = {"2025-01-15T10:00": 3, "2025-01-15T11:00": 2, "2025-01-15T13:00": 4, "2023-12-31T23:00": 1}
-    plan = plan_window_requests(counts, set(), {"2025-01-15T11:00": "n2"}, now=NOW, grace_minutes=15,
-                                partition_start=START, max_runs=5, max_windows_per_run=24)
-    assert [(r.first, r.last) for r in plan.requests] == [("2025-01-15T10:00", "2025-01-15T10:00"),
-                                                          ("2025-01-15T13:00", "2025-01-15T13:00")]
+    plan = plan_window_requests(
+        counts,
+        set(),
+        {"2025-01-15T11:00": "n2"},
+        now=NOW,
+        grace_minutes=15,
+        partition_start=START,
+        max_runs=5,
+        max_windows_per_run=24,
+    )
+    assert [(r.first, r.last) for r in plan.requests] == [
+        ("2025-01-15T10:00", "2025-01-15T10:00"),
+        ("2025-01-15T13:00", "2025-01-15T13:00"),
+    ]
     assert "2023-12-31T23:00" not in plan.requested  # before PARTITION_START
 
 

@@ -11,35 +11,55 @@ from .presentation import markdown_table
 
 
 @asset(group_name="training", deps=[training_dataset], kinds={"pytorch"})
-def trained_checkpoint(context: AssetExecutionContext, store: StoreResource, trainer: TrainerResource
-                       ) -> MaterializeResult:
+def trained_checkpoint(
+    context: AssetExecutionContext, store: StoreResource, trainer: TrainerResource
+) -> MaterializeResult:
     """A LoRA checkpoint trained with GRPO on the newest training dataset (status `trained`, not yet gated)."""
     db = store.get_store()
 
     def progress(report: StepReport) -> None:
         loss = report.metrics.get("loss", 0.0)
-        context.log.info(f"step {report.step} (iteration {report.iteration}): loss {loss:.4f}, "
-                         f"{report.groups} groups, {report.trajectories} agent-windows, "
-                         f"{report.metrics.get('tokens_per_second', 0):.0f} tokens/s")
+        context.log.info(
+            f"step {report.step} (iteration {report.iteration}): loss {loss:.4f}, "
+            f"{report.groups} groups, {report.trajectories} agent-windows, "
+            f"{report.metrics.get('tokens_per_second', 0):.0f} tokens/s"
+        )
 
-    outcome = run_training(db, trainer.backend(db), trainer.options(), tracker=trainer.tracker(),
-                           batch_id=f"batch-{context.run.run_id}", on_step=progress)
-    rows = [(r.step, f"{r.metrics.get('loss', 0.0):.4f}", f"{r.metrics.get('reward_mean', 0.0):.3f}",
-             int(r.metrics.get("groups_used", 0)), int(r.metrics.get("groups_skipped_zero_variance", 0)),
-             f"{r.metrics.get('tokens_per_second', 0.0):.0f}", f"{r.metrics.get('seconds', 0.0):.1f}")
-            for r in outcome.steps]
-    return MaterializeResult(metadata={
-        "model_version": outcome.model_version or "",
-        "checkpoint_path": MetadataValue.path(outcome.checkpoint_path or ""),
-        "batch_id": outcome.batch_id,
-        "dataset_id": outcome.dataset_id,
-        "steps": len(outcome.steps),
-        "windows": len(outcome.windows),
-        "trajectories": len(outcome.trajectory_ids),
-        "reward_mean": outcome.rewards.mean,
-        "pnl_mean": outcome.pnl.mean,
-        "wandb_run_id": outcome.wandb_run_id or "",
-        "wandb_dir": outcome.wandb_dir or "",
-        "per_step": markdown_table(["step", "loss", "reward mean", "groups used", "groups skipped", "tokens/s",
-                                    "seconds"], rows),
-    })
+    outcome = run_training(
+        db,
+        trainer.backend(db),
+        trainer.options(),
+        tracker=trainer.tracker(),
+        batch_id=f"batch-{context.run.run_id}",
+        on_step=progress,
+    )
+    rows = [
+        (
+            r.step,
+            f"{r.metrics.get('loss', 0.0):.4f}",
+            f"{r.metrics.get('reward_mean', 0.0):.3f}",
+            int(r.metrics.get("groups_used", 0)),
+            int(r.metrics.get("groups_skipped_zero_variance", 0)),
+            f"{r.metrics.get('tokens_per_second', 0.0):.0f}",
+            f"{r.metrics.get('seconds', 0.0):.1f}",
+        )
+        for r in outcome.steps
+    ]
+    return MaterializeResult(
+        metadata={
+            "model_version": outcome.model_version or "",
+            "checkpoint_path": MetadataValue.path(outcome.checkpoint_path or ""),
+            "batch_id": outcome.batch_id,
+            "dataset_id": outcome.dataset_id,
+            "steps": len(outcome.steps),
+            "windows": len(outcome.windows),
+            "trajectories": len(outcome.trajectory_ids),
+            "reward_mean": outcome.rewards.mean,
+            "pnl_mean": outcome.pnl.mean,
+            "wandb_run_id": outcome.wandb_run_id or "",
+            "wandb_dir": outcome.wandb_dir or "",
+            "per_step": markdown_table(
+                ["step", "loss", "reward mean", "groups used", "groups skipped", "tokens/s", "seconds"], rows
+            ),
+        }
+    )

@@ -38,10 +38,22 @@ def training_dataset(
         "trajectories": len(plan.members),
         "dropped_json": json.dumps(dict(plan.dropped_groups), sort_keys=True),
     }
-    created = db.save_dataset(record, [
-        {"agent_window_id": m.agent_window_id, "window_id": m.window_id, "group_id": m.group_id, "reward": m.reward}
-        for m in plan.members
-    ]) if plan.members else False
+    created = (
+        db.save_dataset(
+            record,
+            [
+                {
+                    "agent_window_id": m.agent_window_id,
+                    "window_id": m.window_id,
+                    "group_id": m.group_id,
+                    "reward": m.reward,
+                }
+                for m in plan.members
+            ],
+        )
+        if plan.members
+        else False
+    )
     per_window: dict[str, int] = {}
     for m in plan.members:
         per_window[m.window_id] = per_window.get(m.window_id, 0) + 1

@@ -49,7 +49,7 @@ def scatter_svg(points: Sequence[tuple[float, float]], x_label: str, y_label: st
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#888"/>'
         f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#888"/>'
         f'<text x="{width / 2}" y="{height - 8}" font-size="11" text-anchor="middle">{x_label} '
-        f'({x0:,.0f} to {x1:,.0f})</text>'
+        f"({x0:,.0f} to {x1:,.0f})</text>"
         f'<text x="10" y="{height / 2}" font-size="11" transform="rotate(-90 10 {height / 2})" '
         f'text-anchor="middle">{y_label}</text>{dots}</svg>'
     )

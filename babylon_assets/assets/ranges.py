@@ -30,8 +30,7 @@ def combine(results: Mapping[str, WindowMetadata]) -> WindowMetadata:
         (only,) = results.values()
         return {k: v() if callable(v) else v for k, v in only.items()}
     windows = sorted(results)
-    counts = [k for k, v in results[windows[0]].items()
-              if isinstance(v, (int, bool)) and k != "window_id"][:6]
+    counts = [k for k, v in results[windows[0]].items() if isinstance(v, (int, bool)) and k != "window_id"][:6]
     totals = {
         f"total_{k}": sum(int(results[w].get(k, 0)) for w in windows)
         for k in counts
@@ -41,8 +40,9 @@ def combine(results: Mapping[str, WindowMetadata]) -> WindowMetadata:
         "windows": len(windows),
         "window_range": f"{windows[0]} .. {windows[-1]}",
         **totals,
-        "per_window": markdown_table(["window", *counts], [[w, *(results[w].get(k, "") for k in counts)]
-                                                            for w in windows]),
+        "per_window": markdown_table(
+            ["window", *counts], [[w, *(results[w].get(k, "") for k in counts)] for w in windows]
+        ),
     }
 
 
@@ -72,12 +72,13 @@ def for_each_window(
     if failures:
         raise Failure(
             description=f"{len(failures)} of {len(context.partition_keys)} window(s) failed "
-                        f"({', '.join(sorted(failures))}); the other windows' results are stored and a retry "
-                        "redoes only what is not",
-            metadata={"failed_windows": MetadataValue.json(failures),
-                      "stored_windows": MetadataValue.json(sorted(results))},
+            f"({', '.join(sorted(failures))}); the other windows' results are stored and a retry "
+            "redoes only what is not",
+            metadata={
+                "failed_windows": MetadataValue.json(failures),
+                "stored_windows": MetadataValue.json(sorted(results)),
+            },
         )
     if not results:
         return None
     return MaterializeResult(metadata=combine(results))
-

@@ -29,8 +29,16 @@ def rank_group(scores: dict[str, float]) -> dict[str, tuple[int, float]]:
     return {k: (i + 1, (scores[k] - low) / (high - low) if high > low else 0.5) for i, k in enumerate(ordered)}
 
 
-def score_metadata(window_id: str, kept: list[dict[str, Any]], usage: JudgeUsage, judged_now: int,
-                   judge_name: str, judge_version: str, judge_is_llm: bool, outcomes_recorded: bool) -> WindowMetadata:
+def score_metadata(
+    window_id: str,
+    kept: list[dict[str, Any]],
+    usage: JudgeUsage,
+    judged_now: int,
+    judge_name: str,
+    judge_version: str,
+    judge_is_llm: bool,
+    outcomes_recorded: bool,
+) -> WindowMetadata:
     """What a person wants to see about a window's scores, from the stored rows."""
     rows = sorted(kept, key=lambda m: -m["score"])
     scores = [m["score"] for m in rows]
@@ -50,7 +58,8 @@ def score_metadata(window_id: str, kept: list[dict[str, Any]], usage: JudgeUsage
         "score_max": MetadataValue.float(max(scores)),
         "best_agent": f"{best['agent_id']} (score {best['score']:.3f}, P&L {best['final_pnl']:+,.2f})",
         "worst_agent": f"{worst['agent_id']} (score {worst['score']:.3f}, P&L {worst['final_pnl']:+,.2f})",
-        "spearman_score_pnl": MetadataValue.float(round(correlation, 4)) if correlation is not None
+        "spearman_score_pnl": MetadataValue.float(round(correlation, 4))
+        if correlation is not None
         else MetadataValue.text("undefined"),
         "judge_calls": usage.calls,
         "judge_tokens_in": usage.tokens_in,
@@ -59,11 +68,21 @@ def score_metadata(window_id: str, kept: list[dict[str, Any]], usage: JudgeUsage
         "outcomes_recorded": outcomes_recorded,
         "scores": lambda: markdown_table(
             ["agent", "group", "P&L", "score", "rank", "reasoning"],
-            [(m["agent_id"], m["group_id"], f"{m['final_pnl']:+,.2f}", f"{m['score']:.3f}", m["rank"], m["reasoning"])
-             for m in rows],
+            [
+                (
+                    m["agent_id"],
+                    m["group_id"],
+                    f"{m['final_pnl']:+,.2f}",
+                    f"{m['score']:.3f}",
+                    m["rank"],
+                    m["reasoning"],
+                )
+                for m in rows
+            ],
         ),
-        "score_vs_pnl": lambda: inline_image(scatter_svg(list(zip(pnls, scores, strict=True)), "P&L ($)", "score"),
-                                             "score against P&L"),
+        "score_vs_pnl": lambda: inline_image(
+            scatter_svg(list(zip(pnls, scores, strict=True)), "P&L ($)", "score"), "score against P&L"
+        ),
     }
 
 
@@ -129,23 +148,37 @@ def ruler_scores(
             for aw in group.members:
                 verdict = result.scores[aw.agent_window_id]
                 rank, normalized = ranks[aw.agent_window_id]
-                judged.append((AgentWindowScore(aw.agent_window_id, group.group_id, verdict.score, rank, normalized,
-                                                verdict.reasoning), aw.trajectory_ids))
+                judged.append(
+                    (
+                        AgentWindowScore(
+                            aw.agent_window_id, group.group_id, verdict.score, rank, normalized, verdict.reasoning
+                        ),
+                        aw.trajectory_ids,
+                    )
+                )
         if judged:
             criteria = {"judge": chosen.name, "version": chosen.version, "is_llm": chosen.is_llm}
             db.record_judgments(window_id, chosen.name, chosen.version, criteria, judged)
         stored = [m for m in db.group_members(window_id) if m["kept"]]
         valid = len(stored) == len(plan.kept) and all(
-            m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version
-            for m in stored)
-        verdicts.append((window_id, valid, f"{sum(m['score'] is not None for m in stored)} of {len(plan.kept)} "
-                                           "kept agent-windows scored in [0, 1]"))
+            m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version for m in stored
+        )
+        verdicts.append(
+            (
+                window_id,
+                valid,
+                f"{sum(m['score'] is not None for m in stored)} of {len(plan.kept)} "
+                "kept agent-windows scored in [0, 1]",
+            )
+        )
         usage = result.usage_by_window.get(window_id) or (result.usage if len(plans) == 1 else JudgeUsage())
-        return score_metadata(window_id, stored, usage, len(judged), chosen.name, chosen.version, chosen.is_llm,
-                              plan.outcomes_recorded)
+        return score_metadata(
+            window_id, stored, usage, len(judged), chosen.name, chosen.version, chosen.is_llm, plan.outcomes_recorded
+        )
 
-    produced = for_each_window(context, record_window,
-                               finish=lambda: db.save_verdicts(SCORES_CHECK, verdicts, context.run.run_id))
+    produced = for_each_window(
+        context, record_window, finish=lambda: db.save_verdicts(SCORES_CHECK, verdicts, context.run.run_id)
+    )
     if produced is not None:
         yield produced
 
@@ -158,9 +191,11 @@ def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_ve
     stale: dict[str, list[str]] = defaultdict(list)
     for m in kept:
         stale[m["group_id"]].append(m["agent_window_id"])
-    fresh = {g for g, ids in stale.items()
-             if all(m["score"] is not None and m["judge_version"] == judge_version
-                    for m in kept if m["group_id"] == g)}
+    fresh = {
+        g
+        for g, ids in stale.items()
+        if all(m["score"] is not None and m["judge_version"] == judge_version for m in kept if m["group_id"] == g)
+    }
     outcomes = db.window_outcomes(window_id)
     groups: list[JudgeGroup] = []
     needed = {g: ids for g, ids in stale.items() if g not in fresh}
@@ -169,7 +204,9 @@ def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_ve
         by_id = {aw.agent_window_id: aw for aw in read.eligible}
         gone = [i for ids in needed.values() for i in ids if i not in by_id]
         if gone:
-            raise RuntimeError(f"window {window_id} changed since its groups were cut ({len(gone)} member(s) gone, "
-                               f"e.g. {gone[0]}); materialize window_groups again")
+            raise RuntimeError(
+                f"window {window_id} changed since its groups were cut ({len(gone)} member(s) gone, "
+                f"e.g. {gone[0]}); materialize window_groups again"
+            )
         groups = [JudgeGroup(g, window_id, [by_id[i] for i in ids], outcomes) for g, ids in sorted(needed.items())]
     return _WindowPlan(kept, groups, outcomes.recorded)

@@ -30,11 +30,14 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
         db.record_quarantine(read.quarantined)
         summary = read.summary()
         db.save_window_state(summary, eligibility, db.window_fingerprint(window_id))
-        closed = is_window_closed(window_id, outcomes_recorded=window_id in with_outcomes, now=db.clock(),
-                                  grace_minutes=rules.grace_minutes)
+        closed = is_window_closed(
+            window_id, outcomes_recorded=window_id in with_outcomes, now=db.clock(), grace_minutes=rules.grace_minutes
+        )
         if not closed:
-            context.log.warning(f"window {window_id} is not closed yet (no outcomes, grace period running): rows "
-                                "that arrive later change its fingerprint and call for another materialization")
+            context.log.warning(
+                f"window {window_id} is not closed yet (no outcomes, grace period running): rows "
+                "that arrive later change its fingerprint and call for another materialization"
+            )
         examples = [(q.trajectory_id or q.row_id, q.reason, q.detail[:160]) for q in read.quarantined[:10]]
         return {
             "window_id": window_id,
@@ -66,8 +69,13 @@ def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> Mat
         outcomes = db.window_outcomes(window_id)
         if not outcomes.recorded:
             context.log.warning(f"window {window_id} has no market outcomes: flagged; the judge will see none")
-        verdicts.append((window_id, outcomes.recorded, "outcomes recorded" if outcomes.recorded
-                         else f"window {window_id} has no market_outcomes rows"))
+        verdicts.append(
+            (
+                window_id,
+                outcomes.recorded,
+                "outcomes recorded" if outcomes.recorded else f"window {window_id} has no market_outcomes rows",
+            )
+        )
         return {
             "window_id": window_id,
             "recorded": outcomes.recorded,
@@ -76,8 +84,10 @@ def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> Mat
             "unrecognised_rows": outcomes.unrecognised_rows,
             "stock_moves": lambda: markdown_table(
                 ["ticker", "start", "end", "change %", "sentiment", "news"],
-                [(s.ticker, s.start_price, s.end_price, s.change_percent, s.sentiment, "; ".join(map(str, s.news)))
-                 for s in outcomes.stocks],
+                [
+                    (s.ticker, s.start_price, s.end_price, s.change_percent, s.sentiment, "; ".join(map(str, s.news)))
+                    for s in outcomes.stocks
+                ],
             ),
             "prediction_markets": lambda: markdown_table(
                 ["market", "question", "outcome", "last price"],
@@ -85,8 +95,9 @@ def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> Mat
             ),
         }
 
-    result = for_each_window(context, read_outcomes,
-                             finish=lambda: db.save_verdicts(OUTCOMES_CHECK, verdicts, context.run.run_id))
+    result = for_each_window(
+        context, read_outcomes, finish=lambda: db.save_verdicts(OUTCOMES_CHECK, verdicts, context.run.run_id)
+    )
     assert result is not None
     return result
 
@@ -113,22 +124,26 @@ def window_groups(
         total = db.eligible_in_lookback(window_id, rules.lookback_hours, eligibility)
         rate = dropout_rate(total, rules.target_trajectories, rules.max_dropout)
         by_id = {aw.agent_window_id: aw for aw in read.eligible}
-        memberships = assign_groups(window_id, list(by_id), rate=rate, max_per_group=rules.max_per_group,
-                                    ready=ready, seed=rules.dropout_seed)
-        kept_scores = db.replace_group_members(window_id, [
-            {
-                "agent_window_id": m.agent_window_id,
-                "agent_id": by_id[m.agent_window_id].agent_id,
-                "trajectory_ids_json": json.dumps(by_id[m.agent_window_id].trajectory_ids),
-                "kept": m.kept,
-                "reason": m.reason,
-                "group_id": m.group_id,
-                "dropout_rate": rate,
-                "dropout_draw": m.draw,
-                "final_pnl": by_id[m.agent_window_id].final_pnl,
-            }
-            for m in memberships
-        ])
+        memberships = assign_groups(
+            window_id, list(by_id), rate=rate, max_per_group=rules.max_per_group, ready=ready, seed=rules.dropout_seed
+        )
+        kept_scores = db.replace_group_members(
+            window_id,
+            [
+                {
+                    "agent_window_id": m.agent_window_id,
+                    "agent_id": by_id[m.agent_window_id].agent_id,
+                    "trajectory_ids_json": json.dumps(by_id[m.agent_window_id].trajectory_ids),
+                    "kept": m.kept,
+                    "reason": m.reason,
+                    "group_id": m.group_id,
+                    "dropout_rate": rate,
+                    "dropout_draw": m.draw,
+                    "final_pnl": by_id[m.agent_window_id].final_pnl,
+                }
+                for m in memberships
+            ],
+        )
         shortfall = summary.shortfall(eligibility)
         verdicts.append((window_id, ready, shortfall or f"{summary.eligible_agents} eligible agents"))
         sizes: dict[str, int] = {}
@@ -153,7 +168,8 @@ def window_groups(
             "group_sizes": lambda: markdown_table(["group", "size"], sorted(sizes.items())),
         }
 
-    result = for_each_window(context, cut_groups,
-                             finish=lambda: db.save_verdicts(READY_CHECK, verdicts, context.run.run_id))
+    result = for_each_window(
+        context, cut_groups, finish=lambda: db.save_verdicts(READY_CHECK, verdicts, context.run.run_id)
+    )
     assert result is not None
     return result

@@ -24,8 +24,13 @@ from babylon_assets.settings import Settings, get_settings
 # What `babylon demo` trains with: small enough for a few minutes on 2 CPU cores (a step: one window of 8
 # agents, 3 decisions of each, prompts cut to their last 256 tokens); the seed's defaults are GPU-scale
 # (README, Training).
-DEMO_TRAINING = {"ITERATIONS": 3, "WINDOWS_PER_ITERATION": 1, "DECISIONS_PER_TRAJECTORY": 3,
-                 "MAX_SEQUENCE_TOKENS": 256, "MICRO_BATCH_SIZE": 4}
+DEMO_TRAINING = {
+    "ITERATIONS": 3,
+    "WINDOWS_PER_ITERATION": 1,
+    "DECISIONS_PER_TRAJECTORY": 3,
+    "MAX_SEQUENCE_TOKENS": 256,
+    "MICRO_BATCH_SIZE": 4,
+}
 
 
 @app.command()
@@ -52,5 +57,7 @@ def demo(
         if outcome is None:
             raise typer.Exit(1)
         print_training(outcome, demo_settings)
-        console.print(f"Trained {len(outcome.steps)} steps of {demo_settings.BASE_MODEL} in "
-                      f"{time.monotonic() - started:.0f} s (scoring again included; the cached judge pays nothing).")
+        console.print(
+            f"Trained {len(outcome.steps)} steps of {demo_settings.BASE_MODEL} in "
+            f"{time.monotonic() - started:.0f} s (scoring again included; the cached judge pays nothing)."
+        )

@@ -43,9 +43,11 @@ def llm_serve(
         state = serve(LLM_FOLDER.resolve(), port=port, context=context)
     except LocalLlmError as error:
         fail(error)
-    console.print(f"llama-server (pid {state.pid}) serves {MODEL_ALIAS} at {state.base_url}. To use it:\n"
-                  f"  JUDGE_MODEL=openai/{MODEL_ALIAS} JUDGE_API_BASE={state.base_url} JUDGE_MODE=pinned\n"
-                  f"  AGENT_MODEL=openai/{MODEL_ALIAS} AGENT_API_BASE={state.base_url}")
+    console.print(
+        f"llama-server (pid {state.pid}) serves {MODEL_ALIAS} at {state.base_url}. To use it:\n"
+        f"  JUDGE_MODEL=openai/{MODEL_ALIAS} JUDGE_API_BASE={state.base_url} JUDGE_MODE=pinned\n"
+        f"  AGENT_MODEL=openai/{MODEL_ALIAS} AGENT_API_BASE={state.base_url}"
+    )
 
 
 @llm_app.command("stop")

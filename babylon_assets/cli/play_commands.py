@@ -18,8 +18,15 @@ from babylon_assets.settings import Settings, get_settings
 
 def _print_simulation(summary: SimulationSummary, store: Store) -> None:
     table = Table(title=f"Simulated play in {store.target.redacted()}", title_justify="left")
-    for header in ("window (UTC)", "written", "already there", "best agent (P&L)", "worst agent (P&L)",
-                   "liquidations", "unparseable"):
+    for header in (
+        "window (UTC)",
+        "written",
+        "already there",
+        "best agent (P&L)",
+        "worst agent (P&L)",
+        "liquidations",
+        "unparseable",
+    ):
         table.add_column(header)
     for window in summary.windows:
         ranked = sorted(window.plays, key=lambda p: p.final_pnl)
@@ -71,16 +78,25 @@ def simulate_command(
         if not settings.AGENT_MODEL:
             fail("--llm needs AGENT_MODEL (and AGENT_API_BASE for a local server)")
         endpoint = LlmEndpoint(settings.AGENT_MODEL, settings.AGENT_API_BASE, settings.AGENT_API_KEY)
-    plan = SimulationPlan(agents=agents, windows=windows, duration_minutes=duration, seed=seed,
-                          start=parse_hour(start), step_seconds=step_seconds, evaluation=evaluation, llm=endpoint)
+    plan = SimulationPlan(
+        agents=agents,
+        windows=windows,
+        duration_minutes=duration,
+        seed=seed,
+        start=parse_hour(start),
+        step_seconds=step_seconds,
+        evaluation=evaluation,
+        llm=endpoint,
+    )
     run_simulation(settings, plan)
 
 
 @app.command()
 def live(
     agents: Annotated[int, typer.Option(min=1, help="Agents playing every hour.")] = 8,
-    llm: Annotated[bool, typer.Option("--llm/--scripted",
-                                      help="LLM agents through the gateway (deployed model), or scripted.")] = False,
+    llm: Annotated[
+        bool, typer.Option("--llm/--scripted", help="LLM agents through the gateway (deployed model), or scripted.")
+    ] = False,
     window_seconds: Annotated[float, typer.Option(min=0.0, help="Wall seconds per simulated hour.")] = 120.0,
     start: Annotated[str | None, typer.Option(help="First simulated hour (UTC); default: 7 days ago.")] = None,
     windows: Annotated[int | None, typer.Option(min=1, help="Stop after this many hours (default: never).")] = None,
@@ -92,21 +108,35 @@ def live(
     from babylon_assets.play.live import LivePlan, run_live, stopped_by_signal
 
     settings = get_settings()
-    plan = LivePlan(agents=agents, llm=llm, window_seconds=window_seconds, start=parse_hour(start),
-                    windows=windows, seed=seed, duration_minutes=duration)
+    plan = LivePlan(
+        agents=agents,
+        llm=llm,
+        window_seconds=window_seconds,
+        start=parse_hour(start),
+        windows=windows,
+        seed=seed,
+        duration_minutes=duration,
+    )
 
     def show(window: Any) -> None:
         models = ", ".join(window.models) or "scripted"
-        lag = f", behind by {window.lag_seconds:.0f} s (total {window.total_lag_seconds:.0f} s)" \
-            if window.lag_seconds >= 1 else ""
-        console.print(f"{window.window_id}: {window.agents} agents, {window.decisions} decisions "
-                      f"({window.unparseable} unparseable), mean P&L {window.mean_pnl:+,.2f}, model {models}, "
-                      f"played in {window.played_seconds:.0f} s{lag}")
+        lag = (
+            f", behind by {window.lag_seconds:.0f} s (total {window.total_lag_seconds:.0f} s)"
+            if window.lag_seconds >= 1
+            else ""
+        )
+        console.print(
+            f"{window.window_id}: {window.agents} agents, {window.decisions} decisions "
+            f"({window.unparseable} unparseable), mean P&L {window.mean_pnl:+,.2f}, model {models}, "
+            f"played in {window.played_seconds:.0f} s{lag}"
+        )
 
     try:
         with open_store(settings) as store, stopped_by_signal() as should_stop:
-            console.print(f"Live play: {agents} {'LLM' if llm else 'scripted'} agents, one simulated hour per "
-                          f"{window_seconds:g} s; Ctrl-C stops after the current hour.")
+            console.print(
+                f"Live play: {agents} {'LLM' if llm else 'scripted'} agents, one simulated hour per "
+                f"{window_seconds:g} s; Ctrl-C stops after the current hour."
+            )
             played = run_live(store, settings, plan, on_window=show, should_stop=should_stop)
     except ValueError as error:
         fail(error)

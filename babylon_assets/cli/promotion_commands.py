@@ -17,8 +17,9 @@ from babylon_assets.settings import get_settings
 
 @app.command()
 def evaluate(
-    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy",
-                                         help="Deploy the checkpoint when the gate passes it.")] = False,
+    deploy: Annotated[
+        bool, typer.Option("--deploy/--no-deploy", help="Deploy the checkpoint when the gate passes it.")
+    ] = False,
 ) -> None:
     """Evaluate the newest checkpoint against its base on the held-out markets (paired), in-process on the
     instance, and print the gate's verdict; with --deploy, a passing checkpoint is deployed."""
@@ -31,8 +32,10 @@ def evaluate(
         if newest is None:
             err_console.print(f"no checkpoint of {settings.MODEL_NAME} yet: `babylon train` makes one")
             raise typer.Exit(1)
-        with spinner(f"Evaluating {newest['modelId']} against {settings.BASE_MODEL}"), \
-                dagster_session(settings) as (defs, instance):
+        with (
+            spinner(f"Evaluating {newest['modelId']} against {settings.BASE_MODEL}"),
+            dagster_session(settings) as (defs, instance),
+        ):
             run = materialize_promotion(defs, instance, deploy=deploy)
         row = EvaluationRecords(store).model(str(newest["modelId"]))
     metrics = row.get("evalMetrics") or {}
@@ -45,29 +48,47 @@ def evaluate(
 
 def _print_evaluation(model_id: str, status: str, metrics: dict[str, Any]) -> None:
     table = Table(title=f"Evaluation of {model_id} (plan {metrics['plan']['key'][:8]})", title_justify="left")
-    for header in ("policy", "agent-windows", "mean P&L", "win rate", "mean max drawdown", "unparseable",
-                   "judge score"):
+    for header in (
+        "policy",
+        "agent-windows",
+        "mean P&L",
+        "win rate",
+        "mean max drawdown",
+        "unparseable",
+        "judge score",
+    ):
         table.add_column(header)
     for label in ("base", "candidate"):
         m = metrics[label]
         judge = "-" if m["mean_judge_score"] is None else f"{m['mean_judge_score']:.3f}"
         name = metrics["base_policy"] if label == "base" else metrics["candidate_policy"]
-        table.add_row(name, str(m["agent_windows"]), f"{m['mean_pnl']:+,.2f}", f"{m['win_rate']:.1%}",
-                      f"{m['mean_max_drawdown']:,.2f}", f"{m['unparseable_rate']:.1%}", judge)
+        table.add_row(
+            name,
+            str(m["agent_windows"]),
+            f"{m['mean_pnl']:+,.2f}",
+            f"{m['win_rate']:.1%}",
+            f"{m['mean_max_drawdown']:,.2f}",
+            f"{m['unparseable_rate']:.1%}",
+            judge,
+        )
     console.print(table)
     paired = metrics["paired_pnl_difference"]
     low = "-inf" if paired["low"] is None else f"{paired['low']:+,.2f}"
     high = "+inf" if paired["high"] is None else f"{paired['high']:+,.2f}"
-    console.print(f"Paired P&L difference (checkpoint - base) over {paired['pairs']} agent-windows: "
-                  f"{paired['mean']:+,.2f}, {paired['confidence']:.0%} interval [{low}, {high}]")
+    console.print(
+        f"Paired P&L difference (checkpoint - base) over {paired['pairs']} agent-windows: "
+        f"{paired['mean']:+,.2f}, {paired['confidence']:.0%} interval [{low}, {high}]"
+    )
     colour = "green" if status in ("ready", "deployed") else "red"
     console.print(f"Gate: [{colour}]{status}[/{colour}] - " + "; ".join(metrics["gate"]["reasons"]))
 
 
 def _print_deployment(deployment: Any, gateway_port: int) -> None:
-    console.print(f"Deployed {deployment.model_id} (previous: {deployment.previous or 'none'}) at "
-                  f"{deployment.upstream.api_base}; serving file {deployment.serving_file} names it, so the "
-                  "gateway sends every agent's next call there.")
+    console.print(
+        f"Deployed {deployment.model_id} (previous: {deployment.previous or 'none'}) at "
+        f"{deployment.upstream.api_base}; serving file {deployment.serving_file} names it, so the "
+        "gateway sends every agent's next call there."
+    )
     console.print("The game's own agents use it through the gateway with:")
     for name, value in deployment.agent_settings(gateway_port).items():
         console.print(f"  {name}={value}")

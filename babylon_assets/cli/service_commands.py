@@ -33,8 +33,9 @@ def ui(
     settings = get_settings()
     home = prepare_dagster_home(settings)
     url = f"http://127.0.0.1:{port}"
-    process = start_dagster(port, workspace=project_root() / "workspace.yaml", dagster_home=home,
-                            webserver_only=webserver_only)
+    process = start_dagster(
+        port, workspace=project_root() / "workspace.yaml", dagster_home=home, webserver_only=webserver_only
+    )
 
     stopping: list[int] = []
 
@@ -72,12 +73,15 @@ def gateway(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GA
     serving = Path(settings.SERVING_FILE).resolve()
     if not settings.AGENT_MODEL and not serving.is_file():
         fail(f"no model to forward to: set AGENT_MODEL (and AGENT_API_BASE), or deploy one ({serving})")
-    upstream = ServingFile(serving, Upstream(settings.AGENT_MODEL or "", settings.AGENT_API_BASE,
-                                             settings.AGENT_API_KEY))
+    upstream = ServingFile(
+        serving, Upstream(settings.AGENT_MODEL or "", settings.AGENT_API_BASE, settings.AGENT_API_KEY)
+    )
     with open_store(settings) as store:
         app_ = create_app(upstream, GatewayRecorder(store))
-        console.print(f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {upstream().model} "
-                      f"(serving file {serving}); recording into {store.target.redacted()}")
+        console.print(
+            f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {upstream().model} "
+            f"(serving file {serving}); recording into {store.target.redacted()}"
+        )
         uvicorn.run(app_, host="127.0.0.1", port=port or settings.GATEWAY_PORT, log_level="warning")
 
 

@@ -21,8 +21,10 @@ def print_training(outcome: TrainingOutcome, settings: Settings) -> None:
     table = Table(title=f"Training run {outcome.batch_id}", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("windows", f"{len(outcome.windows)}: {', '.join(outcome.windows[:6])}"
-                             f"{' ...' if len(outcome.windows) > 6 else ''}")
+    table.add_row(
+        "windows",
+        f"{len(outcome.windows)}: {', '.join(outcome.windows[:6])}{' ...' if len(outcome.windows) > 6 else ''}",
+    )
     table.add_row("trajectories", f"{len(outcome.trajectory_ids)} game rows")
     table.add_row("score (reward)", str(outcome.rewards))
     table.add_row("P&L per agent-window", str(outcome.pnl))
@@ -34,11 +36,16 @@ def print_training(outcome: TrainingOutcome, settings: Settings) -> None:
         m = step.metrics
         skipped = int(m.get("groups_skipped_zero_variance", 0))
         speed = f"{m.get('tokens_per_second', 0.0):.0f} tokens/s, {m.get('seconds', 0.0):.1f} s"
-        table.add_row(f"step {step.step}", f"loss {m.get('loss', 0.0):+.4f}, {step.groups} groups ({skipped} skipped), "
-                                           + speed)
+        table.add_row(
+            f"step {step.step}", f"loss {m.get('loss', 0.0):+.4f}, {step.groups} groups ({skipped} skipped), " + speed
+        )
     table.add_row("checkpoint", f"{outcome.model_version} at {outcome.checkpoint_path}")
-    table.add_row("W&B run", f"{outcome.wandb_dir} ({settings.WANDB_MODE}; `wandb sync <folder>` uploads it)"
-                  if outcome.wandb_dir else "none (WANDB_MODE=disabled)")
+    table.add_row(
+        "W&B run",
+        f"{outcome.wandb_dir} ({settings.WANDB_MODE}; `wandb sync <folder>` uploads it)"
+        if outcome.wandb_dir
+        else "none (WANDB_MODE=disabled)",
+    )
     console.print(table)
 
 
@@ -51,19 +58,24 @@ def train_graph(settings: Settings, window_ids: list[str]) -> TrainingOutcome | 
     with dagster_session(settings) as (defs, instance):
         with progress_bar() as progress:
             task = progress.add_task("Scoring windows", total=len(window_ids))
-            runs = materialize_windows(defs, window_ids, instance,
-                                       on_run=lambda run: progress.advance(task, advance=run.windows))
+            runs = materialize_windows(
+                defs, window_ids, instance, on_run=lambda run: progress.advance(task, advance=run.windows)
+            )
         for run in runs:
             if not run.success:
-                err_console.print(f"[yellow]window run {run.run_id} ({run.label}) failed[/yellow]; training on the "
-                                  "windows that are scored")
+                err_console.print(
+                    f"[yellow]window run {run.run_id} ({run.label}) failed[/yellow]; training on the "
+                    "windows that are scored"
+                )
         with progress_bar() as progress:
             task = progress.add_task(f"Training ({settings.ITERATIONS} steps)", total=settings.ITERATIONS)
             with listening(on_step=lambda report: progress.advance(task), on_outcome=outcomes.append):
                 run = materialize_training(defs, instance)
     if not run.success:
-        err_console.print(f"[red]training run {run.run_id} failed[/red]: its training_batches row says why; "
-                          "see it in the UI (make ui)")
+        err_console.print(
+            f"[red]training run {run.run_id} failed[/red]: its training_batches row says why; "
+            "see it in the UI (make ui)"
+        )
         return None
     return outcomes[-1] if outcomes else None
 
@@ -76,25 +88,38 @@ def train(
     target_trajectories: Annotated[int | None, typer.Option(help="Dataset size [TARGET_TRAJECTORIES].")] = None,
     max_dropout: Annotated[float | None, typer.Option(help="Most a group may drop [MAX_DROPOUT].")] = None,
     lookback_hours: Annotated[int | None, typer.Option(help="Hours to look back [LOOKBACK_HOURS].")] = None,
-    windows_per_iteration: Annotated[int | None, typer.Option(
-        help="Windows sampled per step [WINDOWS_PER_ITERATION].")] = None,
+    windows_per_iteration: Annotated[
+        int | None, typer.Option(help="Windows sampled per step [WINDOWS_PER_ITERATION].")
+    ] = None,
     learning_rate: Annotated[float | None, typer.Option(help="LoRA learning rate [LEARNING_RATE].")] = None,
-    decisions_per_trajectory: Annotated[int | None, typer.Option(
-        help="Decisions of each agent-window per step, 0 for all [DECISIONS_PER_TRAJECTORY].")] = None,
+    decisions_per_trajectory: Annotated[
+        int | None, typer.Option(help="Decisions of each agent-window per step, 0 for all [DECISIONS_PER_TRAJECTORY].")
+    ] = None,
 ) -> None:
     """Score the lookback's windows, build the dataset and train a checkpoint, in-process on the instance."""
-    overrides = {name: value for name, value in (
-        ("MIN_AGENTS", min_agents), ("MIN_ACTIONS", min_actions), ("ITERATIONS", iterations),
-        ("TARGET_TRAJECTORIES", target_trajectories), ("MAX_DROPOUT", max_dropout),
-        ("LOOKBACK_HOURS", lookback_hours), ("WINDOWS_PER_ITERATION", windows_per_iteration),
-        ("LEARNING_RATE", learning_rate), ("DECISIONS_PER_TRAJECTORY", decisions_per_trajectory))
-        if value is not None}
+    overrides = {
+        name: value
+        for name, value in (
+            ("MIN_AGENTS", min_agents),
+            ("MIN_ACTIONS", min_actions),
+            ("ITERATIONS", iterations),
+            ("TARGET_TRAJECTORIES", target_trajectories),
+            ("MAX_DROPOUT", max_dropout),
+            ("LOOKBACK_HOURS", lookback_hours),
+            ("WINDOWS_PER_ITERATION", windows_per_iteration),
+            ("LEARNING_RATE", learning_rate),
+            ("DECISIONS_PER_TRAJECTORY", decisions_per_trajectory),
+        )
+        if value is not None
+    }
     settings = Settings.model_validate({**get_settings().model_dump(), **overrides})
     with open_store(settings) as store:
         window_ids = sorted(store.windows_with_rows(lookback_window_ids(settings.LOOKBACK_HOURS, utcnow())))
     if not window_ids:
-        err_console.print(f"No window with trajectories in the last {settings.LOOKBACK_HOURS} h: nothing to train on "
-                          "(`babylon simulate` makes some).")
+        err_console.print(
+            f"No window with trajectories in the last {settings.LOOKBACK_HOURS} h: nothing to train on "
+            "(`babylon simulate` makes some)."
+        )
         raise typer.Exit(1)
     outcome = train_graph(settings, window_ids)
     if outcome is None:

@@ -56,7 +56,8 @@ def render_readiness_report(
             _reasons(summary.excluded),
             _reasons(summary.quarantined),
             "yes" if summary.outcomes_recorded else ("closed" if summary.closed else "open"),
-            "[green]ready[/green]" if ready
+            "[green]ready[/green]"
+            if ready
             else f"[yellow]needs {rules.min_agents - summary.eligible_agents} more agent(s)[/yellow]",
         )
     console.print(table)
@@ -78,9 +79,7 @@ def readiness_report(
 @app.command("check-windows")
 def check_windows(
     min_agents: Annotated[int | None, typer.Option(help="Agents a window needs [MIN_AGENTS].")] = None,
-    min_actions: Annotated[
-        int | None, typer.Option(help="LLM decisions an agent-window needs [MIN_ACTIONS].")
-    ] = None,
+    min_actions: Annotated[int | None, typer.Option(help="LLM decisions an agent-window needs [MIN_ACTIONS].")] = None,
     lookback_hours: Annotated[int | None, typer.Option(help="Hours to look back [LOOKBACK_HOURS].")] = None,
     min_ready_windows: Annotated[
         int | None, typer.Option(help="Ready windows needed for training [MIN_READY_WINDOWS].")
@@ -119,9 +118,14 @@ def print_graph_results(store: Store, window_ids: list[str]) -> None:
         def line(m: dict[str, object]) -> str:
             return f"{m['agent_id']} ({m['score']:.3f}, {m['final_pnl']:+,.2f})"
 
-        table.add_row(window_id, str(len({m["group_id"] for m in members if m["kept"]})),
-                      str(sum(1 for m in members if m["kept"])), f"{len(dropped)} {reasons}".strip(),
-                      line(scored[-1]) if scored else "not judged", line(scored[0]) if scored else "-")
+        table.add_row(
+            window_id,
+            str(len({m["group_id"] for m in members if m["kept"]})),
+            str(sum(1 for m in members if m["kept"])),
+            f"{len(dropped)} {reasons}".strip(),
+            line(scored[-1]) if scored else "not judged",
+            line(scored[0]) if scored else "-",
+        )
     console.print(table)
     latest = store.latest_dataset()
     if latest is None:
@@ -141,8 +145,9 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
 
     with dagster_session(settings) as (defs, instance), progress_bar() as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids) + 1)
-        runs = materialize_windows(defs, window_ids, instance,
-                                   on_run=lambda run: progress.advance(task, advance=run.windows))
+        runs = materialize_windows(
+            defs, window_ids, instance, on_run=lambda run: progress.advance(task, advance=run.windows)
+        )
         runs.append(materialize_training_dataset(defs, instance))
         progress.advance(task)
     failed = [run for run in runs if not run.success]
@@ -159,19 +164,27 @@ def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) ->
         return
     with dagster_session(settings) as (defs, instance), progress_bar() as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids))
-        runs = materialize_windows(defs, window_ids, instance, max_per_run=max_per_run,
-                                   on_run=lambda run: progress.advance(task, advance=run.windows))
+        runs = materialize_windows(
+            defs,
+            window_ids,
+            instance,
+            max_per_run=max_per_run,
+            on_run=lambda run: progress.advance(task, advance=run.windows),
+        )
     table = Table(title=f"Window graph runs (instance {settings.dagster_home})", title_justify="left")
     for header in ("windows", "count", "run id", "result"):
         table.add_column(header)
     for run in runs:
-        table.add_row(run.label, str(run.windows), run.run_id,
-                      "[green]success[/green]" if run.success else "[red]failed[/red]")
+        table.add_row(
+            run.label, str(run.windows), run.run_id, "[green]success[/green]" if run.success else "[red]failed[/red]"
+        )
     console.print(table)
     failed = [run for run in runs if not run.success]
     if failed:
-        err_console.print(f"[red]{len(failed)} run(s) failed[/red]: the other windows' results are stored; "
-                          "run the same command again to redo only what failed")
+        err_console.print(
+            f"[red]{len(failed)} run(s) failed[/red]: the other windows' results are stored; "
+            "run the same command again to redo only what failed"
+        )
         raise typer.Exit(1)
 
 

@@ -11,8 +11,7 @@ ADVANTAGE_EPS = 1e-6
 ZERO_VARIANCE = 1e-9
 
 
-def group_advantages(rewards: Sequence[float], *, scale: bool = True,
-                     eps: float = ADVANTAGE_EPS) -> list[float] | None:
+def group_advantages(rewards: Sequence[float], *, scale: bool = True, eps: float = ADVANTAGE_EPS) -> list[float] | None:
     """(reward - group mean) / (group std + eps) for each member; None for a group with no spread.
 
     The standard deviation is the population one (GRPO compares members of one group, not samples of a

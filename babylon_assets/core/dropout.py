@@ -68,7 +68,7 @@ def assign_groups(
     random.Random(stable_seed("groups", seed, window_id)).shuffle(kept)
     start = 0
     for number, size in enumerate(group_sizes(len(kept), max_per_group), start=1):
-        members = kept[start:start + size]
+        members = kept[start : start + size]
         start += size
         if size < 2:
             result.extend(Membership(aw, False, "group_too_small", None, draws[aw]) for aw in members)

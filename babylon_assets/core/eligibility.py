@@ -173,10 +173,7 @@ class WindowSummary:
         """What the window lacks to be ready, in words, or None when ready."""
         if self.is_ready(rules):
             return None
-        return (
-            f"window {self.window_id} has {self.eligible_agents} eligible agent(s); "
-            f"need >= {rules.min_agents}"
-        )
+        return f"window {self.window_id} has {self.eligible_agents} eligible agent(s); need >= {rules.min_agents}"
 
 
 class _AgentTally:
@@ -245,9 +242,7 @@ def readiness_verdict(summaries: Iterable[WindowSummary], rules: EligibilityRule
     if len(ready) >= rules.min_ready_windows:
         return ReadinessVerdict(True, ready, f"READY FOR TRAINING: {len(ready)} ready window(s)")
     missing = rules.min_ready_windows - len(ready)
-    closest = sorted(
-        (s for s in summaries if not s.is_ready(rules)), key=lambda s: -s.eligible_agents
-    )[:missing]
+    closest = sorted((s for s in summaries if not s.is_ready(rules)), key=lambda s: -s.eligible_agents)[:missing]
     lines = [
         f"NOT READY: {len(ready)} of {rules.min_ready_windows} required ready windows "
         f"(a window needs >= {rules.min_agents} agents with >= {rules.min_actions} LLM decisions each)."

@@ -72,13 +72,14 @@ class InvalidJudgment(ValueError):
 
 def validate_result(groups: Sequence[JudgeGroup], result: JudgeResult) -> None:
     """Exactly one score per member of every group that did not fail, known ids only, each in [0, 1]."""
-    expected = {aw.agent_window_id for group in groups if group.group_id not in result.failures
-                for aw in group.members}
+    expected = {aw.agent_window_id for group in groups if group.group_id not in result.failures for aw in group.members}
     missing = sorted(expected - set(result.scores))
     unknown = sorted(set(result.scores) - expected)
     if missing or unknown:
-        raise InvalidJudgment(f"judge returned scores for {len(unknown)} unknown id(s) {unknown[:5]} and none for "
-                              f"{len(missing)} id(s) {missing[:5]}")
+        raise InvalidJudgment(
+            f"judge returned scores for {len(unknown)} unknown id(s) {unknown[:5]} and none for "
+            f"{len(missing)} id(s) {missing[:5]}"
+        )
     bad = {k: j.score for k, j in result.scores.items() if not (math.isfinite(j.score) and 0.0 <= j.score <= 1.0)}
     if bad:
         raise InvalidJudgment(f"scores outside [0, 1]: {bad}")

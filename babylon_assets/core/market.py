@@ -49,11 +49,16 @@ _CRASH_RUMOURS = ("Traders whisper about trouble in {name}'s books", "Short sell
 _RALLY_RUMOURS = ("Chatter of a big contract for {name} ({ticker})", "Insiders at {name} seen buying shares")
 # (question, the news line when the answer will be YES, the news line when it will be NO)
 _MACRO_QUESTIONS = (
-    ("Will the Babylon Central Bank cut rates this hour?",
-     "Central bank insiders say a rate cut is coming", "Central bank insiders rule out a rate cut"),
-    ("Will the Babylon Games attendance record fall this hour?",
-     "Turnstile counts at the Babylon Games run far above the record",
-     "Turnstile counts at the Babylon Games lag well behind the record"),
+    (
+        "Will the Babylon Central Bank cut rates this hour?",
+        "Central bank insiders say a rate cut is coming",
+        "Central bank insiders rule out a rate cut",
+    ),
+    (
+        "Will the Babylon Games attendance record fall this hour?",
+        "Turnstile counts at the Babylon Games run far above the record",
+        "Turnstile counts at the Babylon Games lag well behind the record",
+    ),
 )
 
 
@@ -192,8 +197,9 @@ def generate_window_market(
                 )
     predictions: list[PredictionMarket] = []
     probabilities: dict[str, list[float]] = {}
-    for index, company in enumerate(rng.sample(list(config.companies), k=min(config.ticker_questions,
-                                                                                len(config.companies)))):
+    for index, company in enumerate(
+        rng.sample(list(config.companies), k=min(config.ticker_questions, len(config.companies)))
+    ):
         path = prices[company.ticker]
         threshold = round(path[0] * (1 + rng.uniform(-0.01, 0.01)), 2)
         market_id = f"{window_id}-pm{index + 1}"
@@ -224,8 +230,9 @@ def generate_window_market(
         predictions.append(PredictionMarket(market_id=market_id, question=question, outcome=outcome))
         if reveal < steps:
             news.append(
-                NewsEvent(step=reveal, headline=yes_line if outcome == "YES" else no_line,
-                          market_id=market_id, kind="update")
+                NewsEvent(
+                    step=reveal, headline=yes_line if outcome == "YES" else no_line, market_id=market_id, kind="update"
+                )
             )
     news.sort(key=lambda event: (event.step, event.headline))
     return WindowMarket(

@@ -90,8 +90,9 @@ class PairedDifference:
     unpaired: int = 0  # plays of either policy without a twin (left out, counted)
 
 
-def pair_plays(base: Sequence[PlayResult], candidate: Sequence[PlayResult]
-               ) -> tuple[list[tuple[PlayResult, PlayResult]], int]:
+def pair_plays(
+    base: Sequence[PlayResult], candidate: Sequence[PlayResult]
+) -> tuple[list[tuple[PlayResult, PlayResult]], int]:
     """Base and checkpoint plays matched by (seed, window, slot), in a stable order, and how many had no twin."""
     by_key = {p.pair_key: p for p in base}
     pairs = [(by_key[c.pair_key], c) for c in candidate if c.pair_key in by_key]
@@ -100,8 +101,9 @@ def pair_plays(base: Sequence[PlayResult], candidate: Sequence[PlayResult]
     return pairs, unpaired
 
 
-def paired_bootstrap(differences: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95,
-                     seed: int = 0, unpaired: int = 0) -> PairedDifference:
+def paired_bootstrap(
+    differences: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, unpaired: int = 0
+) -> PairedDifference:
     """The mean difference and its percentile bootstrap interval (resampling pairs with replacement).
 
     Seeded, so the same evaluation always reports the same interval. With fewer than 2 pairs the interval
@@ -134,8 +136,14 @@ class GateVerdict:
         return "passed: " + "; ".join(self.reasons) if self.passed else "failed: " + "; ".join(self.reasons)
 
 
-def gate_verdict(paired: PairedDifference, base: PolicyMetrics, candidate: PolicyMetrics, *,
-                 min_pnl_delta: float = 0.0, max_unparseable_rise: float = 0.0) -> GateVerdict:
+def gate_verdict(
+    paired: PairedDifference,
+    base: PolicyMetrics,
+    candidate: PolicyMetrics,
+    *,
+    min_pnl_delta: float = 0.0,
+    max_unparseable_rise: float = 0.0,
+) -> GateVerdict:
     """The promotion gate: the interval's lower bound above `min_pnl_delta`, and no rise of the unparseable
     rate beyond `max_unparseable_rise` (absolute, 0.0 = none at all)."""
     reasons: list[str] = []
@@ -145,17 +153,23 @@ def gate_verdict(paired: PairedDifference, base: PolicyMetrics, candidate: Polic
         passed = False
         reasons.append(f"only {paired.pairs} paired agent-window(s): no interval")
     elif paired.low > min_pnl_delta:
-        reasons.append(f"paired P&L difference {paired.mean:+.2f}, {paired.confidence:.0%} interval {interval}: "
-                       f"lower bound above {min_pnl_delta:+.2f}")
+        reasons.append(
+            f"paired P&L difference {paired.mean:+.2f}, {paired.confidence:.0%} interval {interval}: "
+            f"lower bound above {min_pnl_delta:+.2f}"
+        )
     else:
         passed = False
-        reasons.append(f"paired P&L difference {paired.mean:+.2f}, {paired.confidence:.0%} interval {interval}: "
-                       f"lower bound not above {min_pnl_delta:+.2f}")
+        reasons.append(
+            f"paired P&L difference {paired.mean:+.2f}, {paired.confidence:.0%} interval {interval}: "
+            f"lower bound not above {min_pnl_delta:+.2f}"
+        )
     rise = candidate.unparseable_rate - base.unparseable_rate
     if rise > max_unparseable_rise + 1e-12:
         passed = False
-        reasons.append(f"unparseable responses rose from {base.unparseable_rate:.1%} to "
-                       f"{candidate.unparseable_rate:.1%} (allowed rise {max_unparseable_rise:.1%})")
+        reasons.append(
+            f"unparseable responses rose from {base.unparseable_rate:.1%} to "
+            f"{candidate.unparseable_rate:.1%} (allowed rise {max_unparseable_rise:.1%})"
+        )
     else:
         reasons.append(f"unparseable responses {base.unparseable_rate:.1%} -> {candidate.unparseable_rate:.1%}")
     return GateVerdict(passed, reasons)
@@ -175,36 +189,66 @@ class EvaluationReport:
 
     def as_json(self) -> dict[str, Any]:
         """Plain JSON (infinite bounds become null)."""
-        paired = {k: (None if isinstance(v, float) and abs(v) == float("inf") else v)
-                  for k, v in asdict(self.paired).items()}
-        return {"base_policy": self.base_policy, "candidate_policy": self.candidate_policy,
-                "base": asdict(self.base), "candidate": asdict(self.candidate), "paired_pnl_difference": paired,
-                "gate": {"passed": self.verdict.passed, "reasons": self.verdict.reasons}, "plan": self.plan}
+        paired = {
+            k: (None if isinstance(v, float) and abs(v) == float("inf") else v) for k, v in asdict(self.paired).items()
+        }
+        return {
+            "base_policy": self.base_policy,
+            "candidate_policy": self.candidate_policy,
+            "base": asdict(self.base),
+            "candidate": asdict(self.candidate),
+            "paired_pnl_difference": paired,
+            "gate": {"passed": self.verdict.passed, "reasons": self.verdict.reasons},
+            "plan": self.plan,
+        }
 
 
-def evaluate(base_plays: Sequence[PlayResult], candidate_plays: Sequence[PlayResult], *, plan: dict[str, Any],
-             min_pnl_delta: float = 0.0, max_unparseable_rise: float = 0.0, resamples: int = 10_000,
-             seed: int = 0) -> EvaluationReport:
+def evaluate(
+    base_plays: Sequence[PlayResult],
+    candidate_plays: Sequence[PlayResult],
+    *,
+    plan: dict[str, Any],
+    min_pnl_delta: float = 0.0,
+    max_unparseable_rise: float = 0.0,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> EvaluationReport:
     """Metrics of both policies, their paired difference and the gate's verdict."""
     pairs, unpaired = pair_plays(base_plays, candidate_plays)
-    paired = paired_bootstrap([c.final_pnl - b.final_pnl for b, c in pairs], resamples=resamples, seed=seed,
-                              unpaired=unpaired)
+    paired = paired_bootstrap(
+        [c.final_pnl - b.final_pnl for b, c in pairs], resamples=resamples, seed=seed, unpaired=unpaired
+    )
     base, candidate = PolicyMetrics.of(base_plays), PolicyMetrics.of(candidate_plays)
-    verdict = gate_verdict(paired, base, candidate, min_pnl_delta=min_pnl_delta,
-                           max_unparseable_rise=max_unparseable_rise)
-    return EvaluationReport(base_plays[0].policy if base_plays else "base",
-                            candidate_plays[0].policy if candidate_plays else "candidate",
-                            base, candidate, paired, verdict, plan)
+    verdict = gate_verdict(
+        paired, base, candidate, min_pnl_delta=min_pnl_delta, max_unparseable_rise=max_unparseable_rise
+    )
+    return EvaluationReport(
+        base_plays[0].policy if base_plays else "base",
+        candidate_plays[0].policy if candidate_plays else "candidate",
+        base,
+        candidate,
+        paired,
+        verdict,
+        plan,
+    )
 
 
-def pnl_distributions_svg(base: Sequence[float], candidate: Sequence[float], *, labels: tuple[str, str] = (
-        "base", "checkpoint"), width: int = 640, bins: int = 20) -> str:
+def pnl_distributions_svg(
+    base: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    labels: tuple[str, str] = ("base", "checkpoint"),
+    width: int = 640,
+    bins: int = 20,
+) -> str:
     """Both P&L distributions as overlaid histograms, one self-contained SVG (no plotting library)."""
     values = [*base, *candidate]
     height, pad = 240, 36
     if not values:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="8" y="24">' \
-               "no evaluation play</text></svg>"
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="8" y="24">'
+            "no evaluation play</text></svg>"
+        )
     low, high = min(values), max(values)
     span = (high - low) or 1.0
 
@@ -217,16 +261,20 @@ def pnl_distributions_svg(base: Sequence[float], candidate: Sequence[float], *, 
     series = [(labels[0], counts(base), "#4c78a8"), (labels[1], counts(candidate), "#f58518")]
     tallest = max(max(c) for _, c, _ in series) or 1
     bar = (width - 2 * pad) / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             'font-family="sans-serif" font-size="11">',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>',
+    ]
     for index, (_, found, colour) in enumerate(series):
         for b, count in enumerate(found):
             if count:
                 h = (height - 2 * pad) * count / tallest
                 x = pad + b * bar + index * bar / 2
-                parts.append(f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{bar / 2:.1f}" '
-                             f'height="{h:.1f}" fill="{colour}" fill-opacity="0.8"/>')
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{bar / 2:.1f}" '
+                    f'height="{h:.1f}" fill="{colour}" fill-opacity="0.8"/>'
+                )
     parts.append(f'<text x="{pad}" y="{height - pad + 16}">{low:,.0f}</text>')
     parts.append(f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="end">{high:,.0f}</text>')
     parts.append(f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">final P&amp;L per agent-window</text>')

@@ -81,16 +81,20 @@ def plan_window_requests(
         fingerprint = rows_fingerprint(row_counts[window_id])
         if requested.get(window_id) == fingerprint:
             continue
-        if not is_window_closed(window_id, outcomes_recorded=window_id in with_outcomes, now=now,
-                                grace_minutes=grace_minutes):
+        if not is_window_closed(
+            window_id, outcomes_recorded=window_id in with_outcomes, now=now, grace_minutes=grace_minutes
+        ):
             plan.open_windows += 1
             continue
         due.append(window_id)
     ranges: list[list[str]] = []
     for window_id in due:
         current = ranges[-1] if ranges else None
-        if (current is not None and len(current) < max_windows_per_run
-                and parse_window_id(window_id) - parse_window_id(current[-1]) == timedelta(hours=1)):
+        if (
+            current is not None
+            and len(current) < max_windows_per_run
+            and parse_window_id(window_id) - parse_window_id(current[-1]) == timedelta(hours=1)
+        ):
             current.append(window_id)
         else:
             ranges.append([window_id])
@@ -112,23 +116,35 @@ class RetrainDecision:
     cursor: str | None = None
 
 
-def plan_retraining(ready_scored: list[str], new_since_checkpoint: list[str] | None, *, min_ready: int,
-                    new_before_retrain: int, in_flight: int, cursor: str | None) -> RetrainDecision:
+def plan_retraining(
+    ready_scored: list[str],
+    new_since_checkpoint: list[str] | None,
+    *,
+    min_ready: int,
+    new_before_retrain: int,
+    in_flight: int,
+    cursor: str | None,
+) -> RetrainDecision:
     """Launch when >= min_ready ready, scored windows lie in the lookback and >= new_before_retrain of them
     were scored since the last checkpoint (`None`: no checkpoint yet, so only the first rule applies);
     never while a training run is in flight, never twice for the same windows (the cursor)."""
     if in_flight:
         return RetrainDecision(False, f"{in_flight} training run(s) in flight; waiting for it to finish")
     if len(ready_scored) < min_ready:
-        return RetrainDecision(False, f"{len(ready_scored)} ready, scored window(s) in the lookback; "
-                                      f"need >= {min_ready}")
+        return RetrainDecision(
+            False, f"{len(ready_scored)} ready, scored window(s) in the lookback; need >= {min_ready}"
+        )
     if new_since_checkpoint is not None and len(new_since_checkpoint) < new_before_retrain:
-        return RetrainDecision(False, f"{len(new_since_checkpoint)} window(s) scored since the last checkpoint; "
-                                      f"need >= {new_before_retrain} (NEW_WINDOWS_BEFORE_RETRAIN)")
+        return RetrainDecision(
+            False,
+            f"{len(new_since_checkpoint)} window(s) scored since the last checkpoint; "
+            f"need >= {new_before_retrain} (NEW_WINDOWS_BEFORE_RETRAIN)",
+        )
     basis = ready_scored if new_since_checkpoint is None else new_since_checkpoint
     key = hashlib.sha256(",".join(sorted(basis)).encode()).hexdigest()[:16]
     if key == cursor:
         return RetrainDecision(False, "training was already launched for these windows")
     what = "no checkpoint yet" if new_since_checkpoint is None else f"{len(basis)} new scored window(s)"
-    return RetrainDecision(True, f"{len(ready_scored)} ready, scored windows in the lookback, {what}",
-                           run_key=f"train-{key}", cursor=key)
+    return RetrainDecision(
+        True, f"{len(ready_scored)} ready, scored windows in the lookback, {what}", run_key=f"train-{key}", cursor=key
+    )

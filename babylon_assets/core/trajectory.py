@@ -197,7 +197,6 @@ class ParseRules:
     future_tolerance: timedelta = timedelta(minutes=5)
 
 
-
 class _Quarantine(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -242,9 +241,7 @@ def _window_of(row: TrajectoryRow, start: datetime) -> tuple[str, bool]:
         return window_id_of(start), True
     normalized = normalize_window_id(row.windowId)
     if normalized is None:
-        raise _Quarantine(
-            "unrecognised_window_id", f"windowId {row.windowId!r} does not name a UTC hour"
-        )
+        raise _Quarantine("unrecognised_window_id", f"windowId {row.windowId!r} does not name a UTC hour")
     return normalized, False
 
 
@@ -256,9 +253,7 @@ def _parse(row: TrajectoryRow, rules: ParseRules, now: datetime) -> ParsedTrajec
     start = as_utc(row.startTime)
     end = as_utc(row.endTime) if row.endTime is not None else start
     size = sum(
-        len(text)
-        for text in (row.stepsJson, row.metricsJson, row.rewardComponentsJson, row.metadataJson)
-        if text
+        len(text) for text in (row.stepsJson, row.metricsJson, row.rewardComponentsJson, row.metadataJson) if text
     )
     if size > rules.max_chars:
         raise _Quarantine("oversized", f"{size:,} characters of JSON > limit {rules.max_chars:,}")
@@ -274,9 +269,7 @@ def _parse(row: TrajectoryRow, rules: ParseRules, now: datetime) -> ParsedTrajec
     except ValidationError as error:
         raise _describe_validation_error("stepsJson", error) from None
     try:
-        metrics = (
-            METRICS_ADAPTER.validate_json(row.metricsJson) if row.metricsJson else TrajectoryMetrics()
-        )
+        metrics = METRICS_ADAPTER.validate_json(row.metricsJson) if row.metricsJson else TrajectoryMetrics()
     except ValidationError as error:
         raise _describe_validation_error("metricsJson", error) from None
     if final_pnl is None:
@@ -285,9 +278,7 @@ def _parse(row: TrajectoryRow, rules: ParseRules, now: datetime) -> ParsedTrajec
         final_balance = _finite_or_none("metricsJson.finalBalance", metrics.finalBalance)
     for step in steps:
         if not (math.isfinite(step.environmentState.agentPnL) and math.isfinite(step.reward)):
-            raise _Quarantine(
-                "non_finite_pnl", f"stepsJson[{step.stepNumber}] has a non-finite P&L or reward"
-            )
+            raise _Quarantine("non_finite_pnl", f"stepsJson[{step.stepNumber}] has a non-finite P&L or reward")
     return ParsedTrajectory(
         row_id=row.id,
         trajectory_id=row.trajectoryId or "",
@@ -352,4 +343,3 @@ def parse_trajectory_rows(
         if row.trajectoryId is not None:
             seen.add(row.trajectoryId)
         yield parse_trajectory_row(row, now=now, rules=rules)
-

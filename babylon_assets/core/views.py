@@ -32,11 +32,13 @@ def decision_conversations(agent_window: AgentWindow) -> list[list[Message]]:
         call = decision_call(step)
         if call is None:
             continue
-        conversations.append([
-            {"role": "system", "content": call.systemPrompt},
-            {"role": "user", "content": call.userPrompt},
-            {"role": "assistant", "content": call.response},
-        ])
+        conversations.append(
+            [
+                {"role": "system", "content": call.systemPrompt},
+                {"role": "user", "content": call.userPrompt},
+                {"role": "assistant", "content": call.response},
+            ]
+        )
     return conversations
 
 
@@ -93,14 +95,23 @@ def judge_messages(agent_window: AgentWindow, rubric: str, outcomes: WindowOutco
         if call is None:
             continue
         if first:
-            messages.append({"role": "user", "content": f"Agent {agent_window.agent_id}'s instructions:\n"
-                                                        f"{call.systemPrompt}\n\n{call.userPrompt}"})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": f"Agent {agent_window.agent_id}'s instructions:\n"
+                    f"{call.systemPrompt}\n\n{call.userPrompt}",
+                }
+            )
             first = False
         else:
             messages.append({"role": "user", "content": call.userPrompt})
         outcome = "ok" if step.action.success else f"failed: {step.action.error}"
         result: Any = step.action.result
-        messages.append({"role": "assistant",
-                         "content": f"{call.response}\n[action {step.action.actionType}: {outcome}"
-                                    f"{'' if result is None else f'; result {result}'}]"})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": f"{call.response}\n[action {step.action.actionType}: {outcome}"
+                f"{'' if result is None else f'; result {result}'}]",
+            }
+        )
     return messages

@@ -116,13 +116,26 @@ def observe(market: WindowMarket, account: Account, step: int, at: datetime | No
         equity=equity,
         pnl=equity - account.starting_balance,
         positions=[
-            PositionView(p.ticker, p.side, p.quantity, p.entry_price, p.leverage, p.margin,
-                         p.unrealized_pnl(marks[p.ticker]), p.liquidation_price)
+            PositionView(
+                p.ticker,
+                p.side,
+                p.quantity,
+                p.entry_price,
+                p.leverage,
+                p.margin,
+                p.unrealized_pnl(marks[p.ticker]),
+                p.liquidation_price,
+            )
             for p in account.perps.values()
         ],
         predictions=[
-            PredictionView(m.market_id, m.question, yes[m.market_id],
-                           held.get((m.market_id, "YES"), 0.0), held.get((m.market_id, "NO"), 0.0))
+            PredictionView(
+                m.market_id,
+                m.question,
+                yes[m.market_id],
+                held.get((m.market_id, "YES"), 0.0),
+                held.get((m.market_id, "NO"), 0.0),
+            )
             for m in market.predictions
         ],
         news=[event.headline for event in market.news_until(step)],
@@ -139,10 +152,12 @@ def execute(decision: Decision, account: Account, market: WindowMarket, step: in
         if decision.action == "CLOSE":
             return {"realizedPnL": round(account.close_perp(decision.ticker, marks[decision.ticker]), 2)}
         side: Side = "long" if decision.action == "OPEN_LONG" else "short"
-        position = account.open_perp(decision.ticker, side, decision.amount, decision.leverage,
-                                     marks[decision.ticker])
-        return {"quantity": round(position.quantity, 6), "entryPrice": round(position.entry_price, 4),
-                "liquidationPrice": round(position.liquidation_price, 4)}
+        position = account.open_perp(decision.ticker, side, decision.amount, decision.leverage, marks[decision.ticker])
+        return {
+            "quantity": round(position.quantity, 6),
+            "entryPrice": round(position.entry_price, 4),
+            "liquidationPrice": round(position.liquidation_price, 4),
+        }
     if decision.action in ("BUY_YES", "BUY_NO"):
         yes = _yes_prices(market, step)
         if decision.marketId not in yes:
@@ -199,11 +214,13 @@ def play_window(
             seen.append((agent, decided_at, observation, observation_prompt(observation)))
         if concurrency > 1 and len(agents) > 1:
             with ThreadPoolExecutor(max_workers=min(concurrency, len(agents))) as pool:
-                replies = list(pool.map(lambda item: item[0].respond(prompts[item[0].agent_id], item[3], item[2]),
-                                        seen))
+                replies = list(
+                    pool.map(lambda item: item[0].respond(prompts[item[0].agent_id], item[3], item[2]), seen)
+                )
         else:
-            replies = [agent.respond(prompts[agent.agent_id], user, observation)
-                       for agent, _, observation, user in seen]
+            replies = [
+                agent.respond(prompts[agent.agent_id], user, observation) for agent, _, observation, user in seen
+            ]
         for (agent, decided_at, observation, user), reply in zip(seen, replies, strict=True):
             account = accounts[agent.agent_id]
             decision, parse_error = parse_or_hold(reply.text)
@@ -302,8 +319,11 @@ class ScriptedAgent:
         for position in obs.positions:
             ratio = position.unrealized_pnl / max(position.margin, 1e-9)
             if ratio <= -stop or ratio >= take:
-                return Decision(action="CLOSE", ticker=position.ticker,
-                                reasoning=f"{'stop loss' if ratio < 0 else 'take profit'} at {ratio:+.0%} of margin")
+                return Decision(
+                    action="CLOSE",
+                    ticker=position.ticker,
+                    reasoning=f"{'stop loss' if ratio < 0 else 'take profit'} at {ratio:+.0%} of margin",
+                )
         if rng.random() > activity:
             return Decision(action="HOLD", reasoning="waiting for a clearer signal")
         amount = round(obs.cash * share * rng.uniform(0.7, 1.3), 2)
@@ -314,8 +334,13 @@ class ScriptedAgent:
         if self.archetype in ("momentum", "balanced") and any(t in signals for t in free):
             ticker = next(t for t in free if t in signals)
             action = "OPEN_LONG" if signals[ticker] > 0 else "OPEN_SHORT"
-            return Decision(action=action, ticker=ticker, amount=amount, leverage=leverage,
-                            reasoning=f"trading with the news on {ticker}")
+            return Decision(
+                action=action,
+                ticker=ticker,
+                amount=amount,
+                leverage=leverage,
+                reasoning=f"trading with the news on {ticker}",
+            )
         if self.archetype in ("contrarian", "conservative") and obs.predictions and rng.random() < 0.4:
             market = min(obs.predictions, key=lambda m: min(m.yes_price, 1 - m.yes_price))
             favourite_yes = market.yes_price >= 0.5
@@ -334,5 +359,6 @@ class ScriptedAgent:
             action = rng.choice(("OPEN_LONG", "OPEN_SHORT"))
         else:
             action = "OPEN_LONG" if move >= 0 else "OPEN_SHORT"
-        return Decision(action=action, ticker=ticker, amount=amount, leverage=leverage,
-                        reasoning=f"{ticker} moved {move:+.2%}")
+        return Decision(
+            action=action, ticker=ticker, amount=amount, leverage=leverage, reasoning=f"{ticker} moved {move:+.2%}"
+        )

@@ -71,9 +71,7 @@ def lookback_window_ids(lookback_hours: int, until: datetime) -> list[str]:
     return [(first + i * WINDOW).strftime(WINDOW_ID_FORMAT) for i in range(lookback_hours)]
 
 
-def is_window_closed(
-    window_id: str, *, outcomes_recorded: bool, now: datetime, grace_minutes: int
-) -> bool:
+def is_window_closed(window_id: str, *, outcomes_recorded: bool, now: datetime, grace_minutes: int) -> bool:
     """A window is closed when its outcomes are recorded or the grace period after its hour passed."""
     if outcomes_recorded:
         return True

@@ -31,9 +31,10 @@ class CheckpointRecords:
         if not paths:
             return set()
         models = table_of(TrainedModel)
-        query = select(models.c.storagePath).where(models.c.storagePath.in_(list(paths)),
-                                                   or_(models.c.status.in_(SERVED_STATUSES),
-                                                       models.c.deployedAt.is_not(None)))
+        query = select(models.c.storagePath).where(
+            models.c.storagePath.in_(list(paths)),
+            or_(models.c.status.in_(SERVED_STATUSES), models.c.deployedAt.is_not(None)),
+        )
         with self.store.engine.connect() as connection:
             return {row[0] for row in connection.execute(query)}
 
@@ -44,9 +45,15 @@ class CheckpointRecords:
         self.store._require_game_writes("trained_models (archiving pruned checkpoints)")
         models = table_of(TrainedModel)
         now = datetime.now(UTC).replace(tzinfo=None)
-        statement = (update(models)
-                     .where(models.c.storagePath.in_(list(paths)), models.c.status.not_in(SERVED_STATUSES),
-                            models.c.status != "archived", models.c.deployedAt.is_(None))
-                     .values(status="archived", archivedAt=now, updatedAt=now))
+        statement = (
+            update(models)
+            .where(
+                models.c.storagePath.in_(list(paths)),
+                models.c.status.not_in(SERVED_STATUSES),
+                models.c.status != "archived",
+                models.c.deployedAt.is_(None),
+            )
+            .values(status="archived", archivedAt=now, updatedAt=now)
+        )
         with self.store.engine.begin() as connection:
             return int(connection.execute(statement).rowcount or 0)

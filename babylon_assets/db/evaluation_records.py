@@ -39,13 +39,27 @@ class EvaluationRecords:
     def plays(self, plan_key: str, policy: str) -> list[PlayResult]:
         """A policy's stored plays on a plan, in (seed, window, slot) order."""
         table = table_of(EvaluationPlay)
-        query = (select(table).where(and_(table.c.plan_key == plan_key, table.c.policy == policy))
-                 .order_by(table.c.seed, table.c.window_id, table.c.slot))
+        query = (
+            select(table)
+            .where(and_(table.c.plan_key == plan_key, table.c.policy == policy))
+            .order_by(table.c.seed, table.c.window_id, table.c.slot)
+        )
         with self.store.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
-        return [PlayResult(policy=row["policy"], seed=row["seed"], window_id=row["window_id"], slot=row["slot"],
-                           final_pnl=row["final_pnl"], decisions=row["decisions"], unparseable=row["unparseable"],
-                           max_drawdown=row["max_drawdown"], trajectory_id=row["trajectory_id"]) for row in rows]
+        return [
+            PlayResult(
+                policy=row["policy"],
+                seed=row["seed"],
+                window_id=row["window_id"],
+                slot=row["slot"],
+                final_pnl=row["final_pnl"],
+                decisions=row["decisions"],
+                unparseable=row["unparseable"],
+                max_drawdown=row["max_drawdown"],
+                trajectory_id=row["trajectory_id"],
+            )
+            for row in rows
+        ]
 
     def save_plays(self, plan_key: str, plays: Sequence[PlayResult]) -> int:
         """Store plays (those already stored are left as they are); how many were new."""
@@ -54,17 +68,33 @@ class EvaluationRecords:
         table = table_of(EvaluationPlay)
         keys = {(p.policy, p.seed, p.window_id, p.slot) for p in plays}
         with self.store.engine.begin() as connection:
-            existing = {(r.policy, r.seed, r.window_id, r.slot) for r in connection.execute(
-                select(table.c.policy, table.c.seed, table.c.window_id, table.c.slot)
-                .where(and_(table.c.plan_key == plan_key,
-                            table.c.policy.in_(bindparam("policies", expanding=True)))),
-                {"policies": sorted({k[0] for k in keys})})}
+            existing = {
+                (r.policy, r.seed, r.window_id, r.slot)
+                for r in connection.execute(
+                    select(table.c.policy, table.c.seed, table.c.window_id, table.c.slot).where(
+                        and_(table.c.plan_key == plan_key, table.c.policy.in_(bindparam("policies", expanding=True)))
+                    ),
+                    {"policies": sorted({k[0] for k in keys})},
+                )
+            }
             now = datetime.now(UTC)
-            fresh = [{"plan_key": plan_key, "policy": p.policy, "seed": p.seed, "window_id": p.window_id,
-                      "slot": p.slot, "final_pnl": p.final_pnl, "decisions": p.decisions,
-                      "unparseable": p.unparseable, "max_drawdown": p.max_drawdown,
-                      "trajectory_id": p.trajectory_id or "", "created_at": now}
-                     for p in plays if (p.policy, p.seed, p.window_id, p.slot) not in existing]
+            fresh = [
+                {
+                    "plan_key": plan_key,
+                    "policy": p.policy,
+                    "seed": p.seed,
+                    "window_id": p.window_id,
+                    "slot": p.slot,
+                    "final_pnl": p.final_pnl,
+                    "decisions": p.decisions,
+                    "unparseable": p.unparseable,
+                    "max_drawdown": p.max_drawdown,
+                    "trajectory_id": p.trajectory_id or "",
+                    "created_at": now,
+                }
+                for p in plays
+                if (p.policy, p.seed, p.window_id, p.slot) not in existing
+            ]
             _insert_many(connection, table, fresh)
         return len(fresh)
 
@@ -74,8 +104,13 @@ class EvaluationRecords:
         """A trained_models row by modelId (or version); a clear error when there is none."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
-            row = connection.execute(select(models).where(
-                (models.c.modelId == model_id) | (models.c.version == model_id))).mappings().first()
+            row = (
+                connection.execute(
+                    select(models).where((models.c.modelId == model_id) | (models.c.version == model_id))
+                )
+                .mappings()
+                .first()
+            )
         if row is None:
             raise StoreError(f"no trained model {model_id!r} in trained_models")
         return dict(row)
@@ -84,10 +119,12 @@ class EvaluationRecords:
         """The newest trained_models row of a model (by step), whatever its status."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
-            rows = connection.execute(select(models).where(models.c.modelId.like(f"{model_name}@%"))
-                                      ).mappings().all()
-        steps = [(int(row["modelId"].rsplit("@", 1)[1]), dict(row)) for row in rows
-                 if row["modelId"].rsplit("@", 1)[1].isdigit()]
+            rows = connection.execute(select(models).where(models.c.modelId.like(f"{model_name}@%"))).mappings().all()
+        steps = [
+            (int(row["modelId"].rsplit("@", 1)[1]), dict(row))
+            for row in rows
+            if row["modelId"].rsplit("@", 1)[1].isdigit()
+        ]
         return max(steps, key=lambda item: item[0])[1] if steps else None
 
     def record_evaluation(self, model_id: str, eval_metrics: dict[str, Any], benchmark_score: float) -> None:
@@ -95,8 +132,11 @@ class EvaluationRecords:
         self.store._require_game_writes("trained_models (evaluation results)")
         models = table_of(TrainedModel)
         with self.store.engine.begin() as connection:
-            connection.execute(update(models).where(models.c.modelId == model_id).values(
-                evalMetrics=eval_metrics, benchmarkScore=benchmark_score, updatedAt=_now()))
+            connection.execute(
+                update(models)
+                .where(models.c.modelId == model_id)
+                .values(evalMetrics=eval_metrics, benchmarkScore=benchmark_score, updatedAt=_now())
+            )
 
     def set_gate_status(self, model_id: str, passed: bool) -> str:
         """The gate's verdict: trained -> ready or rejected. A deployed or archived model keeps its status."""
@@ -104,9 +144,11 @@ class EvaluationRecords:
         status = "ready" if passed else "rejected"
         models = table_of(TrainedModel)
         with self.store.engine.begin() as connection:
-            connection.execute(update(models).where(and_(
-                models.c.modelId == model_id, models.c.status.in_(("trained", *GATE_STATUSES)))
-            ).values(status=status, updatedAt=_now()))
+            connection.execute(
+                update(models)
+                .where(and_(models.c.modelId == model_id, models.c.status.in_(("trained", *GATE_STATUSES))))
+                .values(status=status, updatedAt=_now())
+            )
         return status
 
     def mark_deployed(self, model_id: str) -> str | None:
@@ -115,21 +157,37 @@ class EvaluationRecords:
         models = table_of(TrainedModel)
         now = _now()
         with self.store.engine.begin() as connection:
-            previous = connection.execute(select(models.c.modelId).where(and_(
-                models.c.status == "deployed", models.c.modelId != model_id))).scalars().all()
+            previous = (
+                connection.execute(
+                    select(models.c.modelId).where(and_(models.c.status == "deployed", models.c.modelId != model_id))
+                )
+                .scalars()
+                .all()
+            )
             if previous:
-                connection.execute(update(models).where(models.c.modelId.in_(previous)).values(
-                    status="archived", archivedAt=now, updatedAt=now))
-            connection.execute(update(models).where(models.c.modelId == model_id).values(
-                status="deployed", deployedAt=now, archivedAt=None, updatedAt=now))
+                connection.execute(
+                    update(models)
+                    .where(models.c.modelId.in_(previous))
+                    .values(status="archived", archivedAt=now, updatedAt=now)
+                )
+            connection.execute(
+                update(models)
+                .where(models.c.modelId == model_id)
+                .values(status="deployed", deployedAt=now, archivedAt=None, updatedAt=now)
+            )
         return previous[-1] if previous else None
 
     def deployed(self) -> dict[str, Any] | None:
         """The deployed model's row, if any."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
-            row = connection.execute(select(models).where(models.c.status == "deployed")
-                                     .order_by(models.c.deployedAt.desc())).mappings().first()
+            row = (
+                connection.execute(
+                    select(models).where(models.c.status == "deployed").order_by(models.c.deployedAt.desc())
+                )
+                .mappings()
+                .first()
+            )
         return None if row is None else dict(row)
 
     def rollback_target(self) -> dict[str, Any] | None:

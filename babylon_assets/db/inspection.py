@@ -36,7 +36,7 @@ def plan_game_tables(connection: Connection) -> GameTablesPlan:
     missing = sorted(GAME_TABLE_NAMES - names)
     if is_game and missing:
         raise GameSchemaError(
-            f"this is a game database (it has the \"User\" table) but lacks {', '.join(missing)}; "
+            f'this is a game database (it has the "User" table) but lacks {", ".join(missing)}; '
             "the platform never creates tables in a game database: run the game's Prisma migrations"
         )
     if present and missing and not is_game:

@@ -19,9 +19,7 @@ def _alembic_config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", "babylon_assets.db:migrations")
     config.attributes["connection"] = connection
-    config.attributes["version_table_schema"] = (
-        None if connection.dialect.name == "sqlite" else OUR_SCHEMA
-    )
+    config.attributes["version_table_schema"] = None if connection.dialect.name == "sqlite" else OUR_SCHEMA
     return config
 
 

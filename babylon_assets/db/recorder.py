@@ -164,8 +164,7 @@ class TrajectoryRecorder:
         for name, value in (("final_balance", final_balance), ("final_pnl", final_pnl)):
             if value is not None and not math.isfinite(value):
                 raise RecorderError(f"{name} is {value}; record a finite number or None")
-        play = self._build(trajectory, end, final_status, final_balance, final_pnl, trades_executed,
-                           posts_created)
+        play = self._build(trajectory, end, final_status, final_balance, final_pnl, trades_executed, posts_created)
         self.store.record_play(play)
         del self._open[trajectory_id]
         return trajectory_id
@@ -225,9 +224,7 @@ class TrajectoryRecorder:
                 call = recorded.call
                 metadata: dict[str, Any] = {"modelVersion": call.modelVersion}
                 if recorded.logprobs is not None:
-                    metadata["logprobs"] = [
-                        {"token": lp.token, "logprob": lp.logprob} for lp in recorded.logprobs
-                    ]
+                    metadata["logprobs"] = [{"token": lp.token, "logprob": lp.logprob} for lp in recorded.logprobs]
                 total = (
                     None
                     if recorded.prompt_tokens is None or recorded.completion_tokens is None

@@ -263,9 +263,7 @@ class QuarantinedTrajectory(OurBase):
         Index("quarantined_trajectories_window_idx", "window_id"),
     )
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     trajectory_row_id: Mapped[str] = mapped_column(Text)
     trajectory_id: Mapped[str | None] = mapped_column(Text)
     window_id: Mapped[str] = mapped_column(String(50))
@@ -320,9 +318,7 @@ class JudgmentRecord(OurBase):
     """Every judge's verdict on an agent-window: the history behind the game's latest reward_judgments row."""
 
     __tablename__ = "judgment_history"
-    __table_args__ = (
-        Index("judgment_history_key", "agent_window_id", "judge_version", "window_id", unique=True),
-    )
+    __table_args__ = (Index("judgment_history_key", "agent_window_id", "judge_version", "window_id", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     window_id: Mapped[str] = mapped_column(String(50))

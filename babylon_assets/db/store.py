@@ -223,9 +223,7 @@ class Store:
         if ordered:
             statement = statement.order_by(Trajectory.startTime, Trajectory.id)
         with self.engine.connect() as connection:
-            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(
-                statement, params
-            )
+            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(statement, params)
             for partition in result.partitions(batch_size):
                 yield [TrajectoryRow(*row) for row in partition]
 
@@ -327,8 +325,10 @@ class Store:
         unrecognised = 0
         with self.engine.connect() as connection:
             for row in connection.execute(statement, {"window_id": window_id}).mappings():
-                news = row["newsEvents"] if isinstance(row["newsEvents"], list) else (
-                    [] if row["newsEvents"] is None else [row["newsEvents"]]
+                news = (
+                    row["newsEvents"]
+                    if isinstance(row["newsEvents"], list)
+                    else ([] if row["newsEvents"] is None else [row["newsEvents"]])
                 )
                 if row["stockTicker"] is not None:
                     stocks.append(
@@ -368,7 +368,7 @@ class Store:
         if self.is_game_database:
             raise NotOurStoreError(
                 f"refusing to write {what} into {self.target.redacted()}: it has the game's "
-                f"\"{GAME_USER_TABLE}\" table, so it is a game database. Simulated play goes to the "
+                f'"{GAME_USER_TABLE}" table, so it is a game database. Simulated play goes to the '
                 "embedded store (unset DATABASE_URL) or to a database made for it."
             )
 
@@ -385,7 +385,7 @@ class Store:
         unknown = sorted(agent_ids - known)
         if unknown:
             raise UnknownAgentError(
-                f"agentId(s) {', '.join(unknown)} are not in the game's \"User\" table; "
+                f'agentId(s) {", ".join(unknown)} are not in the game\'s "User" table; '
                 "record play only for the game's own agents"
             )
 
@@ -410,10 +410,15 @@ class Store:
         if not {"lifetimePnL", "virtualBalance"} <= self.game_user_columns:
             return {}
         schema = game_schema_of(connection)
-        users = table_clause(GAME_USER_TABLE, column("id"), column("lifetimePnL"), column("virtualBalance"),
-                             schema=schema)
-        rows = connection.execute(select(users.c.id, users.c.lifetimePnL, users.c.virtualBalance)
-                                  .where(users.c.id.in_(bindparam("ids", expanding=True))), {"ids": list(agent_ids)})
+        users = table_clause(
+            GAME_USER_TABLE, column("id"), column("lifetimePnL"), column("virtualBalance"), schema=schema
+        )
+        rows = connection.execute(
+            select(users.c.id, users.c.lifetimePnL, users.c.virtualBalance).where(
+                users.c.id.in_(bindparam("ids", expanding=True))
+            ),
+            {"ids": list(agent_ids)},
+        )
         return {r.id: {"lifetimePnL": float(r.lifetimePnL), "virtualBalance": float(r.virtualBalance)} for r in rows}
 
     def close_gateway_windows(self, before_window: str) -> int:
@@ -423,9 +428,13 @@ class Store:
         changed = 0
         with self.engine.begin() as connection:
             rows = connection.execute(
-                select(trajectories.c.id, trajectories.c.agentId, trajectories.c.metadataJson)
-                .where(and_(trajectories.c.trajectoryId.like("gw-%"), trajectories.c.windowId < bindparam("w"),
-                            trajectories.c.finalStatus == "active")),
+                select(trajectories.c.id, trajectories.c.agentId, trajectories.c.metadataJson).where(
+                    and_(
+                        trajectories.c.trajectoryId.like("gw-%"),
+                        trajectories.c.windowId < bindparam("w"),
+                        trajectories.c.finalStatus == "active",
+                    )
+                ),
                 {"w": before_window},
             ).all()
             accounts = self.game_accounts(connection, sorted({r.agentId for r in rows}))
@@ -435,11 +444,17 @@ class Store:
                 values: dict[str, Any] = {"finalStatus": "completed", "updatedAt": naive_utc(self.clock())}
                 if account is not None and "open" in metadata:
                     metadata["close"] = account
-                    values.update(finalPnL=account["lifetimePnL"] - metadata["open"]["lifetimePnL"],
-                                  finalBalance=account["virtualBalance"], metadataJson=json.dumps(metadata))
-                connection.execute(trajectories.update().where(trajectories.c.id == bindparam("row_id"))
-                                   .values(**{k: bindparam(f"v_{k}") for k in values}),
-                                   {"row_id": row.id, **{f"v_{k}": v for k, v in values.items()}})
+                    values.update(
+                        finalPnL=account["lifetimePnL"] - metadata["open"]["lifetimePnL"],
+                        finalBalance=account["virtualBalance"],
+                        metadataJson=json.dumps(metadata),
+                    )
+                connection.execute(
+                    trajectories.update()
+                    .where(trajectories.c.id == bindparam("row_id"))
+                    .values(**{k: bindparam(f"v_{k}") for k in values}),
+                    {"row_id": row.id, **{f"v_{k}": v for k, v in values.items()}},
+                )
                 changed += 1
         return changed
 
@@ -452,14 +467,23 @@ class Store:
         self.require_own_store("simulated play")
         trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
         with self.engine.begin() as connection:
-            found = list(connection.execute(select(trajectories.c.trajectoryId).where(
-                trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": ids}).scalars())
+            found = list(
+                connection.execute(
+                    select(trajectories.c.trajectoryId).where(
+                        trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))
+                    ),
+                    {"ids": ids},
+                ).scalars()
+            )
             if not found:
                 return 0
-            connection.execute(calls.delete().where(calls.c.trajectoryId.in_(bindparam("ids", expanding=True))),
-                               {"ids": found})
-            connection.execute(trajectories.delete().where(
-                trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": found})
+            connection.execute(
+                calls.delete().where(calls.c.trajectoryId.in_(bindparam("ids", expanding=True))), {"ids": found}
+            )
+            connection.execute(
+                trajectories.delete().where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))),
+                {"ids": found},
+            )
         return len(found)
 
     def settle_simulated_play(self, closing: dict[str, dict[str, Any]], *, held_out: bool) -> int:
@@ -473,15 +497,19 @@ class Store:
         changed = 0
         with self.engine.begin() as connection:
             for trajectory_id, books in sorted(closing.items()):
-                values: dict[str, Any] = {"finalStatus": "completed", "finalPnL": books["finalPnL"],
-                                          "finalBalance": books["finalBalance"],
-                                          "tradesExecuted": books["tradesExecuted"],
-                                          "updatedAt": naive_utc(self.clock())}
+                values: dict[str, Any] = {
+                    "finalStatus": "completed",
+                    "finalPnL": books["finalPnL"],
+                    "finalBalance": books["finalBalance"],
+                    "tradesExecuted": books["tradesExecuted"],
+                    "updatedAt": naive_utc(self.clock()),
+                }
                 if held_out:
                     values.update(isEvaluation=True, isTrainingData=False)
-                result = connection.execute(trajectories.update()
-                                            .where(trajectories.c.trajectoryId == bindparam("tid"))
-                                            .values(**values), {"tid": trajectory_id})
+                result = connection.execute(
+                    trajectories.update().where(trajectories.c.trajectoryId == bindparam("tid")).values(**values),
+                    {"tid": trajectory_id},
+                )
                 changed += int(result.rowcount or 0)
         return changed
 
@@ -494,9 +522,12 @@ class Store:
         now = naive_utc(self.clock())
         trajectories, calls = table_of(Trajectory), table_of(LlmCallLog)
         with self.engine.begin() as connection:
-            seen = set(connection.execute(
-                select(calls.c.callId).where(calls.c.callId.in_(bindparam("ids", expanding=True))),
-                {"ids": [r.call_id for r in records]}).scalars())
+            seen = set(
+                connection.execute(
+                    select(calls.c.callId).where(calls.c.callId.in_(bindparam("ids", expanding=True))),
+                    {"ids": [r.call_id for r in records]},
+                ).scalars()
+            )
             fresh = [r for r in records if r.call_id not in seen]
             if not fresh:
                 return 0
@@ -505,11 +536,19 @@ class Store:
             by_trajectory: dict[str, list[Any]] = defaultdict(list)
             for record in sorted(fresh, key=lambda r: r.at):
                 by_trajectory[record.trajectory_id].append(record)
-            existing = {row.trajectoryId: row for row in connection.execute(
-                select(trajectories.c.id, trajectories.c.trajectoryId, trajectories.c.stepsJson,
-                       trajectories.c.startTime, trajectories.c.metadataJson)
-                .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))),
-                {"ids": list(by_trajectory)})}
+            existing = {
+                row.trajectoryId: row
+                for row in connection.execute(
+                    select(
+                        trajectories.c.id,
+                        trajectories.c.trajectoryId,
+                        trajectories.c.stepsJson,
+                        trajectories.c.startTime,
+                        trajectories.c.metadataJson,
+                    ).where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))),
+                    {"ids": list(by_trajectory)},
+                )
+            }
             call_rows = []
             for trajectory_id, batch in by_trajectory.items():
                 row = existing.get(trajectory_id)
@@ -536,24 +575,43 @@ class Store:
                     "endTime": naive_utc(last.at),
                     "finalBalance": state.get("balance"),
                     "finalPnL": state.get("pnl"),
-                    "metricsJson": json.dumps({"episodeLength": len(steps), "finalStatus": "active",
-                                               "finalBalance": state.get("balance"), "finalPnL": state.get("pnl")}),
+                    "metricsJson": json.dumps(
+                        {
+                            "episodeLength": len(steps),
+                            "finalStatus": "active",
+                            "finalBalance": state.get("balance"),
+                            "finalPnL": state.get("pnl"),
+                        }
+                    ),
                     "metadataJson": json.dumps(metadata),
                     "updatedAt": now,
                 }
                 if row is None:
                     first = batch[0]
-                    connection.execute(trajectories.insert(), [{
-                        "id": f"row-{trajectory_id}", "trajectoryId": trajectory_id, "agentId": first.agent_id,
-                        "startTime": naive_utc(first.at), "windowId": first.window_id, "rewardComponentsJson": "{}",
-                        "totalReward": 0.0, "finalStatus": "active",
-                        "isEvaluation": first.is_evaluation, "isTrainingData": not first.is_evaluation,
-                        "durationMs": int((last.at - first.at).total_seconds() * 1000), **values,
-                    }])
+                    connection.execute(
+                        trajectories.insert(),
+                        [
+                            {
+                                "id": f"row-{trajectory_id}",
+                                "trajectoryId": trajectory_id,
+                                "agentId": first.agent_id,
+                                "startTime": naive_utc(first.at),
+                                "windowId": first.window_id,
+                                "rewardComponentsJson": "{}",
+                                "totalReward": 0.0,
+                                "finalStatus": "active",
+                                "isEvaluation": first.is_evaluation,
+                                "isTrainingData": not first.is_evaluation,
+                                "durationMs": int((last.at - first.at).total_seconds() * 1000),
+                                **values,
+                            }
+                        ],
+                    )
                 else:
                     values["durationMs"] = int((naive_utc(last.at) - row.startTime).total_seconds() * 1000)
                     connection.execute(
-                        trajectories.update().where(trajectories.c.id == bindparam("row_id"))
+                        trajectories.update()
+                        .where(trajectories.c.id == bindparam("row_id"))
                         .values(**{k: bindparam(f"v_{k}") for k in values}),
                         {"row_id": row.id, **{f"v_{k}": v for k, v in values.items()}},
                     )
@@ -565,9 +623,7 @@ class Store:
         ids = sorted(set(trajectory_ids))
         if not ids:
             return set()
-        statement = select(Trajectory.trajectoryId).where(
-            Trajectory.trajectoryId.in_(bindparam("ids", expanding=True))
-        )
+        statement = select(Trajectory.trajectoryId).where(Trajectory.trajectoryId.in_(bindparam("ids", expanding=True)))
         with self.engine.connect() as connection:
             return set(connection.execute(statement, {"ids": ids}).scalars())
 
@@ -576,8 +632,9 @@ class Store:
         self.require_own_store("market outcomes")
         table = table_of(MarketOutcome)
         with self.engine.begin() as connection:
-            connection.execute(table.delete().where(table.c.windowId == bindparam("window_id")),
-                               {"window_id": window_id})
+            connection.execute(
+                table.delete().where(table.c.windowId == bindparam("window_id")), {"window_id": window_id}
+            )
             _insert_many(connection, table, [{"id": new_id(), **row, "windowId": window_id} for row in rows])
         return len(rows)
 
@@ -598,8 +655,13 @@ class Store:
         ]
         if not values:
             return 0
-        self._upsert(table_of(QuarantinedTrajectory), ["trajectory_row_id", "reason"], values,
-                     ["detail", "window_id", "last_seen_at"], increment="times_seen")
+        self._upsert(
+            table_of(QuarantinedTrajectory),
+            ["trajectory_row_id", "reason"],
+            values,
+            ["detail", "window_id", "last_seen_at"],
+            increment="times_seen",
+        )
         return len(values)
 
     def quarantine_counts(self, window_id: str | None = None) -> dict[str, int]:
@@ -640,8 +702,12 @@ class Store:
         start, end = window_bounds(window_id)
         statement = (
             select(Trajectory.id, Trajectory.updatedAt)
-            .where(or_(Trajectory.windowId == bindparam("window_id"),
-                       and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi"))))
+            .where(
+                or_(
+                    Trajectory.windowId == bindparam("window_id"),
+                    and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
+                )
+            )
             .order_by(Trajectory.id)
         )
         digest = hashlib.sha256()
@@ -657,19 +723,29 @@ class Store:
         self._upsert(
             table_of(WindowState),
             ["window_id"],
-            [{
-                "window_id": summary.window_id,
-                "rows": summary.rows,
-                "agents": summary.agents,
-                "eligible": summary.eligible_agents,
-                "excluded_json": json.dumps(dict(summary.excluded), sort_keys=True),
-                "quarantined_json": json.dumps(dict(summary.quarantined), sort_keys=True),
-                "ready": summary.is_ready(rules),
-                "rows_fingerprint": fingerprint,
-                "updated_at": as_utc(self.clock()),
-            }],
-            ["rows", "agents", "eligible", "excluded_json", "quarantined_json", "ready", "rows_fingerprint",
-             "updated_at"],
+            [
+                {
+                    "window_id": summary.window_id,
+                    "rows": summary.rows,
+                    "agents": summary.agents,
+                    "eligible": summary.eligible_agents,
+                    "excluded_json": json.dumps(dict(summary.excluded), sort_keys=True),
+                    "quarantined_json": json.dumps(dict(summary.quarantined), sort_keys=True),
+                    "ready": summary.is_ready(rules),
+                    "rows_fingerprint": fingerprint,
+                    "updated_at": as_utc(self.clock()),
+                }
+            ],
+            [
+                "rows",
+                "agents",
+                "eligible",
+                "excluded_json",
+                "quarantined_json",
+                "ready",
+                "rows_fingerprint",
+                "updated_at",
+            ],
         )
 
     def window_states(self, window_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -679,8 +755,10 @@ class Store:
         states = table_of(WindowState)
         statement = select(states).where(states.c.window_id.in_(bindparam("ids", expanding=True)))
         with self.engine.connect() as connection:
-            return {row["window_id"]: dict(row)
-                    for row in connection.execute(statement, {"ids": list(window_ids)}).mappings()}
+            return {
+                row["window_id"]: dict(row)
+                for row in connection.execute(statement, {"ids": list(window_ids)}).mappings()
+            }
 
     def summarize_window(self, window_id: str, rules: EligibilityRules) -> WindowSummary:
         """Counts of one window (streamed: no steps kept in memory)."""
@@ -715,8 +793,10 @@ class Store:
         lo = parse_window_id(min(window_ids))
         hi = parse_window_id(max(window_ids)) + timedelta(hours=1)
         statement = select(Trajectory.windowId, Trajectory.startTime).where(
-            or_(Trajectory.windowId.in_(bindparam("ids", expanding=True)),
-                and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")))
+            or_(
+                Trajectory.windowId.in_(bindparam("ids", expanding=True)),
+                and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
+            )
         )
         wanted = set(window_ids)
         found: set[str] = set()
@@ -739,7 +819,8 @@ class Store:
             .group_by(Trajectory.windowId)
         )
         unassigned = select(Trajectory.startTime).where(
-            and_(Trajectory.windowId.is_(None), Trajectory.startTime >= bindparam("lo")))
+            and_(Trajectory.windowId.is_(None), Trajectory.startTime >= bindparam("lo"))
+        )
         with self.engine.connect() as connection:
             for window, count in connection.execute(by_window, {"since": since_window}):
                 normalized = normalize_window_id(window)
@@ -762,11 +843,21 @@ class Store:
         old_groups = _group_signatures(previous)
         new_groups = _group_signatures(rows)
         unchanged = {g for g, signature in new_groups.items() if old_groups.get(g) == signature}
-        carried = {m["agent_window_id"]: {k: m[k] for k in _SCORE_FIELDS} for m in previous
-                   if m["group_id"] in unchanged and m["score"] is not None}
+        carried = {
+            m["agent_window_id"]: {k: m[k] for k in _SCORE_FIELDS}
+            for m in previous
+            if m["group_id"] in unchanged and m["score"] is not None
+        }
         members = table_of(GroupMember)
-        values = [{**{k: None for k in _SCORE_FIELDS}, **row, **carried.get(row["agent_window_id"], {}),
-                   "window_id": window_id} for row in rows]
+        values = [
+            {
+                **{k: None for k in _SCORE_FIELDS},
+                **row,
+                **carried.get(row["agent_window_id"], {}),
+                "window_id": window_id,
+            }
+            for row in rows
+        ]
         with self.engine.begin() as connection:
             connection.execute(members.delete().where(members.c.window_id == bindparam("w")), {"w": window_id})
             _insert_many(connection, members, values)
@@ -775,8 +866,11 @@ class Store:
     def group_members(self, window_id: str) -> list[dict[str, Any]]:
         """A window's membership rows, kept and dropped."""
         members = table_of(GroupMember)
-        statement = select(members).where(members.c.window_id == bindparam("w")).order_by(
-            members.c.group_id, members.c.agent_window_id)
+        statement = (
+            select(members)
+            .where(members.c.window_id == bindparam("w"))
+            .order_by(members.c.group_id, members.c.agent_window_id)
+        )
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(statement, {"w": window_id}).mappings()]
 
@@ -797,19 +891,43 @@ class Store:
                 connection.execute(
                     members.update()
                     .where(and_(members.c.window_id == bindparam("w"), members.c.agent_window_id == bindparam("aw")))
-                    .values(score=bindparam("score"), rank=bindparam("rank"), reasoning=bindparam("reasoning"),
-                            judge_name=bindparam("judge"), judge_version=bindparam("version"),
-                            judged_at=bindparam("at")),
-                    {"w": window_id, "aw": item.agent_window_id, "score": item.score, "rank": item.rank,
-                     "reasoning": item.reasoning, "judge": judge_name, "version": judge_version, "at": now},
+                    .values(
+                        score=bindparam("score"),
+                        rank=bindparam("rank"),
+                        reasoning=bindparam("reasoning"),
+                        judge_name=bindparam("judge"),
+                        judge_version=bindparam("version"),
+                        judged_at=bindparam("at"),
+                    ),
+                    {
+                        "w": window_id,
+                        "aw": item.agent_window_id,
+                        "score": item.score,
+                        "rank": item.rank,
+                        "reasoning": item.reasoning,
+                        "judge": judge_name,
+                        "version": judge_version,
+                        "at": now,
+                    },
                 )
         history = table_of(JudgmentRecord)
         self._upsert(
             history,
             ["agent_window_id", "judge_version", "window_id"],
-            [{"window_id": window_id, "agent_window_id": item.agent_window_id, "group_id": item.group_id,
-              "judge_name": judge_name, "judge_version": judge_version, "score": item.score, "rank": item.rank,
-              "reasoning": item.reasoning, "judged_at": now} for item, _ in judged],
+            [
+                {
+                    "window_id": window_id,
+                    "agent_window_id": item.agent_window_id,
+                    "group_id": item.group_id,
+                    "judge_name": judge_name,
+                    "judge_version": judge_version,
+                    "score": item.score,
+                    "rank": item.rank,
+                    "reasoning": item.reasoning,
+                    "judged_at": now,
+                }
+                for item, _ in judged
+            ],
             ["group_id", "score", "rank", "reasoning", "judged_at"],
             increment="times_judged",
         )
@@ -824,46 +942,93 @@ class Store:
                 connection.execute(
                     trajectories.update()
                     .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)))
-                    .values(aiJudgeReward=bindparam("score"), aiJudgeReasoning=bindparam("reasoning"),
-                            judgedAt=bindparam("at"), updatedAt=bindparam("at")),
+                    .values(
+                        aiJudgeReward=bindparam("score"),
+                        aiJudgeReasoning=bindparam("reasoning"),
+                        judgedAt=bindparam("at"),
+                        updatedAt=bindparam("at"),
+                    ),
                     {"ids": trajectory_ids, "score": item.score, "reasoning": item.reasoning, "at": naive_now},
                 )
                 judgment_rows.extend(
-                    {"id": new_id(), "trajectoryId": tid, "judgeModel": judge_name, "judgeVersion": judge_version,
-                     "overallScore": item.score, "rank": item.rank, "normalizedScore": item.normalized,
-                     "groupId": item.group_id, "reasoning": item.reasoning, "criteriaJson": criteria_json,
-                     "judgedAt": naive_now}
+                    {
+                        "id": new_id(),
+                        "trajectoryId": tid,
+                        "judgeModel": judge_name,
+                        "judgeVersion": judge_version,
+                        "overallScore": item.score,
+                        "rank": item.rank,
+                        "normalizedScore": item.normalized,
+                        "groupId": item.group_id,
+                        "reasoning": item.reasoning,
+                        "criteriaJson": criteria_json,
+                        "judgedAt": naive_now,
+                    }
                     for tid in trajectory_ids
                 )
         self._upsert(
             table_of(RewardJudgment),
             ["trajectoryId"],
             judgment_rows,
-            ["judgeModel", "judgeVersion", "overallScore", "rank", "normalizedScore", "groupId", "reasoning",
-             "criteriaJson", "judgedAt"],
+            [
+                "judgeModel",
+                "judgeVersion",
+                "overallScore",
+                "rank",
+                "normalizedScore",
+                "groupId",
+                "reasoning",
+                "criteriaJson",
+                "judgedAt",
+            ],
         )
 
     def cached_judgment(self, cache_key: str) -> dict[str, Any] | None:
         """A cached group judgment: {"scores": {agent_window_id: [score, reasoning]}, usage...}, or None."""
         cache = table_of(JudgeCacheEntry)
         with self.engine.connect() as connection:
-            row = connection.execute(select(cache).where(cache.c.cache_key == bindparam("k")),
-                                     {"k": cache_key}).mappings().first()
+            row = (
+                connection.execute(select(cache).where(cache.c.cache_key == bindparam("k")), {"k": cache_key})
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
-        return {"scores": json.loads(row["scores_json"]), "tokens_in": row["tokens_in"],
-                "tokens_out": row["tokens_out"], "dollars": row["dollars"]}
+        return {
+            "scores": json.loads(row["scores_json"]),
+            "tokens_in": row["tokens_in"],
+            "tokens_out": row["tokens_out"],
+            "dollars": row["dollars"],
+        }
 
-    def cache_judgment(self, cache_key: str, judge_version: str, window_id: str, group_id: str,
-                       scores: dict[str, tuple[float, str]], tokens_in: int, tokens_out: int, dollars: float) -> None:
+    def cache_judgment(
+        self,
+        cache_key: str,
+        judge_version: str,
+        window_id: str,
+        group_id: str,
+        scores: dict[str, tuple[float, str]],
+        tokens_in: int,
+        tokens_out: int,
+        dollars: float,
+    ) -> None:
         """Remember a group's judgment (idempotent)."""
         self._upsert(
             table_of(JudgeCacheEntry),
             ["cache_key"],
-            [{"cache_key": cache_key, "judge_version": judge_version, "window_id": window_id, "group_id": group_id,
-              "scores_json": json.dumps({k: list(v) for k, v in scores.items()}, sort_keys=True),
-              "tokens_in": tokens_in, "tokens_out": tokens_out, "dollars": dollars,
-              "created_at": as_utc(self.clock())}],
+            [
+                {
+                    "cache_key": cache_key,
+                    "judge_version": judge_version,
+                    "window_id": window_id,
+                    "group_id": group_id,
+                    "scores_json": json.dumps({k: list(v) for k, v in scores.items()}, sort_keys=True),
+                    "tokens_in": tokens_in,
+                    "tokens_out": tokens_out,
+                    "dollars": dollars,
+                    "created_at": as_utc(self.clock()),
+                }
+            ],
             ["scores_json", "tokens_in", "tokens_out", "dollars"],
         )
 
@@ -873,13 +1038,23 @@ class Store:
         self._upsert(
             table_of(WindowVerdict),
             ["window_id", "check_name"],
-            [{"window_id": w, "check_name": check_name, "passed": ok, "detail": detail, "run_id": run_id,
-              "checked_at": now} for w, ok, detail in verdicts],
+            [
+                {
+                    "window_id": w,
+                    "check_name": check_name,
+                    "passed": ok,
+                    "detail": detail,
+                    "run_id": run_id,
+                    "checked_at": now,
+                }
+                for w, ok, detail in verdicts
+            ],
             ["passed", "detail", "run_id", "checked_at"],
         )
 
-    def verdicts(self, check_name: str, *, run_id: str | None = None,
-                 window_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def verdicts(
+        self, check_name: str, *, run_id: str | None = None, window_ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Stored verdicts of a check, for one run or some windows."""
         table = table_of(WindowVerdict)
         statement = select(table).where(table.c.check_name == bindparam("c")).order_by(table.c.window_id)
@@ -917,24 +1092,34 @@ class Store:
             if exists_already:
                 return False
             connection.execute(datasets.insert(), [record])
-            _insert_many(connection, table_of(DatasetMember),
-                         [{**m, "dataset_id": record["dataset_id"]} for m in members])
+            _insert_many(
+                connection, table_of(DatasetMember), [{**m, "dataset_id": record["dataset_id"]} for m in members]
+            )
         return True
 
     def latest_dataset(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """The newest training dataset and its members, or None."""
         datasets, members = table_of(TrainingDatasetRecord), table_of(DatasetMember)
         with self.engine.connect() as connection:
-            record = connection.execute(
-                select(datasets).order_by(datasets.c.created_at.desc(), datasets.c.dataset_id).limit(1)
-            ).mappings().first()
+            record = (
+                connection.execute(
+                    select(datasets).order_by(datasets.c.created_at.desc(), datasets.c.dataset_id).limit(1)
+                )
+                .mappings()
+                .first()
+            )
             if record is None:
                 return None
-            rows = connection.execute(
-                select(members).where(members.c.dataset_id == bindparam("d"))
-                .order_by(members.c.window_id, members.c.group_id, members.c.agent_window_id),
-                {"d": record["dataset_id"]},
-            ).mappings().all()
+            rows = (
+                connection.execute(
+                    select(members)
+                    .where(members.c.dataset_id == bindparam("d"))
+                    .order_by(members.c.window_id, members.c.group_id, members.c.agent_window_id),
+                    {"d": record["dataset_id"]},
+                )
+                .mappings()
+                .all()
+            )
         return dict(record), [dict(row) for row in rows]
 
 

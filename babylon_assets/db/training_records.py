@@ -72,29 +72,57 @@ class TrainingRecords:
         """A `pending` training_batches row (the run exists; nothing trained yet)."""
         self.store._require_game_writes("training_batches")
         with self.store.engine.begin() as connection:
-            connection.execute(table_of(TrainingBatch).insert(), [{
-                "id": uuid.uuid4().hex, "batchId": batch_id, "baseModel": base_model, "modelVersion": model_version,
-                "trajectoryIds": "[]", "rewardsJson": "[]", "status": "pending", "createdAt": self._now(),
-            }])
+            connection.execute(
+                table_of(TrainingBatch).insert(),
+                [
+                    {
+                        "id": uuid.uuid4().hex,
+                        "batchId": batch_id,
+                        "baseModel": base_model,
+                        "modelVersion": model_version,
+                        "trajectoryIds": "[]",
+                        "rewardsJson": "[]",
+                        "status": "pending",
+                        "createdAt": self._now(),
+                    }
+                ],
+            )
 
     def mark_training(self, batch_id: str) -> None:
         """The run started its first step."""
         self._update_batch(batch_id, status="training", startedAt=self._now())
 
-    def complete_batch(self, batch_id: str, *, model_version: str, trajectory_ids: Sequence[str],
-                       rewards: Sequence[float], rankings: Sequence[dict[str, Any]], loss: float | None) -> None:
+    def complete_batch(
+        self,
+        batch_id: str,
+        *,
+        model_version: str,
+        trajectory_ids: Sequence[str],
+        rewards: Sequence[float],
+        rankings: Sequence[dict[str, Any]],
+        loss: float | None,
+    ) -> None:
         """The run finished: what it trained on, its loss, and its trajectories marked used."""
-        self._update_batch(batch_id, status="completed", completedAt=self._now(), modelVersion=model_version,
-                           trajectoryIds=json.dumps(list(trajectory_ids)), rewardsJson=json.dumps(list(rewards)),
-                           rankingsJson=json.dumps(list(rankings)), trainingLoss=loss)
+        self._update_batch(
+            batch_id,
+            status="completed",
+            completedAt=self._now(),
+            modelVersion=model_version,
+            trajectoryIds=json.dumps(list(trajectory_ids)),
+            rewardsJson=json.dumps(list(rewards)),
+            rankingsJson=json.dumps(list(rankings)),
+            trainingLoss=loss,
+        )
         trajectories = table_of(Trajectory)
         ids = sorted(set(trajectory_ids))
         with self.store.engine.begin() as connection:
             for start in range(0, len(ids), 500):
                 connection.execute(
-                    update(trajectories).where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)))
+                    update(trajectories)
+                    .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)))
                     .values(usedInTraining=True, trainedInBatch=batch_id, updatedAt=self._now()),
-                    {"ids": ids[start : start + 500]})
+                    {"ids": ids[start : start + 500]},
+                )
 
     def fail_batch(self, batch_id: str, error: str) -> None:
         """The run failed: the row says so, with the error."""
@@ -118,26 +146,63 @@ class TrainingRecords:
         table = table_of(TrainingStepMember)
         with self.store.engine.begin() as connection:
             connection.execute(table.delete().where(table.c.model_name == model_name, table.c.step == step))
-            _insert_many(connection, table, [{
-                "model_name": model_name, "step": step, "agent_window_id": m.agent_window_id, "batch_id": batch_id,
-                "window_id": m.window_id, "group_id": m.group_id, "trajectory_ids": json.dumps(list(m.trajectory_ids)),
-                "reward": m.reward,
-            } for m in members])
+            _insert_many(
+                connection,
+                table,
+                [
+                    {
+                        "model_name": model_name,
+                        "step": step,
+                        "agent_window_id": m.agent_window_id,
+                        "batch_id": batch_id,
+                        "window_id": m.window_id,
+                        "group_id": m.group_id,
+                        "trajectory_ids": json.dumps(list(m.trajectory_ids)),
+                        "reward": m.reward,
+                    }
+                    for m in members
+                ],
+            )
 
-    def add_checkpoint(self, *, model_version: str, base_model: str, batch_id: str, storage_path: str,
-                       avg_reward: float | None, wandb_run_id: str | None) -> None:
+    def add_checkpoint(
+        self,
+        *,
+        model_version: str,
+        base_model: str,
+        batch_id: str,
+        storage_path: str,
+        avg_reward: float | None,
+        wandb_run_id: str | None,
+    ) -> None:
         """A `trained` trained_models row for a checkpoint (idempotent on its version)."""
         self.store._require_game_writes("trained_models")
         models = table_of(TrainedModel)
-        values = {"baseModel": base_model, "trainingBatch": batch_id, "status": "trained", "storagePath": storage_path,
-                  "avgReward": avg_reward, "wandbRunId": wandb_run_id, "updatedAt": self._now()}
+        values = {
+            "baseModel": base_model,
+            "trainingBatch": batch_id,
+            "status": "trained",
+            "storagePath": storage_path,
+            "avgReward": avg_reward,
+            "wandbRunId": wandb_run_id,
+            "updatedAt": self._now(),
+        }
         with self.store.engine.begin() as connection:
             existing = connection.execute(select(models.c.id).where(models.c.modelId == model_version)).first()
             if existing:
                 connection.execute(update(models).where(models.c.modelId == model_version).values(**values))
             else:
-                connection.execute(models.insert(), [{"id": uuid.uuid4().hex, "modelId": model_version,
-                                                      "version": model_version, "createdAt": self._now(), **values}])
+                connection.execute(
+                    models.insert(),
+                    [
+                        {
+                            "id": uuid.uuid4().hex,
+                            "modelId": model_version,
+                            "version": model_version,
+                            "createdAt": self._now(),
+                            **values,
+                        }
+                    ],
+                )
 
     def checkpoints(self, batch_id: str | None = None) -> list[dict[str, Any]]:
         """trained_models rows (of one batch), oldest first."""
@@ -153,9 +218,11 @@ class TrainingRecords:
         if not window_ids:
             return {}
         judgments = table_of(JudgmentRecord)
-        query = (select(judgments.c.window_id, func.max(judgments.c.judged_at))
-                 .where(judgments.c.window_id.in_(bindparam("ids", expanding=True)))
-                 .group_by(judgments.c.window_id))
+        query = (
+            select(judgments.c.window_id, func.max(judgments.c.judged_at))
+            .where(judgments.c.window_id.in_(bindparam("ids", expanding=True)))
+            .group_by(judgments.c.window_id)
+        )
         with self.store.engine.connect() as connection:
             rows = connection.execute(query, {"ids": list(window_ids)}).all()
         return {str(w): _naive_utc(when) for w, when in rows}
@@ -174,16 +241,26 @@ class TrainingRecords:
             raise ValueError(f"{model_version!r} is not a model version ({{MODEL_NAME}}@{{step}})")
         table, judgments = table_of(TrainingStepMember), table_of(JudgmentRecord)
         with self.store.engine.connect() as connection:
-            rows = [dict(r) for r in connection.execute(
-                select(table).where(table.c.model_name == name, table.c.step <= int(step_text))
-                .order_by(table.c.step, table.c.window_id, table.c.agent_window_id)).mappings()]
+            rows = [
+                dict(r)
+                for r in connection.execute(
+                    select(table)
+                    .where(table.c.model_name == name, table.c.step <= int(step_text))
+                    .order_by(table.c.step, table.c.window_id, table.c.agent_window_id)
+                ).mappings()
+            ]
             agent_windows = sorted({r["agent_window_id"] for r in rows})
             judged: list[dict[str, Any]] = []
             for start in range(0, len(agent_windows), 500):
-                judged.extend(dict(j) for j in connection.execute(
-                    select(judgments).where(judgments.c.agent_window_id.in_(bindparam("ids", expanding=True)))
-                    .order_by(judgments.c.window_id, judgments.c.agent_window_id, judgments.c.judge_version),
-                    {"ids": agent_windows[start : start + 500]}).mappings())
+                judged.extend(
+                    dict(j)
+                    for j in connection.execute(
+                        select(judgments)
+                        .where(judgments.c.agent_window_id.in_(bindparam("ids", expanding=True)))
+                        .order_by(judgments.c.window_id, judgments.c.agent_window_id, judgments.c.judge_version),
+                        {"ids": agent_windows[start : start + 500]},
+                    ).mappings()
+                )
         return Lineage(
             model_version=model_version,
             steps=sorted({r["step"] for r in rows}),

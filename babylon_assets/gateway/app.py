@@ -95,8 +95,11 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
     async def chat_completions(request: Request) -> Response:
         agent_id = request.headers.get(AGENT_HEADER, "").strip()
         if not agent_id:
-            return _error(400, f"name the calling agent with the {AGENT_HEADER} header (its game agentId)",
-                          "invalid_request_error")
+            return _error(
+                400,
+                f"name the calling agent with the {AGENT_HEADER} header (its game agentId)",
+                "invalid_request_error",
+            )
         try:
             body = await request.json()
         except json.JSONDecodeError:
@@ -119,16 +122,27 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
         def record(content: str, usage: Any, logprobs: list[dict[str, Any]] | None, model: str | None) -> None:
             system, user = _prompts(messages)
-            recorder.submit(CallRecord(
-                call_id=uuid.uuid4().hex, agent_id=agent_id, at=at, model=target.model,
-                model_version=target.version or model, system_prompt=system, user_prompt=user, messages=messages,
-                response=content, temperature=float(body.get("temperature", 1.0)),
-                max_tokens=int(body.get("max_tokens") or 0), latency_ms=(time.perf_counter() - started) * 1000,
-                prompt_tokens=_get(usage, "prompt_tokens"), completion_tokens=_get(usage, "completion_tokens"),
-                logprobs=logprobs,
-                agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
-                is_evaluation=held_out,
-            ))
+            recorder.submit(
+                CallRecord(
+                    call_id=uuid.uuid4().hex,
+                    agent_id=agent_id,
+                    at=at,
+                    model=target.model,
+                    model_version=target.version or model,
+                    system_prompt=system,
+                    user_prompt=user,
+                    messages=messages,
+                    response=content,
+                    temperature=float(body.get("temperature", 1.0)),
+                    max_tokens=int(body.get("max_tokens") or 0),
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    prompt_tokens=_get(usage, "prompt_tokens"),
+                    completion_tokens=_get(usage, "completion_tokens"),
+                    logprobs=logprobs,
+                    agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
+                    is_evaluation=held_out,
+                )
+            )
 
         if passes_through(target):
             response = await forward(target, messages, body, stream, record)
@@ -141,8 +155,13 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
         try:
             answer = await litellm.acompletion(
-                model=target.model, api_base=target.api_base, api_key=target.api_key or PLACEHOLDER_API_KEY,
-                messages=messages, stream=stream, num_retries=0, **body,
+                model=target.model,
+                api_base=target.api_base,
+                api_key=target.api_key or PLACEHOLDER_API_KEY,
+                messages=messages,
+                stream=stream,
+                num_retries=0,
+                **body,
             )
         except Exception as error:  # noqa: BLE001 - the upstream's error goes back to the agent as it came
             status = int(getattr(error, "status_code", 502) or 502)
@@ -150,8 +169,12 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
         if not stream:
             choice = answer.choices[0]
-            record(choice.message.content or "", getattr(answer, "usage", None), _logprobs(choice),
-                   getattr(answer, "model", None))
+            record(
+                choice.message.content or "",
+                getattr(answer, "usage", None),
+                _logprobs(choice),
+                getattr(answer, "model", None),
+            )
             return JSONResponse(answer.model_dump(exclude_none=True))
 
         async def relay() -> AsyncIterator[bytes]:
@@ -170,8 +193,13 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
         return StreamingResponse(relay(), media_type="text/event-stream")
 
-    async def forward(target: Upstream, messages: list[dict[str, Any]], body: dict[str, Any], stream: bool,
-                      record: Callable[[str, Any, list[dict[str, Any]] | None, str | None], None]) -> Response:
+    async def forward(
+        target: Upstream,
+        messages: list[dict[str, Any]],
+        body: dict[str, Any],
+        stream: bool,
+        record: Callable[[str, Any, list[dict[str, Any]] | None, str | None], None],
+    ) -> Response:
         session = http["session"]
         url = f"{(target.api_base or '').rstrip('/')}/chat/completions"
         payload = {**body, "model": target.model.split("/", 1)[1], "messages": messages, "stream": stream}
@@ -179,8 +207,9 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         try:
             answer = await session.post(url, json=payload, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as error:
-            return _error(502, f"the upstream at {url} did not answer: {type(error).__name__}: {error}",
-                          "api_connection_error")
+            return _error(
+                502, f"the upstream at {url} did not answer: {type(error).__name__}: {error}", "api_connection_error"
+            )
         media_type = answer.headers.get("content-type", "application/json")
         if not stream or answer.status != 200:
             try:
@@ -191,9 +220,12 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                 data = json.loads(content)
                 choice = data["choices"][0]
                 logprobs = (choice.get("logprobs") or {}).get("content")
-                record(choice["message"].get("content") or "", data.get("usage"),
-                       [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
-                       data.get("model"))
+                record(
+                    choice["message"].get("content") or "",
+                    data.get("usage"),
+                    [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
+                    data.get("model"),
+                )
             # The upstream's answer, errors included, exactly as it came.
             return Response(content, status_code=answer.status, media_type=media_type.split(";")[0])
 
@@ -211,8 +243,10 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                         usage = event.get("usage") or usage
                         for choice in event.get("choices") or []:
                             parts.append((choice.get("delta") or {}).get("content") or "")
-                            logprobs.extend({"token": t["token"], "logprob": float(t["logprob"])}
-                                            for t in ((choice.get("logprobs") or {}).get("content") or []))
+                            logprobs.extend(
+                                {"token": t["token"], "logprob": float(t["logprob"])}
+                                for t in ((choice.get("logprobs") or {}).get("content") or [])
+                            )
             finally:
                 answer.release()
             record("".join(parts), usage, logprobs or None, model)
@@ -221,15 +255,23 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
 
     async def health(_: Request) -> Response:
         counters = recorder.counters
-        return JSONResponse({"status": "ok", "upstream": upstream().model, "pending": recorder.queue.qsize(),
-                             "recorded": counters.recorded, "failed_attempts": counters.failed_attempts})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "upstream": upstream().model,
+                "pending": recorder.queue.qsize(),
+                "recorded": counters.recorded,
+                "failed_attempts": counters.failed_attempts,
+            }
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         recorder.start()
         # aiohttp, not httpx: its connection pool stays fast with hundreds of calls in flight.
-        http["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                                timeout=aiohttp.ClientTimeout(total=600, connect=10))
+        http["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600, connect=10)
+        )
         try:
             yield
         finally:
@@ -237,9 +279,10 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
             await recorder.stop()  # what is queued is written before the gateway goes
 
     return Starlette(
-        routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-                Route("/chat/completions", chat_completions, methods=["POST"]),
-                Route("/health", health, methods=["GET"])],
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/chat/completions", chat_completions, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
         lifespan=lifespan,
     )
-

@@ -63,32 +63,56 @@ class CallRecord:
                 agentPnL=float(self.agent_state.get("pnl", 0.0)),
                 openPositions=int(self.agent_state.get("openPositions", 0)),
             ),
-            llmCalls=[LlmCall(model=self.model, modelVersion=self.model_version, systemPrompt=self.system_prompt,
-                              userPrompt=self.user_prompt, response=self.response, temperature=self.temperature,
-                              maxTokens=self.max_tokens, latencyMs=self.latency_ms, purpose="action",
-                              actionType=self.action_type)],
+            llmCalls=[
+                LlmCall(
+                    model=self.model,
+                    modelVersion=self.model_version,
+                    systemPrompt=self.system_prompt,
+                    userPrompt=self.user_prompt,
+                    response=self.response,
+                    temperature=self.temperature,
+                    maxTokens=self.max_tokens,
+                    latencyMs=self.latency_ms,
+                    purpose="action",
+                    actionType=self.action_type,
+                )
+            ],
             action=Action(actionType=self.action_type, success=True),
             reward=0.0,
         )
 
     def call_row(self, step_number: int) -> dict[str, Any]:
         """The call's llm_call_logs row."""
-        total = None if self.prompt_tokens is None or self.completion_tokens is None else \
-            self.prompt_tokens + self.completion_tokens
+        total = (
+            None
+            if self.prompt_tokens is None or self.completion_tokens is None
+            else self.prompt_tokens + self.completion_tokens
+        )
         return {
-            "id": self.call_id, "trajectoryId": self.trajectory_id, "stepId": f"{self.trajectory_id}:{step_number}",
-            "callId": self.call_id, "timestamp": naive_utc(self.at),
-            "latencyMs": int(self.latency_ms), "model": self.model, "purpose": "action",
-            "actionType": self.action_type, "systemPrompt": self.system_prompt, "userPrompt": self.user_prompt,
-            "messagesJson": json.dumps(self.messages), "response": self.response, "temperature": self.temperature,
-            "maxTokens": self.max_tokens, "promptTokens": self.prompt_tokens,
-            "completionTokens": self.completion_tokens, "totalTokens": total, "metadata": self.metadata_json(),
+            "id": self.call_id,
+            "trajectoryId": self.trajectory_id,
+            "stepId": f"{self.trajectory_id}:{step_number}",
+            "callId": self.call_id,
+            "timestamp": naive_utc(self.at),
+            "latencyMs": int(self.latency_ms),
+            "model": self.model,
+            "purpose": "action",
+            "actionType": self.action_type,
+            "systemPrompt": self.system_prompt,
+            "userPrompt": self.user_prompt,
+            "messagesJson": json.dumps(self.messages),
+            "response": self.response,
+            "temperature": self.temperature,
+            "maxTokens": self.max_tokens,
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "totalTokens": total,
+            "metadata": self.metadata_json(),
         }
 
     def metadata_json(self) -> str:
         """llm_call_logs.metadata: the model version and the token logprobs."""
-        return json.dumps({"modelVersion": self.model_version, "logprobs": self.logprobs,
-                           "source": "gateway"})
+        return json.dumps({"modelVersion": self.model_version, "logprobs": self.logprobs, "source": "gateway"})
 
 
 @dataclass(slots=True)
@@ -104,8 +128,16 @@ class RecorderCounters:
 class GatewayRecorder:
     """A queue of calls and the task that writes them to the store."""
 
-    def __init__(self, store: Store, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 close_every_s: float = 30.0, clock: Clock = utcnow, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        close_every_s: float = 30.0,
+        clock: Clock = utcnow,
+        max_batch: int = 256,
+    ) -> None:
         self.store = store
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s

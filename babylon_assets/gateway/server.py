@@ -23,15 +23,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway_in_thread(store: Store, upstream: Upstream | Callable[[], Upstream], *, backoff_s: float = 0.05,
-                      start_timeout_s: float = 20.0) -> Iterator[tuple[str, GatewayRecorder]]:
+def gateway_in_thread(
+    store: Store, upstream: Upstream | Callable[[], Upstream], *, backoff_s: float = 0.05, start_timeout_s: float = 20.0
+) -> Iterator[tuple[str, GatewayRecorder]]:
     """Run the gateway until the block ends; yields its base URL (…/v1) and its recorder. Leaving the block
     writes every queued call before it returns."""
     port = free_port()
     recorder = GatewayRecorder(store, backoff_s=backoff_s)
     choose = upstream if callable(upstream) else (lambda: upstream)
-    server = uvicorn.Server(uvicorn.Config(create_app(choose, recorder), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(choose, recorder), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout_s

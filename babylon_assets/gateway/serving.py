@@ -42,8 +42,12 @@ class ServingFile:
         if stamp != self._seen:
             try:
                 data = json.loads(self.path.read_text())
-                self._current = Upstream(model=data["model"], api_base=data.get("api_base"),
-                                         api_key=data.get("api_key"), version=data.get("version"))
+                self._current = Upstream(
+                    model=data["model"],
+                    api_base=data.get("api_base"),
+                    api_key=data.get("api_key"),
+                    version=data.get("version"),
+                )
                 self._seen = stamp
                 log.info("gateway upstream is now %s (%s)", self._current.model, self._current.version)
             except (OSError, ValueError, KeyError) as error:

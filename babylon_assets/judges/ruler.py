@@ -37,9 +37,17 @@ class JudgeCache(Protocol):
 
     def cached_judgment(self, cache_key: str) -> dict[str, Any] | None: ...
 
-    def cache_judgment(self, cache_key: str, judge_version: str, window_id: str, group_id: str,
-                       scores: dict[str, tuple[float, str]], tokens_in: int, tokens_out: int,
-                       dollars: float) -> None: ...
+    def cache_judgment(
+        self,
+        cache_key: str,
+        judge_version: str,
+        window_id: str,
+        group_id: str,
+        scores: dict[str, tuple[float, str]],
+        tokens_in: int,
+        tokens_out: int,
+        dollars: float,
+    ) -> None: ...
 
 
 class BudgetExhausted(RuntimeError):
@@ -146,8 +154,9 @@ def pinned_schema(labels: Sequence[str]) -> dict[str, Any]:
     ]
     return {
         "type": "object",
-        "properties": {"scores": {"type": "array", "prefixItems": items, "minItems": len(items),
-                                  "maxItems": len(items)}},
+        "properties": {
+            "scores": {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
+        },
         "required": ["scores"],
         "additionalProperties": False,
     }
@@ -155,8 +164,10 @@ def pinned_schema(labels: Sequence[str]) -> dict[str, Any]:
 
 def pinned_response_format(labels: Sequence[str]) -> dict[str, Any]:
     """The response_format of a pinned call (OpenAI's json_schema form)."""
-    return {"type": "json_schema",
-            "json_schema": {"name": "ruler_scores", "schema": pinned_schema(labels), "strict": True}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "ruler_scores", "schema": pinned_schema(labels), "strict": True},
+    }
 
 
 def ruler_style_messages(message_lists: Sequence[Sequence[dict[str, str]]], rubric: str) -> list[dict[str, str]]:
@@ -169,8 +180,10 @@ def ruler_style_messages(message_lists: Sequence[Sequence[dict[str, str]]], rubr
     parts = []
     if shared:
         parts.append("<context>\n" + json.dumps(list(first[:shared])) + "\n</context>")
-    blocks = [f'<trajectory id="{label}">\n{json.dumps(list(messages[shared:]))}\n</trajectory>'
-              for label, messages in zip(_labels(len(message_lists)), message_lists, strict=True)]
+    blocks = [
+        f'<trajectory id="{label}">\n{json.dumps(list(messages[shared:]))}\n</trajectory>'
+        for label, messages in zip(_labels(len(message_lists)), message_lists, strict=True)
+    ]
     parts.append("Trajectories:\n\n" + "\n\n".join(blocks))
     instructions = (
         "Each trajectory below pursued the same goal in the same situation. Compare them and give each a score "
@@ -269,8 +282,15 @@ class RulerJudge:
 
     def cache_key(self, message_lists: Sequence[Sequence[dict[str, str]]]) -> str:
         """Hash of (judge view, judge model, rubric version, mode)."""
-        payload = json.dumps({"views": message_lists, "model": self.config.model,
-                              "rubric": self.config.rubric_version, "mode": self.config.mode}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "views": message_lists,
+                "model": self.config.model,
+                "rubric": self.config.rubric_version,
+                "mode": self.config.mode,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     @property
@@ -327,8 +347,9 @@ class RulerJudge:
         }
         headers = {"Authorization": f"Bearer {self.config.api_key or PLACEHOLDER_API_KEY}"}
         try:
-            async with self._session.post(url, json=payload, headers=headers,
-                                          timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as response:
+            async with self._session.post(
+                url, json=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)
+            ) as response:
                 text = await response.text()
                 if response.status == 429 or response.status >= 500:
                     raise _TransientUpstream(f"HTTP {response.status}", _seconds(response.headers.get("Retry-After")))
@@ -374,11 +395,19 @@ class RulerJudge:
             except BadJudgeAnswer as error:
                 problems.append(f"attempt {attempt + 1}: bad answer: {error}")
                 delay = self.config.backoff_s * 2**attempt
-            except (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError,
-                    litellm.ServiceUnavailableError, litellm.InternalServerError, _TransientUpstream) as error:
+            except (
+                litellm.RateLimitError,
+                litellm.Timeout,
+                litellm.APIConnectionError,
+                litellm.ServiceUnavailableError,
+                litellm.InternalServerError,
+                _TransientUpstream,
+            ) as error:
                 retry_after = error.retry_after if isinstance(error, _TransientUpstream) else _retry_after_s(error)
-                problems.append(f"attempt {attempt + 1}: {type(error).__name__}"
-                                + (f" (Retry-After {retry_after:g}s)" if retry_after is not None else ""))
+                problems.append(
+                    f"attempt {attempt + 1}: {type(error).__name__}"
+                    + (f" (Retry-After {retry_after:g}s)" if retry_after is not None else "")
+                )
                 delay = retry_after if retry_after is not None else self.config.backoff_s * 2**attempt
             except Exception as error:  # noqa: BLE001 - ART's ruler raises plain errors on answers it cannot read
                 problems.append(f"attempt {attempt + 1}: {type(error).__name__}: {str(error)[:200]}")
@@ -388,18 +417,20 @@ class RulerJudge:
             if attempt < self.config.retries:
                 self.stats.retries += 1
                 await asyncio.sleep(delay * (1 + random.random() * 0.1))
-        raise RuntimeError(f"group {group.group_id}: the judge gave no valid answer after "
-                           f"{self.config.retries + 1} attempts: " + "; ".join(problems))
+        raise RuntimeError(
+            f"group {group.group_id}: the judge gave no valid answer after "
+            f"{self.config.retries + 1} attempts: " + "; ".join(problems)
+        )
 
-    async def _score_group(self, group: JudgeGroup, semaphore: asyncio.Semaphore,
-                           result: JudgeResult) -> None:
+    async def _score_group(self, group: JudgeGroup, semaphore: asyncio.Semaphore, result: JudgeResult) -> None:
         members = sorted(group.members, key=lambda aw: aw.agent_window_id)
         views = [decision_conversations(aw) for aw in members]
         if len(members) > 1 and all(view == views[0] for view in views):
             self.stats.identical_groups += 1
             for aw in members:
                 result.scores[aw.agent_window_id] = Judgment(
-                    0.5, "not sent to the judge: every trajectory of the group is identical (left out of training)")
+                    0.5, "not sent to the judge: every trajectory of the group is identical (left out of training)"
+                )
             return
         message_lists = [judge_messages(aw, self.rubric, group.outcomes) for aw in members]
         key = self.cache_key(message_lists)
@@ -413,8 +444,9 @@ class RulerJudge:
         async with semaphore:
             call = await self._judge_with_retries(group, message_lists)
         self.stats.sent_groups += 1
-        by_id = {aw.agent_window_id: call.scores[label]
-                 for label, aw in zip(_labels(len(members)), members, strict=True)}
+        by_id = {
+            aw.agent_window_id: call.scores[label] for label, aw in zip(_labels(len(members)), members, strict=True)
+        }
         for agent_window_id, (score, reasoning) in by_id.items():
             result.scores[agent_window_id] = Judgment(score, reasoning)
         usage = result.usage
@@ -428,8 +460,9 @@ class RulerJudge:
         window.tokens_out += call.tokens_out
         window.dollars += call.dollars
         if self.cache is not None:
-            self.cache.cache_judgment(key, self.version, group.window_id, group.group_id, by_id,
-                                      call.tokens_in, call.tokens_out, call.dollars)
+            self.cache.cache_judgment(
+                key, self.version, group.window_id, group.group_id, by_id, call.tokens_in, call.tokens_out, call.dollars
+            )
 
     async def score(self, groups: Sequence[JudgeGroup]) -> JudgeResult:
         """Score every group concurrently (at most JUDGE_MAX_CONCURRENCY calls in flight); a group that fails
@@ -469,8 +502,9 @@ class _UsageLog:
         from litellm.integrations.custom_logger import CustomLogger
 
         class Collector(CustomLogger):  # type: ignore[misc]
-            async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
-                                              end_time: Any) -> None:
+            async def async_log_success_event(
+                self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+            ) -> None:
                 tag = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get("babylon_call")
                 usage = getattr(response_obj, "usage", None)
                 if tag and usage is not None:

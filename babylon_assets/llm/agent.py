@@ -63,8 +63,12 @@ class LlmAgent:
     def _gateway_fields(self, observation: Observation) -> dict[str, Any]:
         if not self.endpoint.via_gateway:
             return {}
-        state: dict[str, Any] = {"balance": observation.cash, "pnl": observation.pnl,
-                                 "openPositions": len(observation.positions), "at": observation.time}
+        state: dict[str, Any] = {
+            "balance": observation.cash,
+            "pnl": observation.pnl,
+            "openPositions": len(observation.positions),
+            "at": observation.time,
+        }
         if self.endpoint.evaluation:
             state["evaluation"] = True
         return {"extra_headers": {"X-Babylon-Agent": self.agent_id}, "extra_body": {"babylon": state}}
@@ -90,8 +94,12 @@ class LlmAgent:
                 **self._gateway_fields(observation),
             )
         except Exception as error:  # noqa: BLE001 - any endpoint failure becomes a recorded HOLD
-            return AgentReply(text="", model=endpoint.model, latency_ms=(time.perf_counter() - started) * 1000,
-                              error=f"{type(error).__name__}: {error}"[:500])
+            return AgentReply(
+                text="",
+                model=endpoint.model,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                error=f"{type(error).__name__}: {error}"[:500],
+            )
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
         return AgentReply(

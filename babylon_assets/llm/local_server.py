@@ -81,28 +81,49 @@ def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = Non
         with tempfile.TemporaryDirectory(prefix="llama-build-") as tmp:
             work = Path(tmp)
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 f"llama-cpp-python=={version}", "-d", str(work)],
-                check=True, stdout=output, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"llama-cpp-python=={version}",
+                    "-d",
+                    str(work),
+                ],
+                check=True,
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
             (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
             with tarfile.open(sdist) as archive:
                 archive.extractall(work, filter="data")
             source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
             build = work / "build"
-            subprocess.run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS],
-                           check=True, stdout=output, stderr=subprocess.STDOUT)
+            subprocess.run(
+                ["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS],
+                check=True,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
             parallel = str(jobs or os.cpu_count() or 2)
-            subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", parallel],
-                           check=True, stdout=output, stderr=subprocess.STDOUT)
+            subprocess.run(
+                ["cmake", "--build", str(build), "--target", "llama-server", "-j", parallel],
+                check=True,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
             built = next(build.rglob("llama-server"))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial")
             shutil.copy2(built, partial)
             partial.replace(target)  # atomic: a half-copied binary is never taken for a built one
     except subprocess.CalledProcessError as error:
-        raise LocalLlmError(f"building llama-server failed ({error.cmd[0]} exited {error.returncode})"
-                            + (f"; see {log}" if log else "")) from None
+        raise LocalLlmError(
+            f"building llama-server failed ({error.cmd[0]} exited {error.returncode})" + (f"; see {log}" if log else "")
+        ) from None
     finally:
         if log is not None and output is not subprocess.DEVNULL:
             output.close()  # type: ignore[union-attr]
@@ -170,9 +191,17 @@ def status(folder: Path) -> ServerState | None:
     return ServerState(int(data["pid"]), port, _healthy(port), model, lora, data.get("alias", MODEL_ALIAS))
 
 
-def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: int | None = None,
-          timeout_s: float = 120.0, *, model: Path | None = None, lora: Sequence[Path] = (),
-          alias: str = MODEL_ALIAS) -> ServerState:
+def serve(
+    folder: Path,
+    port: int = DEFAULT_PORT,
+    context: int = 8192,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
+    *,
+    model: Path | None = None,
+    lora: Sequence[Path] = (),
+    alias: str = MODEL_ALIAS,
+) -> ServerState:
     """Start llama-server on 127.0.0.1 with a GGUF (SmolLM2's by default) and LoRA GGUFs (`--lora`, scale 1),
     or return the same one already running, and wait until healthy."""
     wanted = (Path(model or model_file()).resolve(), tuple(Path(p).resolve() for p in lora), alias)
@@ -180,9 +209,11 @@ def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: 
     if running is not None:
         served = ((running.model or model_file()).resolve(), running.lora, running.alias)
         if served != wanted:
-            raise LocalLlmError(f"{folder} already runs llama-server (pid {running.pid}, port {running.port}) with "
-                                f"model {served[0]}, lora {[str(p) for p in served[1]]}, alias {served[2]!r}; "
-                                "stop it first (`babylon llm stop`, or restart())")
+            raise LocalLlmError(
+                f"{folder} already runs llama-server (pid {running.pid}, port {running.port}) with "
+                f"model {served[0]}, lora {[str(p) for p in served[1]]}, alias {served[2]!r}; "
+                "stop it first (`babylon llm stop`, or restart())"
+            )
         return running
     binary = server_binary()
     if not binary.is_file():
@@ -194,18 +225,46 @@ def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: 
     log = open(folder / "llama-server.log", "ab")  # noqa: SIM115 - the server keeps it
     adapters = [arg for path in wanted[1] for arg in ("--lora", str(path))]
     process = subprocess.Popen(
-        [str(binary), "-m", str(wanted[0]), *adapters, "--host", "127.0.0.1", "--port", str(port), "--jinja",
-         "--alias", alias, "-c", str(context), "-t", str(threads or os.cpu_count() or 2), "--no-webui"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(binary),
+            "-m",
+            str(wanted[0]),
+            *adapters,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--jinja",
+            "--alias",
+            alias,
+            "-c",
+            str(context),
+            "-t",
+            str(threads or os.cpu_count() or 2),
+            "--no-webui",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    _state_file(folder).write_text(json.dumps({"pid": process.pid, "port": port, "model": str(wanted[0]),
-                                               "lora": [str(p) for p in wanted[1]], "alias": alias}))
+    _state_file(folder).write_text(
+        json.dumps(
+            {
+                "pid": process.pid,
+                "port": port,
+                "model": str(wanted[0]),
+                "lora": [str(p) for p in wanted[1]],
+                "alias": alias,
+            }
+        )
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _state_file(folder).unlink(missing_ok=True)
-            raise LocalLlmError(f"llama-server exited with code {process.returncode}; "
-                                f"see {folder / 'llama-server.log'}")
+            raise LocalLlmError(
+                f"llama-server exited with code {process.returncode}; see {folder / 'llama-server.log'}"
+            )
         if _healthy(port):
             return ServerState(process.pid, port, True, *wanted)
         time.sleep(0.25)
@@ -213,9 +272,17 @@ def serve(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: 
     raise LocalLlmError(f"llama-server did not become healthy on port {port} within {timeout_s:.0f} s")
 
 
-def restart(folder: Path, port: int = DEFAULT_PORT, context: int = 8192, threads: int | None = None,
-            timeout_s: float = 120.0, *, model: Path | None = None, lora: Sequence[Path] = (),
-            alias: str = MODEL_ALIAS) -> ServerState:
+def restart(
+    folder: Path,
+    port: int = DEFAULT_PORT,
+    context: int = 8192,
+    threads: int | None = None,
+    timeout_s: float = 120.0,
+    *,
+    model: Path | None = None,
+    lora: Sequence[Path] = (),
+    alias: str = MODEL_ALIAS,
+) -> ServerState:
     """Stop this folder's server, if one runs, and start it again with these model, adapters and alias."""
     stop(folder)
     return serve(folder, port, context, threads, timeout_s, model=model, lora=lora, alias=alias)

@@ -45,8 +45,9 @@ def default_base_dir() -> str:
 
 def _is_asset_event(event: EventLogEntry) -> bool:
     dagster_event = event.dagster_event
-    return dagster_event is not None and dagster_event.event_type in ASSET_EVENTS \
-        and dagster_event.asset_key is not None
+    return (
+        dagster_event is not None and dagster_event.event_type in ASSET_EVENTS and dagster_event.asset_key is not None
+    )
 
 
 class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
@@ -102,13 +103,17 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                 self._store_asset_event(conn, event, event_id)
 
 
-def _last_of_each_run_of_updates(events: Sequence[EventLogEntry], event_ids: Sequence[int]
-                                 ) -> Iterable[tuple[EventLogEntry, int]]:
+def _last_of_each_run_of_updates(
+    events: Sequence[EventLogEntry], event_ids: Sequence[int]
+) -> Iterable[tuple[EventLogEntry, int]]:
     """The events whose asset-table update is not overwritten by the next one: an update sets the same
     columns as the next event of the same asset and type would, so only the last of a run of them shows."""
     for i, (event, event_id) in enumerate(zip(events, event_ids, strict=True)):
         following = events[i + 1] if i + 1 < len(events) else None
-        if following is not None and following.dagster_event_type == event.dagster_event_type \
-                and following.get_dagster_event().asset_key == event.get_dagster_event().asset_key:
+        if (
+            following is not None
+            and following.dagster_event_type == event.dagster_event_type
+            and following.get_dagster_event().asset_key == event.get_dagster_event().asset_key
+        ):
             continue
         yield event, event_id

@@ -36,7 +36,8 @@ def window_ranges(window_ids: Sequence[str], max_per_range: int = MAX_WINDOWS_PE
     count = 0
     for window_id in ordered:
         consecutive = previous is not None and parse_window_id(window_id) - parse_window_id(previous) == timedelta(
-            hours=1)
+            hours=1
+        )
         if start is None or not consecutive or count == max_per_range:
             if start is not None and previous is not None:
                 ranges.append((start, previous, count))
@@ -72,8 +73,7 @@ def materialize_windows(
     return runs
 
 
-def _run_from_dataset(defs: Definitions, instance: DagsterInstance, job_name: str, label: str,
-                      until: str) -> GraphRun:
+def _run_from_dataset(defs: Definitions, instance: DagsterInstance, job_name: str, label: str, until: str) -> GraphRun:
     """Run a job that starts at training_dataset (whose lookback ends at `until`)."""
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
@@ -109,9 +109,14 @@ def materialize_promotion(defs: Definitions, instance: DagsterInstance, *, deplo
     the evaluation and the gate's verdict)."""
     job = defs.resolve_job_def("promotion_job")
     selection = None if deploy else [AssetKey("checkpoint_evaluation")]
-    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET,
-                                    asset_selection=selection)
-    materialized = {event.asset_key.path[-1] for event in result.all_events
-                    if event.is_step_materialization and event.asset_key is not None}
-    return PromotionRun(result.run_id, result.success, "checkpoint_evaluation" in materialized,
-                        "deployed_model" in materialized)
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET, asset_selection=selection
+    )
+    materialized = {
+        event.asset_key.path[-1]
+        for event in result.all_events
+        if event.is_step_materialization and event.asset_key is not None
+    }
+    return PromotionRun(
+        result.run_id, result.success, "checkpoint_evaluation" in materialized, "deployed_model" in materialized
+    )

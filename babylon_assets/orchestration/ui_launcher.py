@@ -31,7 +31,12 @@ def _reset_signal_handlers() -> None:
 
 
 def start_dagster(
-    port: int, *, host: str = "127.0.0.1", workspace: Path, dagster_home: Path, webserver_only: bool = False,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    workspace: Path,
+    dagster_home: Path,
+    webserver_only: bool = False,
     log_file: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `dagster dev` (webserver and daemon) or only the webserver, on a loopback host, in its own group."""
@@ -94,6 +99,7 @@ def terminate_group(process: subprocess.Popen[bytes], kill_after_s: float = 20.0
             os.killpg(process.pid, sig)
 
     send(signal.SIGTERM)
+
     def kill_if_still_running() -> None:
         if process.poll() is None:
             send(signal.SIGKILL)

@@ -35,8 +35,15 @@ def write_clock(path: Path, simulated_now: datetime, window_seconds: float) -> N
     """Publish the simulated now (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({"simulated_now": as_utc(simulated_now).isoformat(),
-                                   "written_at": utcnow().isoformat(), "window_seconds": window_seconds}))
+    partial.write_text(
+        json.dumps(
+            {
+                "simulated_now": as_utc(simulated_now).isoformat(),
+                "written_at": utcnow().isoformat(),
+                "window_seconds": window_seconds,
+            }
+        )
+    )
     os.replace(partial, path)
 
 
@@ -94,17 +101,26 @@ def _agents_upstream(settings: Any) -> Callable[[], Upstream]:
     """The deployed model (the serving file), else AGENT_MODEL: never a silent stand-in."""
     serving = Path(settings.SERVING_FILE)
     if not serving.is_file() and not settings.AGENT_MODEL:
-        raise ValueError(f"no model to play: nothing is deployed ({serving} does not exist) and AGENT_MODEL is not "
-                         "set (e.g. `babylon llm serve`, then AGENT_MODEL=openai/smollm2 "
-                         "AGENT_API_BASE=http://127.0.0.1:8080/v1)")
-    fallback = Upstream(settings.AGENT_MODEL or "unset", settings.AGENT_API_BASE, settings.AGENT_API_KEY,
-                        version=settings.AGENT_MODEL)
+        raise ValueError(
+            f"no model to play: nothing is deployed ({serving} does not exist) and AGENT_MODEL is not "
+            "set (e.g. `babylon llm serve`, then AGENT_MODEL=openai/smollm2 "
+            "AGENT_API_BASE=http://127.0.0.1:8080/v1)"
+        )
+    fallback = Upstream(
+        settings.AGENT_MODEL or "unset", settings.AGENT_API_BASE, settings.AGENT_API_KEY, version=settings.AGENT_MODEL
+    )
     return ServingFile(serving, fallback)
 
 
-def run_live(store: Store, settings: Any, plan: LivePlan, *, on_window: Callable[[LiveWindow], None] | None = None,
-             should_stop: Callable[[], bool] = lambda: False, sleep: Callable[[float], None] = time.sleep
-             ) -> list[LiveWindow]:
+def run_live(
+    store: Store,
+    settings: Any,
+    plan: LivePlan,
+    *,
+    on_window: Callable[[LiveWindow], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[LiveWindow]:
     """Play hour after hour until `plan.windows` hours are played, `should_stop()` says so, or the simulated
     clock reaches the real present."""
     store.require_own_store("simulated live play")
@@ -114,8 +130,15 @@ def run_live(store: Store, settings: Any, plan: LivePlan, *, on_window: Callable
     with gateway as running:
         endpoint = None
         if running is not None:
-            endpoint = LlmEndpoint("openai/deployed", running[0], temperature=plan.temperature,
-                                   max_tokens=plan.max_tokens, timeout_s=300.0, retries=1, via_gateway=True)
+            endpoint = LlmEndpoint(
+                "openai/deployed",
+                running[0],
+                temperature=plan.temperature,
+                max_tokens=plan.max_tokens,
+                timeout_s=300.0,
+                retries=1,
+                via_gateway=True,
+            )
         agents = build_agents(SimulationPlan(agents=plan.agents, seed=plan.seed, llm=endpoint))
         hour = plan.first_hour(utcnow())
         schedule = time.monotonic()
@@ -125,8 +148,11 @@ def run_live(store: Store, settings: Any, plan: LivePlan, *, on_window: Callable
                 break  # the simulated clock has caught up with the present: every window must be closed
             window_id = window_id_of(hour)
             ids = {f"gw-{agent.agent_id}-{window_id}" for agent in agents}
-            if endpoint is not None and store.existing_trajectory_ids(ids) == ids and \
-                    store.windows_with_outcomes([window_id]):
+            if (
+                endpoint is not None
+                and store.existing_trajectory_ids(ids) == ids
+                and store.windows_with_outcomes([window_id])
+            ):
                 played.append(LiveWindow(window_id, len(agents), 0, 0, 0.0, skipped=True))
                 hour += WINDOW
                 continue
@@ -134,26 +160,47 @@ def run_live(store: Store, settings: Any, plan: LivePlan, *, on_window: Callable
             started = time.monotonic()
             if endpoint is not None:
                 store.discard_simulated_play(ids)  # an hour cut short is played again from its start
-            summary = simulate(store, SimulationPlan(
-                agents=plan.agents, windows=1, duration_minutes=plan.duration_minutes, seed=plan.seed, start=hour,
-                step_seconds=plan.step_seconds, llm=endpoint, concurrency=plan.agents if endpoint else 1),
-                now=utcnow(), agents=agents)
+            summary = simulate(
+                store,
+                SimulationPlan(
+                    agents=plan.agents,
+                    windows=1,
+                    duration_minutes=plan.duration_minutes,
+                    seed=plan.seed,
+                    start=hour,
+                    step_seconds=plan.step_seconds,
+                    llm=endpoint,
+                    concurrency=plan.agents if endpoint else 1,
+                ),
+                now=utcnow(),
+                agents=agents,
+            )
             result = summary.windows[0]
             if running is not None:
                 running[1].drain_from_thread(timeout_s=120.0)
-                store.settle_simulated_play({
-                    f"gw-{p.agent_id}-{window_id}": {"finalPnL": round(p.final_pnl, 2),
-                                                     "finalBalance": round(p.final_balance, 2),
-                                                     "tradesExecuted": p.trades} for p in result.plays},
-                    held_out=False)
+                store.settle_simulated_play(
+                    {
+                        f"gw-{p.agent_id}-{window_id}": {
+                            "finalPnL": round(p.final_pnl, 2),
+                            "finalBalance": round(p.final_balance, 2),
+                            "tradesExecuted": p.trades,
+                        }
+                        for p in result.plays
+                    },
+                    held_out=False,
+                )
             hour += WINDOW
             write_clock(clock_file, hour, plan.window_seconds)  # the hour is over: a closed partition
             decisions = [d for p in result.plays for d in p.decisions]
             window = LiveWindow(
-                window_id, len(result.plays), len(decisions), result.unparseable,
+                window_id,
+                len(result.plays),
+                len(decisions),
+                result.unparseable,
                 sum(p.final_pnl for p in result.plays) / len(result.plays) if result.plays else 0.0,
                 sorted({d.reply.model_version or d.reply.model for d in decisions if d.reply.model}),
-                played_seconds=time.monotonic() - started)
+                played_seconds=time.monotonic() - started,
+            )
             # The next hour is due one window_seconds after this one was due; behind schedule, it starts now
             # (simulated time slows, nothing is skipped) and the lag is reported.
             schedule += plan.window_seconds

@@ -100,8 +100,13 @@ def _record(recorder: TrajectoryRecorder, plan: SimulationPlan, play: AgentWindo
         scenario_id=SCENARIO_ID,
         episode_id=f"s{plan.seed}-{play.window_id}",
         is_evaluation=plan.evaluation,
-        metadata={"archetype": play.archetype, "seed": plan.seed, "source": "simulator",
-                  "liquidations": play.liquidations, "fundingPaid": play.funding_paid},
+        metadata={
+            "archetype": play.archetype,
+            "seed": plan.seed,
+            "source": "simulator",
+            "liquidations": play.liquidations,
+            "fundingPaid": play.funding_paid,
+        },
     )
     for record in play.decisions:
         reply = record.reply
@@ -120,13 +125,23 @@ def _record(recorder: TrajectoryRecorder, plan: SimulationPlan, play: AgentWindo
         logprobs = None if reply.logprobs is None else [TokenLogprob(t, lp) for t, lp in reply.logprobs]
         recorder.step(
             trajectory_id,
-            environment_state=EnvironmentState(agentBalance=round(record.balance, 2), agentPnL=round(record.pnl, 2),
-                                               openPositions=record.open_positions),
-            provider_accesses=[ProviderAccess(providerName="babylon-market", purpose="observation",
-                                              data={"step": record.step})],
-            llm_calls=[RecordedLlmCall(call, prompt_tokens=reply.prompt_tokens,
-                                       completion_tokens=reply.completion_tokens, logprobs=logprobs,
-                                       call_id=f"{trajectory_id}:{record.step}")],
+            environment_state=EnvironmentState(
+                agentBalance=round(record.balance, 2),
+                agentPnL=round(record.pnl, 2),
+                openPositions=record.open_positions,
+            ),
+            provider_accesses=[
+                ProviderAccess(providerName="babylon-market", purpose="observation", data={"step": record.step})
+            ],
+            llm_calls=[
+                RecordedLlmCall(
+                    call,
+                    prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens,
+                    logprobs=logprobs,
+                    call_id=f"{trajectory_id}:{record.step}",
+                )
+            ],
             action=Action(
                 actionType=record.decision.action,
                 parameters=record.decision.model_dump(exclude={"action", "reasoning"}, exclude_none=True),
@@ -138,8 +153,15 @@ def _record(recorder: TrajectoryRecorder, plan: SimulationPlan, play: AgentWindo
             reward=record.reward,
             at=record.at,
         )
-    recorder.end(trajectory_id, final_status="completed", final_balance=play.final_balance,
-                 final_pnl=play.final_pnl, trades_executed=play.trades, posts_created=0, end_time=play.end)
+    recorder.end(
+        trajectory_id,
+        final_status="completed",
+        final_balance=play.final_balance,
+        final_pnl=play.final_pnl,
+        trades_executed=play.trades,
+        posts_created=0,
+        end_time=play.end,
+    )
 
 
 def outcome_rows(market: WindowMarket, plays: list[AgentWindowPlay]) -> list[dict[str, Any]]:
@@ -147,28 +169,34 @@ def outcome_rows(market: WindowMarket, plays: list[AgentWindowPlay]) -> list[dic
     rows: list[dict[str, Any]] = []
     for ticker, path in market.prices.items():
         change = (path[-1] / path[0] - 1) * 100
-        rows.append({
-            "stockTicker": ticker,
-            "startPrice": round(path[0], 2),
-            "endPrice": round(path[-1], 2),
-            # numeric(5,2) in the game's schema
-            "changePercent": round(max(-999.99, min(999.99, change)), 2),
-            "sentiment": "bullish" if change >= 2 else "bearish" if change <= -2 else "neutral",
-            "newsEvents": [e.headline for e in market.news if e.ticker == ticker],
-        })
+        rows.append(
+            {
+                "stockTicker": ticker,
+                "startPrice": round(path[0], 2),
+                "endPrice": round(path[-1], 2),
+                # numeric(5,2) in the game's schema
+                "changePercent": round(max(-999.99, min(999.99, change)), 2),
+                "sentiment": "bullish" if change >= 2 else "bearish" if change <= -2 else "neutral",
+                "newsEvents": [e.headline for e in market.news if e.ticker == ticker],
+            }
+        )
     for prediction in market.predictions:
         traded = sum(
-            d.decision.amount for p in plays for d in p.decisions
+            d.decision.amount
+            for p in plays
+            for d in p.decisions
             if d.success and d.decision.marketId == prediction.market_id
         )
-        rows.append({
-            "predictionMarketId": prediction.market_id,
-            "question": prediction.question,
-            "outcome": prediction.outcome,
-            "finalProbability": round(market.probabilities[prediction.market_id][-2], 4),
-            "volume": round(traded, 2),
-            "newsEvents": [e.headline for e in market.news if e.market_id == prediction.market_id],
-        })
+        rows.append(
+            {
+                "predictionMarketId": prediction.market_id,
+                "question": prediction.question,
+                "outcome": prediction.outcome,
+                "finalProbability": round(market.probabilities[prediction.market_id][-2], 4),
+                "volume": round(traded, 2),
+                "newsEvents": [e.headline for e in market.news if e.market_id == prediction.market_id],
+            }
+        )
     return rows
 
 

@@ -44,8 +44,9 @@ class DeployOptions:
     @classmethod
     def from_settings(cls, settings: Any) -> DeployOptions:
         """SERVING_FILE, LOCAL_LLM_PORT, GATEWAY_PORT, POLICY_API_BASE."""
-        return cls(Path(settings.SERVING_FILE), settings.LOCAL_LLM_PORT, settings.GATEWAY_PORT,
-                   settings.POLICY_API_BASE)
+        return cls(
+            Path(settings.SERVING_FILE), settings.LOCAL_LLM_PORT, settings.GATEWAY_PORT, settings.POLICY_API_BASE
+        )
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,10 @@ def deploy_model(store: Store, options: DeployOptions, model_id: str, *, force: 
         gate = (row.get("evalMetrics") or {}).get("gate") if isinstance(row.get("evalMetrics"), dict) else None
         if gate:
             why = ": " + "; ".join(gate.get("reasons", []))
-        raise DeployError(f"{model_id} is {status!r}, not ready: the promotion gate has not passed it{why} "
-                          "(--force deploys it anyway)")
+        raise DeployError(
+            f"{model_id} is {status!r}, not ready: the promotion gate has not passed it{why} "
+            "(--force deploys it anyway)"
+        )
     checkpoint = Path(str(row["storagePath"]))
     adapter_gguf: str | None = None
     pid: int | None = None
@@ -98,8 +101,9 @@ def deploy_model(store: Store, options: DeployOptions, model_id: str, *, force: 
         adapter_gguf = str(adapter)
         base = base_model_gguf(str(row["baseModel"]))
         local_server.stop(options.llm_folder)
-        state = local_server.serve(options.llm_folder, port=options.local_llm_port, model=base, lora=[adapter],
-                                alias=model_id)
+        state = local_server.serve(
+            options.llm_folder, port=options.local_llm_port, model=base, lora=[adapter], alias=model_id
+        )
         pid = state.pid
         upstream = Upstream(model=f"openai/{model_id}", api_base=state.base_url, version=model_id)
     previous = records.mark_deployed(model_id)

@@ -54,9 +54,15 @@ class EvaluationPlan:
     @classmethod
     def from_settings(cls, settings: Any) -> EvaluationPlan:
         """EVAL_* settings."""
-        return cls(seeds=tuple(settings.eval_seeds), windows=settings.EVAL_WINDOWS, agents=settings.EVAL_AGENTS,
-                   duration_minutes=settings.EVAL_DURATION_MINUTES, start=parse_window_id(settings.EVAL_START),
-                   temperature=settings.EVAL_TEMPERATURE, max_tokens=settings.EVAL_MAX_TOKENS)
+        return cls(
+            seeds=tuple(settings.eval_seeds),
+            windows=settings.EVAL_WINDOWS,
+            agents=settings.EVAL_AGENTS,
+            duration_minutes=settings.EVAL_DURATION_MINUTES,
+            start=parse_window_id(settings.EVAL_START),
+            temperature=settings.EVAL_TEMPERATURE,
+            max_tokens=settings.EVAL_MAX_TOKENS,
+        )
 
     def markets(self) -> list[tuple[int, datetime]]:
         """(seed, first hour) of each seed's markets; seeds never share an hour (one ground truth per hour)."""
@@ -77,9 +83,16 @@ class EvaluationPlan:
 
     def as_json(self) -> dict[str, Any]:
         """The plan as stored with every result."""
-        return {"seeds": list(self.seeds), "windows": self.windows, "agents": self.agents,
-                "duration_minutes": self.duration_minutes, "start": window_id_of(self.start),
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "step_seconds": self.step_seconds}
+        return {
+            "seeds": list(self.seeds),
+            "windows": self.windows,
+            "agents": self.agents,
+            "duration_minutes": self.duration_minutes,
+            "start": window_id_of(self.start),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "step_seconds": self.step_seconds,
+        }
 
     @property
     def key(self) -> str:
@@ -89,8 +102,10 @@ class EvaluationPlan:
     def slots(self) -> list[tuple[str, str]]:
         """(slot, archetype) of each seat at the table, the same for every policy."""
         archetypes = list(ARCHETYPES)
-        return [(f"{i + 1:02d}-{archetypes[i % len(archetypes)]}", archetypes[i % len(archetypes)])
-                for i in range(self.agents)]
+        return [
+            (f"{i + 1:02d}-{archetypes[i % len(archetypes)]}", archetypes[i % len(archetypes)])
+            for i in range(self.agents)
+        ]
 
 
 def base_policy(base_model: str) -> str:
@@ -120,15 +135,24 @@ class PolicyPlay:
     played_markets: int = 0
 
 
-def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: Callable[[], Any], *,
-                now: datetime, on_market: Callable[[str, int, int], None] | None = None,
-                max_markets: int | None = None) -> PolicyPlay:
+def play_policy(
+    store: Store,
+    plan: EvaluationPlan,
+    policy: str,
+    serve_policy: Callable[[], Any],
+    *,
+    now: datetime,
+    on_market: Callable[[str, int, int], None] | None = None,
+    max_markets: int | None = None,
+) -> PolicyPlay:
     """Play every evaluation market this policy has not played yet on this plan (at most `max_markets` of
     them: a long evaluation in chunks), through a gateway in this process whose upstream is the served
     policy; store each market's plays as it finishes."""
     if plan.last_hour_end() > now:
-        raise ValueError(f"evaluation hours must lie in the past: EVAL_START {window_id_of(plan.start)} + "
-                         f"{len(plan.seeds) * plan.windows} h ends after now")
+        raise ValueError(
+            f"evaluation hours must lie in the past: EVAL_START {window_id_of(plan.start)} + "
+            f"{len(plan.seeds) * plan.windows} h ends after now"
+        )
     records = EvaluationRecords(store)
     stored = records.plays(plan.key, policy)
     per_market = plan.windows * plan.agents
@@ -139,34 +163,61 @@ def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: C
         return result
     slots = plan.slots()
     with serve_policy() as upstream, gateway_in_thread(store, upstream) as (url, recorder):
-        endpoint = LlmEndpoint("openai/policy", url, temperature=plan.temperature, max_tokens=plan.max_tokens,
-                               timeout_s=300.0, retries=1, via_gateway=True, evaluation=True)
+        endpoint = LlmEndpoint(
+            "openai/policy",
+            url,
+            temperature=plan.temperature,
+            max_tokens=plan.max_tokens,
+            timeout_s=300.0,
+            retries=1,
+            via_gateway=True,
+            evaluation=True,
+        )
         agents = {slot: LlmAgent(agent_id(plan, policy, slot), archetype, endpoint) for slot, archetype in slots}
         slot_of = {agent.agent_id: slot for slot, agent in agents.items()}
         for seed, first in todo:
             windows = plan.window_ids(first)
             # A market whose play was cut short is played again from the start, not appended to.
-            store.discard_simulated_play(gateway_trajectory_id(a.agent_id, w) for a in agents.values()
-                                         for w in windows)
-            summary = simulate(store, SimulationPlan(
-                agents=plan.agents, windows=plan.windows, duration_minutes=plan.duration_minutes, seed=seed,
-                start=first, step_seconds=plan.step_seconds, evaluation=True, llm=endpoint,
-                concurrency=plan.agents),
-                now=now, agents=list(agents.values()))
+            store.discard_simulated_play(gateway_trajectory_id(a.agent_id, w) for a in agents.values() for w in windows)
+            summary = simulate(
+                store,
+                SimulationPlan(
+                    agents=plan.agents,
+                    windows=plan.windows,
+                    duration_minutes=plan.duration_minutes,
+                    seed=seed,
+                    start=first,
+                    step_seconds=plan.step_seconds,
+                    evaluation=True,
+                    llm=endpoint,
+                    concurrency=plan.agents,
+                ),
+                now=now,
+                agents=list(agents.values()),
+            )
             recorder.drain_from_thread(timeout_s=120.0)
             plays, closing = [], {}
             for window in summary.windows:
                 for play in window.plays:
                     trajectory_id = gateway_trajectory_id(play.agent_id, window.window_id)
-                    closing[trajectory_id] = {"finalPnL": round(play.final_pnl, 2),
-                                              "finalBalance": round(play.final_balance, 2),
-                                              "tradesExecuted": play.trades}
-                    plays.append(PlayResult(
-                        policy=policy, seed=seed, window_id=window.window_id, slot=slot_of[play.agent_id],
-                        final_pnl=round(play.final_pnl, 2), decisions=len(play.decisions),
-                        unparseable=sum(1 for d in play.decisions if d.parse_error),
-                        max_drawdown=round(max_drawdown([d.pnl for d in play.decisions] + [play.final_pnl]), 2),
-                        trajectory_id=trajectory_id))
+                    closing[trajectory_id] = {
+                        "finalPnL": round(play.final_pnl, 2),
+                        "finalBalance": round(play.final_balance, 2),
+                        "tradesExecuted": play.trades,
+                    }
+                    plays.append(
+                        PlayResult(
+                            policy=policy,
+                            seed=seed,
+                            window_id=window.window_id,
+                            slot=slot_of[play.agent_id],
+                            final_pnl=round(play.final_pnl, 2),
+                            decisions=len(play.decisions),
+                            unparseable=sum(1 for d in play.decisions if d.parse_error),
+                            max_drawdown=round(max_drawdown([d.pnl for d in play.decisions] + [play.final_pnl]), 2),
+                            trajectory_id=trajectory_id,
+                        )
+                    )
             store.settle_simulated_play(closing, held_out=True)
             records.save_plays(plan.key, plays)
             result.plays.extend(plays)
@@ -177,8 +228,9 @@ def play_policy(store: Store, plan: EvaluationPlan, policy: str, serve_policy: C
     return result
 
 
-def judge_plays(store: Store, judge: Judge, plan_key: str, plays: Sequence[PlayResult]) -> tuple[
-        dict[str, float], dict[str, str]]:
+def judge_plays(
+    store: Store, judge: Judge, plan_key: str, plays: Sequence[PlayResult]
+) -> tuple[dict[str, float], dict[str, str]]:
     """Judge each evaluation hour's play of both policies as one group (RULER ranks within a group, so the
     two policies are scored side by side against the same ground truth). Returns the scores by trajectoryId
     and the groups that could not be judged, with why."""
@@ -188,12 +240,16 @@ def judge_plays(store: Store, judge: Judge, plan_key: str, plays: Sequence[PlayR
             wanted.setdefault(play.window_id, set()).add(play.trajectory_id)
     groups = []
     for window_id, ids in sorted(wanted.items()):
-        rows = [row for row in store.iter_window(window_id)
-                if isinstance(row, ParsedTrajectory) and row.trajectory_id in ids]
+        rows = [
+            row
+            for row in store.iter_window(window_id)
+            if isinstance(row, ParsedTrajectory) and row.trajectory_id in ids
+        ]
         members = [aw for aw in stitch_agent_windows(rows) if aw.llm_decisions > 0]
         if len(members) >= 2:
-            groups.append(JudgeGroup(f"eval-{plan_key[:8]}-{window_id}", window_id, members,
-                                     store.window_outcomes(window_id)))
+            groups.append(
+                JudgeGroup(f"eval-{plan_key[:8]}-{window_id}", window_id, members, store.window_outcomes(window_id))
+            )
     if not groups:
         return {}, {}
     result = asyncio.run(judge.score(groups))
@@ -215,8 +271,12 @@ class CheckpointEvaluation:
 
     def eval_metrics(self) -> dict[str, Any]:
         """trained_models.evalMetrics."""
-        return {**self.report.as_json(), "judge": self.judge_version, "judge_failures": self.judge_failures,
-                "markets_reused": {"base": self.base.reused_markets, "checkpoint": self.candidate.reused_markets}}
+        return {
+            **self.report.as_json(),
+            "judge": self.judge_version,
+            "judge_failures": self.judge_failures,
+            "markets_reused": {"base": self.base.reused_markets, "checkpoint": self.candidate.reused_markets},
+        }
 
 
 @dataclass(frozen=True)
@@ -262,9 +322,15 @@ def remote_policy_server(api_base: str, served_name: str, version: str) -> Calla
     return serve_policy
 
 
-def evaluate_checkpoint(store: Store, options: EvaluationOptions, judge: Judge, model: dict[str, Any], *,
-                        now: datetime, on_market: Callable[[str, int, int], None] | None = None
-                        ) -> CheckpointEvaluation:
+def evaluate_checkpoint(
+    store: Store,
+    options: EvaluationOptions,
+    judge: Judge,
+    model: dict[str, Any],
+    *,
+    now: datetime,
+    on_market: Callable[[str, int, int], None] | None = None,
+) -> CheckpointEvaluation:
     """Play the base and the checkpoint on the evaluation markets (reusing stored play), judge both, compare
     them paired, and store the results on the checkpoint's trained_models row."""
     version = str(model["modelId"])
@@ -275,8 +341,9 @@ def evaluate_checkpoint(store: Store, options: EvaluationOptions, judge: Judge, 
     else:
         folder = options.work_folder.resolve()
         serve_base = local_policy_server(folder / "base", options.base_model, None, "base")
-        serve_candidate = local_policy_server(folder / "checkpoint", options.base_model,
-                                              Path(str(model["storagePath"])), version)
+        serve_candidate = local_policy_server(
+            folder / "checkpoint", options.base_model, Path(str(model["storagePath"])), version
+        )
         if not Path(str(model["storagePath"])).is_dir():
             raise FileNotFoundError(f"checkpoint {version}'s folder {model['storagePath']} is gone (pruned?)")
     plan = options.plan
@@ -287,10 +354,17 @@ def evaluate_checkpoint(store: Store, options: EvaluationOptions, judge: Judge, 
     def scored(plays: list[PlayResult]) -> list[PlayResult]:
         return [replace(p, judge_score=scores.get(p.trajectory_id or "")) for p in plays]
 
-    report = evaluate(scored(base.plays), scored(candidate.plays), plan={**plan.as_json(), "key": plan.key},
-                      min_pnl_delta=options.min_pnl_delta, max_unparseable_rise=options.max_unparseable_rise,
-                      resamples=options.resamples, seed=int(plan.key[:8], 16))
+    report = evaluate(
+        scored(base.plays),
+        scored(candidate.plays),
+        plan={**plan.as_json(), "key": plan.key},
+        min_pnl_delta=options.min_pnl_delta,
+        max_unparseable_rise=options.max_unparseable_rise,
+        resamples=options.resamples,
+        seed=int(plan.key[:8], 16),
+    )
     outcome = CheckpointEvaluation(version, report, base, candidate, f"{judge.name}:{judge.version}", failures)
-    EvaluationRecords(store).record_evaluation(version, outcome.eval_metrics(),
-                                               benchmark_score=report.candidate.mean_pnl)
+    EvaluationRecords(store).record_evaluation(
+        version, outcome.eval_metrics(), benchmark_score=report.candidate.mean_pnl
+    )
     return outcome

@@ -47,9 +47,18 @@ def history(store: Store, model_name: str) -> list[CheckpointLine]:
             continue
         lineage = records.lineage(version)
         metrics = row.get("evalMetrics")
-        lines.append(CheckpointLine(version, int(step), str(row["status"]), str(row.get("createdAt") or ""),
-                                    row.get("avgReward"), metrics if isinstance(metrics, dict) else None,
-                                    lineage.windows, len(lineage.trajectory_ids)))
+        lines.append(
+            CheckpointLine(
+                version,
+                int(step),
+                str(row["status"]),
+                str(row.get("createdAt") or ""),
+                row.get("avgReward"),
+                metrics if isinstance(metrics, dict) else None,
+                lineage.windows,
+                len(lineage.trajectory_ids),
+            )
+        )
     return sorted(lines, key=lambda line: line.step)
 
 
@@ -67,8 +76,11 @@ def _score(value: float | None) -> str:
 
 def intervals_svg(lines: Sequence[CheckpointLine], width: int = 720) -> str:
     """Each evaluated checkpoint's paired P&L difference and 95% interval against zero."""
-    points = [(line.version, p["mean"], p["low"], p["high"]) for line in lines
-              if (p := line.paired) and p.get("low") is not None and p.get("high") is not None]
+    points = [
+        (line.version, p["mean"], p["low"], p["high"])
+        for line in lines
+        if (p := line.paired) and p.get("low") is not None and p.get("high") is not None
+    ]
     if not points:
         return "<p>No checkpoint has been evaluated yet.</p>"
     row, pad_left, pad = 26, 170, 20
@@ -80,10 +92,12 @@ def intervals_svg(lines: Sequence[CheckpointLine], width: int = 720) -> str:
     def x(value: float) -> float:
         return pad_left + (value - low) / span * (width - pad_left - pad)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 20}" '
-             'font-family="sans-serif" font-size="12">',
-             f'<line x1="{x(0):.1f}" y1="{pad / 2}" x2="{x(0):.1f}" y2="{height - pad / 2}" stroke="#999" '
-             'stroke-dasharray="4 3"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 20}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<line x1="{x(0):.1f}" y1="{pad / 2}" x2="{x(0):.1f}" y2="{height - pad / 2}" stroke="#999" '
+        'stroke-dasharray="4 3"/>',
+    ]
     for index, (version, mean, lo, hi) in enumerate(points):
         y = pad + row * index + row / 2
         colour = "#2a9d4b" if lo > 0 else "#c0392b" if hi < 0 else "#555"
@@ -111,16 +125,47 @@ def render(lines: Sequence[CheckpointLine], model_name: str, generated: datetime
         reasons = "; ".join((m.get("gate") or {}).get("reasons", [])) or "not evaluated"
         windows = ", ".join(line.windows[:8]) + (f" … ({len(line.windows)} in all)" if len(line.windows) > 8 else "")
         rows.append(
-            "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-                line.version, line.status, line.created[:19], _score(line.avg_reward),
-                _money(base.get("mean_pnl")), _money(cand.get("mean_pnl")), interval,
-                f"{_score(base.get('mean_judge_score'))} / {_score(cand.get('mean_judge_score'))}",
-                f"{_share(base.get('unparseable_rate'))} / {_share(cand.get('unparseable_rate'))}",
-                reasons, f"{windows or '—'} ({line.trajectories} trajectories)")) + "</tr>")
-    table = ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in (
-        "checkpoint", "status", "created (UTC)", "training reward", "base mean P&amp;L", "checkpoint mean P&amp;L",
-        "paired difference [95% interval]", "judge score base / checkpoint", "unparseable base / checkpoint",
-        "gate", "windows that trained it")) + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in (
+                    line.version,
+                    line.status,
+                    line.created[:19],
+                    _score(line.avg_reward),
+                    _money(base.get("mean_pnl")),
+                    _money(cand.get("mean_pnl")),
+                    interval,
+                    f"{_score(base.get('mean_judge_score'))} / {_score(cand.get('mean_judge_score'))}",
+                    f"{_share(base.get('unparseable_rate'))} / {_share(cand.get('unparseable_rate'))}",
+                    reasons,
+                    f"{windows or '—'} ({line.trajectories} trajectories)",
+                )
+            )
+            + "</tr>"
+        )
+    table = (
+        "<table><thead><tr>"
+        + "".join(
+            f"<th>{h}</th>"
+            for h in (
+                "checkpoint",
+                "status",
+                "created (UTC)",
+                "training reward",
+                "base mean P&amp;L",
+                "checkpoint mean P&amp;L",
+                "paired difference [95% interval]",
+                "judge score base / checkpoint",
+                "unparseable base / checkpoint",
+                "gate",
+                "windows that trained it",
+            )
+        )
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Training history of {html.escape(model_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;font-size:13px}}

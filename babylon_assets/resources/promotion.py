@@ -13,9 +13,22 @@ from babylon_assets.settings import Settings, carried_fields, settings_of
 
 # Every setting evaluation and deployment read; carried as the lower-case field of the same name.
 PROMOTION_SETTINGS = (
-    "BASE_MODEL", "MODEL_NAME", "EVAL_SEEDS", "EVAL_WINDOWS", "EVAL_AGENTS", "EVAL_DURATION_MINUTES", "EVAL_START",
-    "EVAL_TEMPERATURE", "EVAL_MAX_TOKENS", "EVAL_BOOTSTRAP_RESAMPLES", "GATE_MIN_PNL_DELTA",
-    "GATE_MAX_UNPARSEABLE_RISE", "POLICY_API_BASE", "LOCAL_LLM_PORT", "SERVING_FILE", "GATEWAY_PORT",
+    "BASE_MODEL",
+    "MODEL_NAME",
+    "EVAL_SEEDS",
+    "EVAL_WINDOWS",
+    "EVAL_AGENTS",
+    "EVAL_DURATION_MINUTES",
+    "EVAL_START",
+    "EVAL_TEMPERATURE",
+    "EVAL_MAX_TOKENS",
+    "EVAL_BOOTSTRAP_RESAMPLES",
+    "GATE_MIN_PNL_DELTA",
+    "GATE_MAX_UNPARSEABLE_RISE",
+    "POLICY_API_BASE",
+    "LOCAL_LLM_PORT",
+    "SERVING_FILE",
+    "GATEWAY_PORT",
 )
 
 
@@ -52,10 +65,14 @@ class PromotionResource(ConfigurableResource):  # type: ignore[type-arg]
         """The evaluation plan and how it is judged against the gate."""
         settings = self.settings()
         return EvaluationOptions(
-            plan=EvaluationPlan.from_settings(settings), base_model=self.base_model,
-            min_pnl_delta=self.gate_min_pnl_delta, max_unparseable_rise=self.gate_max_unparseable_rise,
-            resamples=self.eval_bootstrap_resamples, policy_api_base=self.policy_api_base,
-            work_folder=Path(self.serving_file).parent / "eval")
+            plan=EvaluationPlan.from_settings(settings),
+            base_model=self.base_model,
+            min_pnl_delta=self.gate_min_pnl_delta,
+            max_unparseable_rise=self.gate_max_unparseable_rise,
+            resamples=self.eval_bootstrap_resamples,
+            policy_api_base=self.policy_api_base,
+            work_folder=Path(self.serving_file).parent / "eval",
+        )
 
     def deploy_options(self) -> DeployOptions:
         """Where the deployed model is served and announced."""

@@ -14,10 +14,29 @@ from babylon_assets.training.tracking import WandbTracker
 # Every setting a training run reads (DESIGN 7). The resource carries each as the field of the same name in
 # lower case, so the launchpad shows them all and none can be dropped on the way to the backend.
 TRAINING_SETTINGS = (
-    "TRAIN_BACKEND", "BASE_MODEL", "PROJECT_NAME", "MODEL_NAME", "ART_PATH", "LEARNING_RATE", "ITERATIONS",
-    "WINDOWS_PER_ITERATION", "DECISIONS_PER_TRAJECTORY", "TRAIN_SEED", "LORA_RANK", "LORA_ALPHA", "LORA_DROPOUT",
-    "LORA_TARGET_MODULES", "KL_COEF", "CLIP_EPSILON", "MAX_GRAD_NORM", "MICRO_BATCH_SIZE", "MAX_SEQUENCE_TOKENS",
-    "KEEP_CHECKPOINTS", "TRAIN_DEVICE", "WANDB_MODE", "WANDB_DIR",
+    "TRAIN_BACKEND",
+    "BASE_MODEL",
+    "PROJECT_NAME",
+    "MODEL_NAME",
+    "ART_PATH",
+    "LEARNING_RATE",
+    "ITERATIONS",
+    "WINDOWS_PER_ITERATION",
+    "DECISIONS_PER_TRAJECTORY",
+    "TRAIN_SEED",
+    "LORA_RANK",
+    "LORA_ALPHA",
+    "LORA_DROPOUT",
+    "LORA_TARGET_MODULES",
+    "KL_COEF",
+    "CLIP_EPSILON",
+    "MAX_GRAD_NORM",
+    "MICRO_BATCH_SIZE",
+    "MAX_SEQUENCE_TOKENS",
+    "KEEP_CHECKPOINTS",
+    "TRAIN_DEVICE",
+    "WANDB_MODE",
+    "WANDB_DIR",
 )
 
 
@@ -59,10 +78,16 @@ class TrainerResource(ConfigurableResource):  # type: ignore[type-arg]
 
     def options(self) -> TrainingOptions:
         """What a training run does."""
-        return TrainingOptions(iterations=self.iterations, windows_per_iteration=self.windows_per_iteration,
-                               decisions_per_trajectory=self.decisions_per_trajectory,
-                               learning_rate=self.learning_rate, model_name=self.model_name,
-                               project=self.project_name, base_model=self.base_model, seed=self.train_seed)
+        return TrainingOptions(
+            iterations=self.iterations,
+            windows_per_iteration=self.windows_per_iteration,
+            decisions_per_trajectory=self.decisions_per_trajectory,
+            learning_rate=self.learning_rate,
+            model_name=self.model_name,
+            project=self.project_name,
+            base_model=self.base_model,
+            seed=self.train_seed,
+        )
 
     def backend(self, store: Store) -> Any:
         """A fresh backend for one run, its checkpoint retention tied to the store's trained_models rows."""

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     import art
 
 
-def to_art_trajectory(agent_window: AgentWindow, reward: float, group_id: str | None = None,
-                      decisions: Sequence[int] | None = None) -> art.Trajectory:
+def to_art_trajectory(
+    agent_window: AgentWindow, reward: float, group_id: str | None = None, decisions: Sequence[int] | None = None
+) -> art.Trajectory:
     """The training view as an `art.Trajectory`: first decision in messages_and_choices, the rest as histories
     (only the `decisions` named by index, when given)."""
     import art

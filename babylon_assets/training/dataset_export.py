@@ -35,8 +35,11 @@ def export_dataset_jsonl(store: Store, out: TextIO) -> tuple[str, int, int]:
             if agent_window is None:
                 missing += 1  # its rows were deleted from the game's table since the dataset was made
                 continue
-            trajectory = to_art_trajectory(agent_window, float(member["reward"]),  # type: ignore[arg-type]
-                                           str(member["group_id"]))
+            trajectory = to_art_trajectory(
+                agent_window,
+                float(member["reward"]),  # type: ignore[arg-type]
+                str(member["group_id"]),
+            )
             out.write(trajectory.model_dump_json() + "\n")
             written += 1
     return str(record["dataset_id"]), written, missing

@@ -47,8 +47,10 @@ LAYER_TENSORS = {
 }
 TOP_TENSORS = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
-LORA_NAME = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)"
-                       r"\.lora_([AB])\.weight$")
+LORA_NAME = re.compile(
+    r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)"
+    r"\.lora_([AB])\.weight$"
+)
 
 
 class GgufExportError(ValueError):
@@ -57,9 +59,11 @@ class GgufExportError(ValueError):
 
 def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half RoPE pairs row i with i + d/2 inside each head; llama.cpp's pairs adjacent rows."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2)
-            .reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _head_counts(config: dict[str, Any]) -> tuple[int, int]:
@@ -69,8 +73,10 @@ def _head_counts(config: dict[str, Any]) -> tuple[int, int]:
 
 def _check_llama(config: dict[str, Any], where: Path | str) -> None:
     if config.get("model_type") != ARCH:
-        raise GgufExportError(f"{where} is a {config.get('model_type')!r} model; only Llama-architecture models "
-                              "(model_type 'llama', e.g. SmolLM2 and the tiny test model) export to GGUF here")
+        raise GgufExportError(
+            f"{where} is a {config.get('model_type')!r} model; only Llama-architecture models "
+            "(model_type 'llama', e.g. SmolLM2 and the tiny test model) export to GGUF here"
+        )
 
 
 def _rope_theta(config: dict[str, Any], where: Path) -> float:
@@ -130,7 +136,7 @@ def _read_metadata(path: Path, size: int, mtime_ns: int) -> dict[str, tuple[Any,
             if kind == _STRING:
                 (size,) = struct.unpack_from("<Q", data, offset)
                 offset += 8 + size
-                return bytes(data[offset - size:offset]).decode("utf-8")
+                return bytes(data[offset - size : offset]).decode("utf-8")
             fmt = "<" + _SCALARS[kind]
             offset += struct.calcsize(fmt)
             return struct.unpack_from(fmt, data, offset - struct.calcsize(fmt))[0]
@@ -159,8 +165,11 @@ def smollm2_hparams() -> dict[str, Any]:
     """The `llama.*` hyperparameters of SmolLM2's GGUF, keyed without the `llama.` prefix."""
     from babylon_assets.llm.local_server import model_file
 
-    return {key.removeprefix(f"{ARCH}."): value for key, (value, _, _) in read_metadata(model_file()).items()
-            if key.startswith(f"{ARCH}.")}
+    return {
+        key.removeprefix(f"{ARCH}."): value
+        for key, (value, _, _) in read_metadata(model_file()).items()
+        if key.startswith(f"{ARCH}.")
+    }
 
 
 def _same_vocabulary(folder: Path, tokens: list[str]) -> bool:
@@ -188,12 +197,15 @@ def _tokenizer_for(folder: Path, vocab_size: int) -> dict[str, tuple[Any, int, i
         raise GgufExportError(
             f"{folder} has a vocabulary of {vocab_size} tokens, not SmolLM2's {len(tokens)} (its tokenizer.json "
             "does not match SmolLM2's either); only models sharing SmolLM2's tokenizer export here "
-            "(build them with build_tiny_model or fine-tune SmolLM2)")
+            "(build them with build_tiny_model or fine-tune SmolLM2)"
+        )
     extra = range(len(tokens), vocab_size)
     padded = dict(fields)
-    for key, pad in (("tokenizer.ggml.tokens", lambda i: f"[PAD{i}]"),
-                     ("tokenizer.ggml.token_type", lambda i: int(TokenType.UNUSED)),
-                     ("tokenizer.ggml.scores", lambda i: -1000.0)):
+    for key, pad in (
+        ("tokenizer.ggml.tokens", lambda i: f"[PAD{i}]"),
+        ("tokenizer.ggml.token_type", lambda i: int(TokenType.UNUSED)),
+        ("tokenizer.ggml.scores", lambda i: -1000.0),
+    ):
         if key in fields:
             value, kind, item = fields[key]
             padded[key] = ([*value, *(pad(i) for i in extra)], kind, item)
@@ -203,8 +215,10 @@ def _tokenizer_for(folder: Path, vocab_size: int) -> dict[str, tuple[Any, int, i
 def _weight_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise GgufExportError(f"{folder} has no .safetensors weights; save the model with save_pretrained "
-                              "(safe_serialization, the default) first")
+        raise GgufExportError(
+            f"{folder} has no .safetensors weights; save the model with save_pretrained "
+            "(safe_serialization, the default) first"
+        )
     return files
 
 
@@ -266,8 +280,9 @@ def export_model_gguf(hf_folder: Path, out: Path) -> Path:
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         writer.add_vocab_size(vocab_size)
         for key, (value, kind, item) in tokenizer.items():
-            writer.add_key_value(key, value, gguf.GGUFValueType(kind),
-                                 sub_type=None if item is None else gguf.GGUFValueType(item))
+            writer.add_key_value(
+                key, value, gguf.GGUFValueType(kind), sub_type=None if item is None else gguf.GGUFValueType(item)
+            )
         for hf_name, tensor in (item for file in _weight_files(hf_folder) for item in _float32_tensors(file)):
             name = _gguf_name(hf_name)
             if name is None or (tied and name == "output.weight"):
@@ -293,28 +308,40 @@ def _base_config(adapter_config: dict[str, Any], adapter_folder: Path) -> dict[s
         return config
     if base in SMOLLM2_NAMES:
         hparams = smollm2_hparams()
-        return {"model_type": ARCH, "num_attention_heads": hparams["attention.head_count"],
-                "num_key_value_heads": hparams["attention.head_count_kv"]}
-    raise GgufExportError(f"{adapter_folder}'s base model {base!r} is not a local folder with config.json; "
-                          "pass base_config= (the base model's config.json as a dict)")
+        return {
+            "model_type": ARCH,
+            "num_attention_heads": hparams["attention.head_count"],
+            "num_key_value_heads": hparams["attention.head_count_kv"],
+        }
+    raise GgufExportError(
+        f"{adapter_folder}'s base model {base!r} is not a local folder with config.json; "
+        "pass base_config= (the base model's config.json as a dict)"
+    )
 
 
 def _check_adapter(adapter_config: dict[str, Any], folder: Path) -> None:
     problems = []
     if adapter_config.get("peft_type") != "LORA":
         problems.append(f"peft_type is {adapter_config.get('peft_type')!r}, not 'LORA'")
-    for key, what in (("use_dora", "DoRA"), ("rank_pattern", "a per-module rank_pattern"),
-                      ("alpha_pattern", "a per-module alpha_pattern"), ("modules_to_save", "modules_to_save"),
-                      ("fan_in_fan_out", "fan_in_fan_out"), ("lora_bias", "LoRA biases"),
-                      ("layer_replication", "layer_replication")):
+    for key, what in (
+        ("use_dora", "DoRA"),
+        ("rank_pattern", "a per-module rank_pattern"),
+        ("alpha_pattern", "a per-module alpha_pattern"),
+        ("modules_to_save", "modules_to_save"),
+        ("fan_in_fan_out", "fan_in_fan_out"),
+        ("lora_bias", "LoRA biases"),
+        ("layer_replication", "layer_replication"),
+    ):
         if adapter_config.get(key):
             problems.append(f"it uses {what}")
     if adapter_config.get("bias", "none") != "none":
         problems.append(f"bias={adapter_config['bias']!r} trains biases")
     if problems:
-        raise GgufExportError(f"{folder} is not a plain LoRA adapter llama.cpp can apply: {'; '.join(problems)}. "
-                              "Train with plain LoraConfig(r, lora_alpha, target_modules) on attention/MLP "
-                              "projections (TorchTrainerConfig's defaults)")
+        raise GgufExportError(
+            f"{folder} is not a plain LoRA adapter llama.cpp can apply: {'; '.join(problems)}. "
+            "Train with plain LoraConfig(r, lora_alpha, target_modules) on attention/MLP "
+            "projections (TorchTrainerConfig's defaults)"
+        )
 
 
 def export_adapter_gguf(adapter_folder: Path, out: Path, base_config: dict[str, Any] | None = None) -> Path:
@@ -345,9 +372,11 @@ def export_adapter_gguf(adapter_folder: Path, out: Path, base_config: dict[str, 
         block, module, side = match.groups()
         pairs.setdefault(f"blk.{block}.{LAYER_TENSORS[module]}.weight", {})[side] = tensor
     if unsupported:
-        raise GgufExportError(f"{adapter_folder} has tensors llama.cpp's LoRA loader cannot use "
-                              f"({', '.join(sorted(unsupported)[:3])}{', ...' if len(unsupported) > 3 else ''}); "
-                              "only LoRA on the attention and MLP projections exports")
+        raise GgufExportError(
+            f"{adapter_folder} has tensors llama.cpp's LoRA loader cannot use "
+            f"({', '.join(sorted(unsupported)[:3])}{', ...' if len(unsupported) > 3 else ''}); "
+            "only LoRA on the attention and MLP projections exports"
+        )
 
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(path, ARCH)
@@ -398,6 +427,9 @@ def base_model_gguf(base_model: str) -> Path:
                 return gguf_file
     target = models_cache() / f"{folder.name}-gguf-{_fingerprint(folder)}"
     if not (target / MODEL_FILE).is_file():
-        _publish(target, lambda partial: export_model_gguf(folder, partial / MODEL_FILE),
-                 lambda done: (done / MODEL_FILE).is_file())
+        _publish(
+            target,
+            lambda partial: export_model_gguf(folder, partial / MODEL_FILE),
+            lambda done: (done / MODEL_FILE).is_file(),
+        )
     return target / MODEL_FILE

@@ -60,8 +60,9 @@ def _render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool
     return str(tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=add_generation_prompt))
 
 
-def tokenize_conversation(tokenizer: Any, conversation: Conversation, advantage: float,
-                          max_tokens: int | None = None) -> Sample:
+def tokenize_conversation(
+    tokenizer: Any, conversation: Conversation, advantage: float, max_tokens: int | None = None
+) -> Sample:
     """Tokenize with the model's chat template; only the assistant messages' tokens (and the end-of-turn
     token the template closes them with) get gradient, never the system or user prompt.
 
@@ -77,8 +78,10 @@ def tokenize_conversation(tokenizer: Any, conversation: Conversation, advantage:
         before = _render(tokenizer, messages[:index], add_generation_prompt=True)
         through = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
         if not (through.startswith(before) and full_text.startswith(through)):
-            raise ValueError("the chat template does not render conversations prefix by prefix; "
-                             "cannot tell the assistant's tokens apart")
+            raise ValueError(
+                "the chat template does not render conversations prefix by prefix; "
+                "cannot tell the assistant's tokens apart"
+            )
         content = message.get("content") or ""
         content_start = through.find(content, len(before)) if content else len(before)
         content_end = content_start + len(content)
@@ -168,14 +171,20 @@ class StepStats:
     def as_metrics(self) -> dict[str, float]:
         """Numbers for logging."""
         return {
-            "loss": self.loss, "policy_loss": self.policy_loss, "kl": self.kl, "grad_norm": self.grad_norm,
-            "sequences": float(self.sequences), "trained_tokens": float(self.trained_tokens),
+            "loss": self.loss,
+            "policy_loss": self.policy_loss,
+            "kl": self.kl,
+            "grad_norm": self.grad_norm,
+            "sequences": float(self.sequences),
+            "trained_tokens": float(self.trained_tokens),
             "total_tokens": float(self.total_tokens),
             "tokens_with_behaviour_logprobs": float(self.tokens_with_behaviour_logprobs),
             "assistant_messages": float(self.assistant_messages),
             "messages_with_behaviour_logprobs": float(self.messages_with_behaviour_logprobs),
-            "clipped_fraction": self.clipped_fraction, "mean_ratio": self.mean_ratio,
-            "seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
+            "clipped_fraction": self.clipped_fraction,
+            "mean_ratio": self.mean_ratio,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
         }
 
 
@@ -219,22 +228,40 @@ def collate(samples: Sequence[Sample], pad_token_id: int, device: torch.device |
     keep = length - first + 1  # logits at first-1 .. length-1 predict tokens first .. length-1
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return Batch(ids.to(device), attention.to(device), positions.to(device), mask[:, first:].to(device),
-                 old[:, first:].to(device), advantages.to(device), keep)
+    return Batch(
+        ids.to(device),
+        attention.to(device),
+        positions.to(device),
+        mask[:, first:].to(device),
+        old[:, first:].to(device),
+        advantages.to(device),
+        keep,
+    )
 
 
 def token_logprobs(model: Any, batch: Batch) -> torch.Tensor:
     """Log-probability of each of the last keep - 1 tokens under the model: [rows, keep - 1]."""
-    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids, logits_to_keep=batch.keep, use_cache=False)
+    output = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=batch.keep,
+        use_cache=False,
+    )
     logits = output.logits[:, :-1, :].float()
     targets = batch.input_ids[:, -(batch.keep - 1) :]
-    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                            reduction="none").view(targets.shape)
+    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").view(
+        targets.shape
+    )
 
 
-def token_losses(new: torch.Tensor, old: torch.Tensor, advantages: torch.Tensor, config: StepConfig,
-                 reference: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def token_losses(
+    new: torch.Tensor,
+    old: torch.Tensor,
+    advantages: torch.Tensor,
+    config: StepConfig,
+    reference: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token loss: -min(r A, clip(r) A) (+ kl_coef * k3 KL to the reference), r = exp(new - old).
 
     Where `old` is NaN the current policy stands in for it (detached): r = 1 with the gradient of
@@ -253,16 +280,26 @@ def token_losses(new: torch.Tensor, old: torch.Tensor, advantages: torch.Tensor,
         delta = reference - new
         kl = torch.exp(delta) - delta - 1.0
         losses = policy + config.kl_coef * kl
-    parts = {"policy": policy, "kl": kl, "ratio": ratio.detach(), "known": known,
-             "clipped": (ratio.detach() != clipped_ratio.detach())}
+    parts = {
+        "policy": policy,
+        "kl": kl,
+        "ratio": ratio.detach(),
+        "known": known,
+        "clipped": (ratio.detach() != clipped_ratio.detach()),
+    }
     return losses, parts
 
 
 ReferenceContext = Callable[[], AbstractContextManager[Any]]
 
 
-def grpo_step(model: Any, optimizer: torch.optim.Optimizer, samples: Sequence[Sample], config: StepConfig,
-              reference: ReferenceContext | None = None) -> StepStats:
+def grpo_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    samples: Sequence[Sample],
+    config: StepConfig,
+    reference: ReferenceContext | None = None,
+) -> StepStats:
     """One optimizer step over all samples, accumulated micro-batch by micro-batch.
 
     The loss is the mean over every trained token of the step (token-level, so long and short responses
@@ -304,8 +341,9 @@ def grpo_step(model: Any, optimizer: torch.optim.Optimizer, samples: Sequence[Sa
     if config.max_grad_norm is not None:
         stats.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     else:
-        stats.grad_norm = float(torch.linalg.vector_norm(
-            torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
+        stats.grad_norm = float(
+            torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
+        )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     stats.sequences = len(samples)

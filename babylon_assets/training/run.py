@@ -73,8 +73,9 @@ _listeners: list[tuple[Callable[[StepReport], None] | None, Callable[[TrainingOu
 
 
 @contextmanager
-def listening(on_step: Callable[[StepReport], None] | None = None,
-              on_outcome: Callable[[TrainingOutcome], None] | None = None) -> Iterator[None]:
+def listening(
+    on_step: Callable[[StepReport], None] | None = None, on_outcome: Callable[[TrainingOutcome], None] | None = None
+) -> Iterator[None]:
     """Hear every training run of this process while the block runs."""
     entry = (on_step, on_outcome)
     _listeners.append(entry)
@@ -88,13 +89,22 @@ class NothingToTrainError(StoreError):
     """No training dataset, or one without a group to learn from."""
 
 
-def run_training(store: Store, backend: Any, options: TrainingOptions, *, tracker: WandbTracker | None = None,
-                 batch_id: str | None = None, on_step: Callable[[StepReport], None] | None = None) -> TrainingOutcome:
+def run_training(
+    store: Store,
+    backend: Any,
+    options: TrainingOptions,
+    *,
+    tracker: WandbTracker | None = None,
+    batch_id: str | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> TrainingOutcome:
     """Train on the newest dataset; a failure marks the batch failed with its error and is raised again."""
     latest = store.latest_dataset()
     if latest is None or not latest[1]:
-        raise NothingToTrainError("no training dataset with members yet: materialize training_dataset first "
-                                  "(`babylon score`, then the dataset; `make demo` does both)")
+        raise NothingToTrainError(
+            "no training dataset with members yet: materialize training_dataset first "
+            "(`babylon score`, then the dataset; `make demo` does both)"
+        )
     record, members = latest
     records = TrainingRecords(store)
     batch_id = batch_id or f"batch-{uuid.uuid4().hex[:16]}"
@@ -102,8 +112,15 @@ def run_training(store: Store, backend: Any, options: TrainingOptions, *, tracke
     records.start_batch(batch_id, options.base_model, f"{options.model_name}@pending")
     try:
         if tracker is not None:
-            tracked = tracker.start(batch_id, {**options.__dict__, "batch_id": batch_id,
-                                               "dataset_id": outcome.dataset_id, "backend": type(backend).__name__})
+            tracked = tracker.start(
+                batch_id,
+                {
+                    **options.__dict__,
+                    "batch_id": batch_id,
+                    "dataset_id": outcome.dataset_id,
+                    "backend": type(backend).__name__,
+                },
+            )
             outcome.wandb_run_id, outcome.wandb_dir = tracked.run_id, tracked.run_dir
         asyncio.run(_train(store, backend, options, members, records, outcome, tracker, on_step))
     except BaseException as error:
@@ -119,9 +136,16 @@ def run_training(store: Store, backend: Any, options: TrainingOptions, *, tracke
     return outcome
 
 
-async def _train(store: Store, backend: Any, options: TrainingOptions, members: list[dict[str, Any]],
-                 records: TrainingRecords, outcome: TrainingOutcome, tracker: WandbTracker | None,
-                 on_step: Callable[[StepReport], None] | None) -> None:
+async def _train(
+    store: Store,
+    backend: Any,
+    options: TrainingOptions,
+    members: list[dict[str, Any]],
+    records: TrainingRecords,
+    outcome: TrainingOutcome,
+    tracker: WandbTracker | None,
+    on_step: Callable[[StepReport], None] | None,
+) -> None:
     import art
 
     by_window: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -134,8 +158,9 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
             agent_windows[window_id] = agent_windows_of(store, window_id)
         return agent_windows[window_id]
 
-    model: art.TrainableModel[Any, Any] = art.TrainableModel(name=options.model_name, project=options.project,
-                                                             base_model=options.base_model)
+    model: art.TrainableModel[Any, Any] = art.TrainableModel(
+        name=options.model_name, project=options.project, base_model=options.base_model
+    )
     await model.register(backend)
     # Draws continue from the model's step: a run that goes on from an earlier checkpoint samples what one
     # long run would have sampled, not the first run's windows again.
@@ -157,37 +182,76 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
                     by_group[str(member["group_id"])].append((member, agent_window))
             for group_id in sorted(by_group):
                 pairs = by_group[group_id]
-                groups.append(art.TrajectoryGroup([
-                    to_art_trajectory(aw, float(m["reward"]), group_id, sample_decisions(
-                        aw.llm_decisions, options.decisions_per_trajectory, options.seed, draw,
-                        aw.agent_window_id))
-                    for m, aw in pairs]))
+                groups.append(
+                    art.TrajectoryGroup(
+                        [
+                            to_art_trajectory(
+                                aw,
+                                float(m["reward"]),
+                                group_id,
+                                sample_decisions(
+                                    aw.llm_decisions,
+                                    options.decisions_per_trajectory,
+                                    options.seed,
+                                    draw,
+                                    aw.agent_window_id,
+                                ),
+                            )
+                            for m, aw in pairs
+                        ]
+                    )
+                )
                 for m, aw in pairs:
-                    step_members.append(StepMember(aw.agent_window_id, window_id, group_id,
-                                                   tuple(aw.trajectory_ids), float(m["reward"])))
+                    step_members.append(
+                        StepMember(
+                            aw.agent_window_id, window_id, group_id, tuple(aw.trajectory_ids), float(m["reward"])
+                        )
+                    )
                     used[aw.agent_window_id] = (step_members[-1], aw)
-        result = await backend.train(model, groups, learning_rate=options.learning_rate,
-                                     data_position={"batch_id": outcome.batch_id, "iteration": iteration,
-                                                    "seed": options.seed, "dataset_id": outcome.dataset_id})
+        result = await backend.train(
+            model,
+            groups,
+            learning_rate=options.learning_rate,
+            data_position={
+                "batch_id": outcome.batch_id,
+                "iteration": iteration,
+                "seed": options.seed,
+                "dataset_id": outcome.dataset_id,
+            },
+        )
         metrics = dict(result.metrics)
         checkpoint = getattr(result, "checkpoint_path", None)
         rewards = [m.reward for m in step_members]
-        metrics.update({"reward_mean": Spread.of(rewards).mean,
-                        "reward_std": _std(rewards), "windows": float(len(windows))})
+        metrics.update(
+            {"reward_mean": Spread.of(rewards).mean, "reward_std": _std(rewards), "windows": float(len(windows))}
+        )
         if checkpoint:
             version = f"{options.model_name}@{result.step}"
-            records.record_step(model_name=options.model_name, step=result.step, batch_id=outcome.batch_id,
-                                members=step_members)
-            records.add_checkpoint(model_version=version, base_model=options.base_model, batch_id=outcome.batch_id,
-                                   storage_path=str(checkpoint), avg_reward=Spread.of(rewards).mean,
-                                   wandb_run_id=outcome.wandb_run_id)
+            records.record_step(
+                model_name=options.model_name, step=result.step, batch_id=outcome.batch_id, members=step_members
+            )
+            records.add_checkpoint(
+                model_version=version,
+                base_model=options.base_model,
+                batch_id=outcome.batch_id,
+                storage_path=str(checkpoint),
+                avg_reward=Spread.of(rewards).mean,
+                wandb_run_id=outcome.wandb_run_id,
+            )
             outcome.model_version, outcome.checkpoint_path = version, str(checkpoint)
         if "loss" in metrics:
             last_loss = metrics["loss"]
         if tracker is not None:
             tracker.log(result.step, metrics)
-        report = StepReport(iteration, result.step, windows, len(groups), len(step_members), metrics,
-                            None if checkpoint is None else str(checkpoint))
+        report = StepReport(
+            iteration,
+            result.step,
+            windows,
+            len(groups),
+            len(step_members),
+            metrics,
+            None if checkpoint is None else str(checkpoint),
+        )
         outcome.steps.append(report)
         for hear in [on_step, *(listener for listener, _ in _listeners)]:
             if hear is not None:
@@ -202,11 +266,17 @@ async def _train(store: Store, backend: Any, options: TrainingOptions, members: 
     per_agent: dict[str, list[float]] = defaultdict(list)
     for used_member, aw in used.values():
         per_agent[aw.agent_id].append(used_member.reward)
-    outcome.agents = sorted(((agent, sum(r) / len(r), len(r)) for agent, r in per_agent.items()),
-                            key=lambda a: (-a[1], a[0]))
-    records.complete_batch(outcome.batch_id, model_version=outcome.model_version or f"{options.model_name}@0",
-                           trajectory_ids=outcome.trajectory_ids, rewards=[r for _, _, r in rewards_by_member],
-                           rankings=ranks_within_groups(rewards_by_member), loss=last_loss)
+    outcome.agents = sorted(
+        ((agent, sum(r) / len(r), len(r)) for agent, r in per_agent.items()), key=lambda a: (-a[1], a[0])
+    )
+    records.complete_batch(
+        outcome.batch_id,
+        model_version=outcome.model_version or f"{options.model_name}@0",
+        trajectory_ids=outcome.trajectory_ids,
+        rewards=[r for _, _, r in rewards_by_member],
+        rankings=ranks_within_groups(rewards_by_member),
+        loss=last_loss,
+    )
 
 
 def _std(values: list[float]) -> float:

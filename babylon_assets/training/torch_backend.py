@@ -91,12 +91,19 @@ class TorchTrainerConfig:
     def from_settings(cls, settings: Settings) -> TorchTrainerConfig:
         """The trainer's part of the settings (DESIGN 7)."""
         return cls(
-            base_model=settings.BASE_MODEL, lora_rank=settings.LORA_RANK, lora_alpha=settings.LORA_ALPHA,
+            base_model=settings.BASE_MODEL,
+            lora_rank=settings.LORA_RANK,
+            lora_alpha=settings.LORA_ALPHA,
             lora_dropout=settings.LORA_DROPOUT,
             target_modules=tuple(m.strip() for m in settings.LORA_TARGET_MODULES.split(",") if m.strip()),
-            kl_coef=settings.KL_COEF, clip_epsilon=settings.CLIP_EPSILON, max_grad_norm=settings.MAX_GRAD_NORM,
-            micro_batch_size=settings.MICRO_BATCH_SIZE, max_sequence_tokens=settings.MAX_SEQUENCE_TOKENS,
-            keep_checkpoints=settings.KEEP_CHECKPOINTS, seed=settings.TRAIN_SEED, device=settings.TRAIN_DEVICE,
+            kl_coef=settings.KL_COEF,
+            clip_epsilon=settings.CLIP_EPSILON,
+            max_grad_norm=settings.MAX_GRAD_NORM,
+            micro_batch_size=settings.MICRO_BATCH_SIZE,
+            max_sequence_tokens=settings.MAX_SEQUENCE_TOKENS,
+            keep_checkpoints=settings.KEEP_CHECKPOINTS,
+            seed=settings.TRAIN_SEED,
+            device=settings.TRAIN_DEVICE,
         )
 
     def resolved_device(self) -> str:
@@ -157,8 +164,14 @@ def conversations_of(trajectory: art.Trajectory) -> list[Conversation]:
 class TorchBackend:
     """ART's backend protocol on transformers + peft (CPU or one CUDA GPU)."""
 
-    def __init__(self, config: TorchTrainerConfig, path: str = ".art", *,
-                 registry: CheckpointRegistry | None = None, inference_folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: TorchTrainerConfig,
+        path: str = ".art",
+        *,
+        registry: CheckpointRegistry | None = None,
+        inference_folder: Path | None = None,
+    ) -> None:
         self.config = config
         self._path = str(path)
         self._registry = registry
@@ -181,8 +194,9 @@ class TorchBackend:
         folder = self.model_dir(model) / "checkpoints"
         if not folder.is_dir():
             return []
-        return sorted(int(p.name) for p in folder.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / STATE_FILE).is_file())
+        return sorted(
+            int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and (p / STATE_FILE).is_file()
+        )
 
     def _latest_step(self, model: art.Model) -> int:
         steps = self.checkpoint_steps(model)
@@ -212,8 +226,9 @@ class TorchBackend:
         """Delete every checkpoint but these, except those a `ready` or `deployed` model row points at."""
         self._prune(model, keep=set(steps_to_keep))
 
-    async def _prepare_backend_for_training(self, model: art.TrainableModel,
-                                            config: dev.OpenAIServerConfig | None = None) -> tuple[str, str]:
+    async def _prepare_backend_for_training(
+        self, model: art.TrainableModel, config: dev.OpenAIServerConfig | None = None
+    ) -> tuple[str, str]:
         """The local llama.cpp server's endpoint when one runs; otherwise none (training needs no server)."""
         from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY
 
@@ -223,16 +238,26 @@ class TorchBackend:
             running = status(self._inference_folder)
             if running is not None and running.healthy:
                 return running.base_url, PLACEHOLDER_API_KEY
-        log.info("no local inference server runs; model.openai_client() is unavailable until one does "
-                 "(`babylon llm serve`)")
+        log.info(
+            "no local inference server runs; model.openai_client() is unavailable until one does (`babylon llm serve`)"
+        )
         return None, None  # type: ignore[return-value]  # ART's model then says the client is unavailable
 
-    async def train(self, model: art.TrainableModel, trajectory_groups: Iterable[art.TrajectoryGroup], *,
-                    learning_rate: float = 5e-5, kl_penalty_coef: float | None = None,
-                    epsilon: float | None = None, epsilon_high: float | None = None,
-                    scale_rewards: bool = True, normalize_advantages: bool = True,
-                    save_checkpoint: bool = True, data_position: dict[str, Any] | None = None,
-                    verbose: bool = False) -> TorchTrainResult:
+    async def train(
+        self,
+        model: art.TrainableModel,
+        trajectory_groups: Iterable[art.TrajectoryGroup],
+        *,
+        learning_rate: float = 5e-5,
+        kl_penalty_coef: float | None = None,
+        epsilon: float | None = None,
+        epsilon_high: float | None = None,
+        scale_rewards: bool = True,
+        normalize_advantages: bool = True,
+        save_checkpoint: bool = True,
+        data_position: dict[str, Any] | None = None,
+        verbose: bool = False,
+    ) -> TorchTrainResult:
         """One GRPO step on these groups, then a checkpoint (ART's `backend.train`).
 
         Zero-variance groups carry no signal and are skipped (counted in the metrics). `data_position`
@@ -243,16 +268,29 @@ class TorchBackend:
             clip_epsilon=self.config.clip_epsilon if epsilon is None else epsilon,
             clip_epsilon_high=epsilon_high,
             kl_coef=self.config.kl_coef if kl_penalty_coef is None else kl_penalty_coef,
-            max_grad_norm=self.config.max_grad_norm, micro_batch_size=self.config.micro_batch_size,
+            max_grad_norm=self.config.max_grad_norm,
+            micro_batch_size=self.config.micro_batch_size,
         )
         async with self._lock:
-            return await asyncio.to_thread(self._train_sync, model, groups, step_config, learning_rate,
-                                           scale_rewards and normalize_advantages, save_checkpoint,
-                                           data_position or {})
+            return await asyncio.to_thread(
+                self._train_sync,
+                model,
+                groups,
+                step_config,
+                learning_rate,
+                scale_rewards and normalize_advantages,
+                save_checkpoint,
+                data_position or {},
+            )
 
-    async def _train_sft(self, model: art.TrainableModel, trajectories: Iterable[art.Trajectory],
-                         config: TrainSFTConfig, dev_config: dev.TrainSFTConfig,
-                         verbose: bool = False) -> AsyncIterator[dict[str, float]]:
+    async def _train_sft(
+        self,
+        model: art.TrainableModel,
+        trajectories: Iterable[art.Trajectory],
+        config: TrainSFTConfig,
+        dev_config: dev.TrainSFTConfig,
+        verbose: bool = False,
+    ) -> AsyncIterator[dict[str, float]]:
         """Supervised fine-tuning: log-likelihood of the assistant tokens, one step (and checkpoint) per batch.
 
         ART's TrainSFTConfig: `batch_size` "auto" means SFT_AUTO_BATCH trajectories; `learning_rate` is one
@@ -268,8 +306,7 @@ class TorchBackend:
             rates = [rates] * len(batches)
         if len(rates) < len(batches):
             raise ValueError(f"{len(rates)} learning rates for {len(batches)} SFT batches")
-        step_config = StepConfig(max_grad_norm=self.config.max_grad_norm,
-                                 micro_batch_size=self.config.micro_batch_size)
+        step_config = StepConfig(max_grad_norm=self.config.max_grad_norm, micro_batch_size=self.config.micro_batch_size)
         for chunk, learning_rate in zip(batches, rates, strict=False):
             async with self._lock:
                 result = await asyncio.to_thread(self._sft_sync, model, chunk, step_config, float(learning_rate))
@@ -302,12 +339,18 @@ class TorchBackend:
             checkpoint = self.checkpoint_dir(model, step)
             peft_model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
         else:
-            lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,
-                              lora_dropout=self.config.lora_dropout, target_modules=list(self.config.target_modules),
-                              task_type="CAUSAL_LM", bias="none")
+            lora = LoraConfig(
+                r=self.config.lora_rank,
+                lora_alpha=self.config.lora_alpha,
+                lora_dropout=self.config.lora_dropout,
+                target_modules=list(self.config.target_modules),
+                task_type="CAUSAL_LM",
+                bias="none",
+            )
             peft_model = get_peft_model(base, lora)
-        optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad],
-                                      lr=5e-5, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [p for p in peft_model.parameters() if p.requires_grad], lr=5e-5, weight_decay=self.config.weight_decay
+        )
         session = _Session(peft_model, tokenizer, optimizer, step)
         if step > 0:
             checkpoint = self.checkpoint_dir(model, step)
@@ -330,8 +373,9 @@ class TorchBackend:
             return {}
         return dict(json.loads((self.checkpoint_dir(model, step) / STATE_FILE).read_text()))
 
-    def samples_of(self, groups: Sequence[art.TrajectoryGroup], tokenizer: Any,
-                   scale_rewards: bool = True) -> tuple[list[Sample], int, int]:
+    def samples_of(
+        self, groups: Sequence[art.TrajectoryGroup], tokenizer: Any, scale_rewards: bool = True
+    ) -> tuple[list[Sample], int, int]:
         """Samples of every decision conversation of every group with spread; (samples, used, skipped)."""
         samples: list[Sample] = []
         used = skipped = 0
@@ -344,21 +388,31 @@ class TorchBackend:
             used += 1
             for trajectory, advantage in zip(trajectories, advantages, strict=True):
                 for conversation in conversations_of(trajectory):
-                    samples.append(tokenize_conversation(tokenizer, conversation, advantage,
-                                                         self.config.max_sequence_tokens))
+                    samples.append(
+                        tokenize_conversation(tokenizer, conversation, advantage, self.config.max_sequence_tokens)
+                    )
         return samples, used, skipped
 
-    def _train_sync(self, model: art.TrainableModel, groups: list[art.TrajectoryGroup], step_config: StepConfig,
-                    learning_rate: float, scale_rewards: bool, save_checkpoint: bool,
-                    data_position: dict[str, Any]) -> TorchTrainResult:
+    def _train_sync(
+        self,
+        model: art.TrainableModel,
+        groups: list[art.TrajectoryGroup],
+        step_config: StepConfig,
+        learning_rate: float,
+        scale_rewards: bool,
+        save_checkpoint: bool,
+        data_position: dict[str, Any],
+    ) -> TorchTrainResult:
         session = self.session(model)
         samples, used, skipped = self.samples_of(groups, session.tokenizer, scale_rewards)
         if not samples:
             # Nothing with a learning signal: no optimizer step, no new checkpoint, the step stays.
             log.warning("no group with spread among %d groups (%d without): nothing trained", len(groups), skipped)
-            return TorchTrainResult(step=session.step, metrics={"groups_used": 0.0,
-                                                                "groups_skipped_zero_variance": float(skipped)},
-                                    groups_skipped_zero_variance=skipped)
+            return TorchTrainResult(
+                step=session.step,
+                metrics={"groups_used": 0.0, "groups_skipped_zero_variance": float(skipped)},
+                groups_skipped_zero_variance=skipped,
+            )
         reference = session.model.disable_adapter if step_config.kl_coef > 0 else None
         stats = self._step(session, samples, step_config, learning_rate, reference)
         session.groups_seen += used + skipped
@@ -374,22 +428,37 @@ class TorchBackend:
             "reward_mean": _mean([t.reward for g in groups for t in g.trajectories]),
         }
         checkpoint = self._save(model, session, step_config, learning_rate) if save_checkpoint else None
-        return TorchTrainResult(step=session.step, metrics=metrics,
-                                checkpoint_path=None if checkpoint is None else str(checkpoint),
-                                objective=stats.objective, groups_used=used, groups_skipped_zero_variance=skipped)
+        return TorchTrainResult(
+            step=session.step,
+            metrics=metrics,
+            checkpoint_path=None if checkpoint is None else str(checkpoint),
+            objective=stats.objective,
+            groups_used=used,
+            groups_skipped_zero_variance=skipped,
+        )
 
-    def _sft_sync(self, model: art.TrainableModel, trajectories: list[art.Trajectory], step_config: StepConfig,
-                  learning_rate: float) -> TorchTrainResult:
+    def _sft_sync(
+        self,
+        model: art.TrainableModel,
+        trajectories: list[art.Trajectory],
+        step_config: StepConfig,
+        learning_rate: float,
+    ) -> TorchTrainResult:
         session = self.session(model)
-        samples = [tokenize_conversation(session.tokenizer, c, 1.0, self.config.max_sequence_tokens)
-                   for t in trajectories for c in conversations_of(t)]
+        samples = [
+            tokenize_conversation(session.tokenizer, c, 1.0, self.config.max_sequence_tokens)
+            for t in trajectories
+            for c in conversations_of(t)
+        ]
         stats = self._step(session, samples, step_config, learning_rate, None)
         checkpoint = self._save(model, session, step_config, learning_rate)
-        return TorchTrainResult(step=session.step, metrics=stats.as_metrics(), checkpoint_path=str(checkpoint),
-                                objective="supervised")
+        return TorchTrainResult(
+            step=session.step, metrics=stats.as_metrics(), checkpoint_path=str(checkpoint), objective="supervised"
+        )
 
-    def _step(self, session: _Session, samples: list[Sample], step_config: StepConfig, learning_rate: float,
-              reference: Any) -> StepStats:
+    def _step(
+        self, session: _Session, samples: list[Sample], step_config: StepConfig, learning_rate: float, reference: Any
+    ) -> StepStats:
         for group in session.optimizer.param_groups:
             group["lr"] = learning_rate
         step_config = StepConfig(**{**asdict(step_config), "pad_token_id": int(session.tokenizer.pad_token_id)})
@@ -407,14 +476,23 @@ class TorchBackend:
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         session.model.save_pretrained(str(partial))
         torch.save(session.optimizer.state_dict(), partial / OPTIMIZER_FILE)
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   partial / RNG_FILE)
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            partial / RNG_FILE,
+        )
         state = {
-            "step": session.step, "base_model": self.config.base_model,
-            "model_version": f"{model.name}@{session.step}", "samples_seen": session.samples_seen,
-            "groups_seen": session.groups_seen, "data_position": session.data_position,
-            "learning_rate": learning_rate, "step_config": asdict(step_config),
+            "step": session.step,
+            "base_model": self.config.base_model,
+            "model_version": f"{model.name}@{session.step}",
+            "samples_seen": session.samples_seen,
+            "groups_seen": session.groups_seen,
+            "data_position": session.data_position,
+            "learning_rate": learning_rate,
+            "step_config": asdict(step_config),
             "trainer_config": {**asdict(self.config), "target_modules": list(self.config.target_modules)},
             "saved_at": time.time(),
         }
@@ -422,13 +500,16 @@ class TorchBackend:
         if target.exists():  # a step redone after a crash between save and prune: the new one wins
             shutil.rmtree(target)
         partial.rename(target)
-        self._prune(model, keep=set(self.checkpoint_steps(model)[-max(self.config.keep_checkpoints, 1):]))
+        self._prune(model, keep=set(self.checkpoint_steps(model)[-max(self.config.keep_checkpoints, 1) :]))
         return target
 
     def _prune(self, model: art.Model, keep: set[int]) -> list[int]:
         """Delete checkpoints outside `keep` unless a ready/deployed row uses them; their rows become archived."""
-        candidates = {step: str(self.checkpoint_dir(model, step).resolve())
-                      for step in self.checkpoint_steps(model) if step not in keep}
+        candidates = {
+            step: str(self.checkpoint_dir(model, step).resolve())
+            for step in self.checkpoint_steps(model)
+            if step not in keep
+        }
         if not candidates:
             return []
         protected = self._registry.protected_checkpoints(list(candidates.values())) if self._registry else set()
@@ -445,13 +526,18 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def make_backend(settings: Settings, registry: CheckpointRegistry | None = None,
-                 inference_folder: Path | None = None) -> Any:
+def make_backend(
+    settings: Settings, registry: CheckpointRegistry | None = None, inference_folder: Path | None = None
+) -> Any:
     """The backend TRAIN_BACKEND names. ART's own ones are imported only when chosen (they need CUDA,
     unsloth and vLLM, or a W&B key) and are not verified on this project's machines."""
     if settings.TRAIN_BACKEND == "torch":
-        return TorchBackend(TorchTrainerConfig.from_settings(settings), path=settings.ART_PATH, registry=registry,
-                            inference_folder=inference_folder)
+        return TorchBackend(
+            TorchTrainerConfig.from_settings(settings),
+            path=settings.ART_PATH,
+            registry=registry,
+            inference_folder=inference_folder,
+        )
     if settings.TRAIN_BACKEND == "art-local":
         from art.local import LocalBackend
 

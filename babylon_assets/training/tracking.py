@@ -38,9 +38,16 @@ class WandbTracker:
         import wandb
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._run = wandb.init(project=self.project, name=name, config=config, mode=self.mode,  # type: ignore[arg-type]
-                               dir=str(self.directory), reinit="finish_previous", id=run_id,
-                               resume="allow" if run_id else None)
+        self._run = wandb.init(
+            project=self.project,
+            name=name,
+            config=config,
+            mode=self.mode,  # type: ignore[arg-type]
+            dir=str(self.directory),
+            reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
+        )
         return self.current()
 
     def current(self) -> TrackedRun:

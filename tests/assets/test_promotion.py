@@ -43,34 +43,59 @@ def policy_double(candidate: str) -> OpenAICompatibleTestDouble:
         prompt = request["messages"][-1]["content"]
         if "decision 1 of" in prompt:
             ticker = TICKER.search(prompt).group(1)
-            return ScriptedReply(json.dumps({"action": "OPEN_LONG", "ticker": ticker, "amount": 2000,
-                                             "leverage": 3, "reasoning": "momentum"}))
+            return ScriptedReply(
+                json.dumps(
+                    {"action": "OPEN_LONG", "ticker": ticker, "amount": 2000, "leverage": 3, "reasoning": "momentum"}
+                )
+            )
         return ScriptedReply(HOLD)
 
     return OpenAICompatibleTestDouble(answer)
 
 
 def settings_for(tmp_path: Path, url: str, api_base: str, **overrides: Any) -> Settings:
-    return Settings(DATABASE_URL=url, BASE_MODEL=BASE, POLICY_API_BASE=api_base, EVAL_SEEDS="5,6", EVAL_WINDOWS=1,
-                    EVAL_AGENTS=3, EVAL_DURATION_MINUTES=3, SERVING_FILE=str(tmp_path / "serving.json"),
-                    WANDB_DIR=str(tmp_path / "wandb"), EVAL_BOOTSTRAP_RESAMPLES=500, **overrides)
+    return Settings(
+        DATABASE_URL=url,
+        BASE_MODEL=BASE,
+        POLICY_API_BASE=api_base,
+        EVAL_SEEDS="5,6",
+        EVAL_WINDOWS=1,
+        EVAL_AGENTS=3,
+        EVAL_DURATION_MINUTES=3,
+        SERVING_FILE=str(tmp_path / "serving.json"),
+        WANDB_DIR=str(tmp_path / "wandb"),
+        EVAL_BOOTSTRAP_RESAMPLES=500,
+        **overrides,
+    )
 
 
 def with_checkpoint(url: str, version: str = "babylon-mmo@2", storage: str = "/nowhere") -> Store:
     store = Store(url)
     store.upgrade()
-    TrainingRecords(store).add_checkpoint(model_version=version, base_model=BASE, batch_id="batch-1",
-                                          storage_path=storage, avg_reward=0.5, wandb_run_id=None)
+    TrainingRecords(store).add_checkpoint(
+        model_version=version,
+        base_model=BASE,
+        batch_id="batch-1",
+        storage_path=storage,
+        avg_reward=0.5,
+        wandb_run_id=None,
+    )
     return store
 
 
 def promote(settings: Settings, deploy: bool = True):
     with DagsterInstance.ephemeral() as instance:
         run = materialize_promotion(build_definitions(settings), instance, deploy=deploy)
-        checks = [e for e in instance.all_logs(run.run_id) if e.dagster_event is not None
-                  and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"]
-        materialized = {e.dagster_event.asset_key.path[-1] for e in instance.all_logs(run.run_id)
-                        if e.dagster_event is not None and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"}
+        checks = [
+            e
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event is not None and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        materialized = {
+            e.dagster_event.asset_key.path[-1]
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event is not None and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION"
+        }
     return run, [c.dagster_event.event_specific_data for c in checks], materialized
 
 
@@ -99,14 +124,23 @@ def test_both_policies_face_identical_markets_and_a_passing_checkpoint_is_deploy
         logged = b"".join(p.read_bytes() for p in Path(settings.WANDB_DIR).rglob("*.wandb"))
         assert b"eval/paired_pnl_mean" in logged and b"eval/checkpoint_unparseable_rate" in logged
         serving = json.loads(Path(settings.SERVING_FILE).read_text())
-        assert serving == {"model": "openai/babylon-mmo@2", "api_base": double.base_url, "api_key": None,
-                           "version": "babylon-mmo@2"}
+        assert serving == {
+            "model": "openai/babylon-mmo@2",
+            "api_base": double.base_url,
+            "api_key": None,
+            "version": "babylon-mmo@2",
+        }
 
         # Every call went through the gateway into held-out trajectories that carry the simulator's books.
         with store.engine.connect() as connection:
             rows = connection.execute(select(table_of(Trajectory))).mappings().all()
-            prompts = connection.execute(select(table_of(LlmCallLog).c.trajectoryId, table_of(LlmCallLog).c.userPrompt,
-                                                table_of(LlmCallLog).c.timestamp)).all()
+            prompts = connection.execute(
+                select(
+                    table_of(LlmCallLog).c.trajectoryId,
+                    table_of(LlmCallLog).c.userPrompt,
+                    table_of(LlmCallLog).c.timestamp,
+                )
+            ).all()
             plays = connection.execute(select(table_of(EvaluationPlay))).mappings().all()
         assert len(rows) == 12 and all(r["isEvaluation"] and not r["isTrainingData"] for r in rows)
         assert all(r["trajectoryId"].startswith("gw-eval-") and r["finalStatus"] == "completed" for r in rows)
@@ -166,8 +200,14 @@ def test_the_gate_blocks_when_the_interval_does_not_clear_the_threshold(tmp_path
 def test_deploy_and_rollback_update_trained_models_and_the_serving_file(database_url, tmp_path):
     store = with_checkpoint(database_url, "babylon-mmo@1")
     records = TrainingRecords(store)
-    records.add_checkpoint(model_version="babylon-mmo@2", base_model=BASE, batch_id="batch-1",
-                           storage_path="/nowhere", avg_reward=0.5, wandb_run_id=None)
+    records.add_checkpoint(
+        model_version="babylon-mmo@2",
+        base_model=BASE,
+        batch_id="batch-1",
+        storage_path="/nowhere",
+        avg_reward=0.5,
+        wandb_run_id=None,
+    )
     evaluations = EvaluationRecords(store)
     evaluations.set_gate_status("babylon-mmo@1", True)
     evaluations.set_gate_status("babylon-mmo@2", True)
@@ -175,8 +215,9 @@ def test_deploy_and_rollback_update_trained_models_and_the_serving_file(database
 
     def statuses() -> dict[str, str]:
         with store.engine.connect() as connection:
-            return dict(connection.execute(select(table_of(TrainedModel).c.modelId,
-                                                  table_of(TrainedModel).c.status)).all())
+            return dict(
+                connection.execute(select(table_of(TrainedModel).c.modelId, table_of(TrainedModel).c.status)).all()
+            )
 
     def serving() -> str:
         return json.loads(options.serving_file.read_text())["version"]
@@ -192,8 +233,10 @@ def test_deploy_and_rollback_update_trained_models_and_the_serving_file(database
     assert back.model_id == "babylon-mmo@1" and back.previous == "babylon-mmo@2" and serving() == "babylon-mmo@1"
     assert statuses() == {"babylon-mmo@1": "deployed", "babylon-mmo@2": "archived"}
     assert evaluations.rollback_target()["modelId"] == "babylon-mmo@2"
-    assert back.agent_settings(8787) == {"AGENT_MODEL": "openai/babylon-mmo@1",
-                                         "AGENT_API_BASE": "http://127.0.0.1:8787/v1"}
+    assert back.agent_settings(8787) == {
+        "AGENT_MODEL": "openai/babylon-mmo@1",
+        "AGENT_API_BASE": "http://127.0.0.1:8787/v1",
+    }
     store.dispose()
 
 
@@ -218,8 +261,9 @@ def test_the_promotion_sensor_requests_the_newest_checkpoint_once(tmp_path):
     with DagsterInstance.ephemeral() as instance:
         assert isinstance(evaluate_promotion_sensor(instance, None), SkipReason)
         for version in ("babylon-mmo@1", "babylon-mmo@2"):
-            instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint",
-                                                                     metadata={"model_version": version}))
+            instance.report_runless_asset_event(
+                AssetMaterialization("trained_checkpoint", metadata={"model_version": version})
+            )
         first = evaluate_promotion_sensor(instance, None)
         assert isinstance(first, SensorResult) and len(first.run_requests) == 1
         assert first.run_requests[0].tags["babylon/model_version"] == "babylon-mmo@2"  # the newest only
@@ -227,14 +271,14 @@ def test_the_promotion_sensor_requests_the_newest_checkpoint_once(tmp_path):
         assert isinstance(again, SkipReason) and "no new checkpoint" in again.skip_message
 
         # a training run that made no checkpoint moves the cursor without a request
-        instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint",
-                                                                 metadata={"model_version": ""}))
+        instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint", metadata={"model_version": ""}))
         empty = evaluate_promotion_sensor(instance, first.cursor)
         assert isinstance(empty, SensorResult) and not empty.run_requests and empty.cursor != first.cursor
 
         # nothing while a promotion run is in flight; the checkpoint waits for the next tick
-        instance.report_runless_asset_event(AssetMaterialization("trained_checkpoint",
-                                                                 metadata={"model_version": "babylon-mmo@3"}))
+        instance.report_runless_asset_event(
+            AssetMaterialization("trained_checkpoint", metadata={"model_version": "babylon-mmo@3"})
+        )
         instance.add_run(DagsterRun(job_name="promotion_job", run_id="r" * 32, status=DagsterRunStatus.STARTED))
         waiting = evaluate_promotion_sensor(instance, empty.cursor)
         assert isinstance(waiting, SkipReason) and "babylon-mmo@3 waits" in waiting.skip_message

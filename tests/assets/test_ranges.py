@@ -32,8 +32,13 @@ class FlakyOutcomeJudge:
             JUDGED[group.window_id] += 1
         healthy = [g for g in groups if g.window_id != self.failing_window]
         result = await self.inner.score(healthy)
-        result.failures.update({g.group_id: f"judge unreachable while scoring {g.window_id}"
-                                for g in groups if g.window_id == self.failing_window})
+        result.failures.update(
+            {
+                g.group_id: f"judge unreachable while scoring {g.window_id}"
+                for g in groups
+                if g.window_id == self.failing_window
+            }
+        )
         return result
 
 
@@ -46,10 +51,12 @@ class FlakyJudgeResource(JudgeResource):
 
 def test_window_ranges_are_consecutive_and_bounded():
     windows = [f"2025-01-15T{h:02d}:00" for h in range(0, 24)] + ["2025-01-16T02:00"]
-    assert window_ranges(windows, 10) == [("2025-01-15T00:00", "2025-01-15T09:00", 10),
-                                          ("2025-01-15T10:00", "2025-01-15T19:00", 10),
-                                          ("2025-01-15T20:00", "2025-01-15T23:00", 4),
-                                          ("2025-01-16T02:00", "2025-01-16T02:00", 1)]
+    assert window_ranges(windows, 10) == [
+        ("2025-01-15T00:00", "2025-01-15T09:00", 10),
+        ("2025-01-15T10:00", "2025-01-15T19:00", 10),
+        ("2025-01-15T20:00", "2025-01-15T23:00", 4),
+        ("2025-01-16T02:00", "2025-01-16T02:00", 1),
+    ]
 
 
 def test_a_24_window_backfill_runs_as_one_run(tmp_path, monkeypatch):
@@ -61,8 +68,11 @@ def test_a_24_window_backfill_runs_as_one_run(tmp_path, monkeypatch):
 
     store = Store(url, clock=lambda: now)
     store.upgrade()
-    simulate(store, SimulationPlan(agents=5, windows=24, duration_minutes=5, seed=3,
-                                   start=datetime(2025, 1, 16, tzinfo=UTC)), now=now)
+    simulate(
+        store,
+        SimulationPlan(agents=5, windows=24, duration_minutes=5, seed=3, start=datetime(2025, 1, 16, tzinfo=UTC)),
+        now=now,
+    )
     result = runner.invoke(app, ["backfill", "--from", "2025-01-16T00:00", "--to", "2025-01-16T23:00"])
     assert result.exit_code == 0, result.output
     with DagsterInstance.get() as instance:
@@ -70,8 +80,7 @@ def test_a_24_window_backfill_runs_as_one_run(tmp_path, monkeypatch):
         assert run.is_success
         assert run.tags["dagster/asset_partition_range_start"] == "2025-01-16T00:00"
         assert run.tags["dagster/asset_partition_range_end"] == "2025-01-16T23:00"
-        materialized = instance.get_materialized_partitions(
-            __import__("dagster").AssetKey("ruler_scores"))
+        materialized = instance.get_materialized_partitions(__import__("dagster").AssetKey("ruler_scores"))
         assert len(materialized) == 24
     assert all(m["score"] is not None for m in store.group_members("2025-01-16T13:00"))
     store.dispose()
@@ -83,8 +92,9 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
     JUDGED.clear()
     windows = ["2025-01-15T10:00", broken, "2025-01-15T12:00"]
     with DagsterInstance.ephemeral() as instance:
-        defs = build_definitions(Settings(DATABASE_URL=url),
-                                 resource_overrides={"judge": FlakyJudgeResource(failing_window=broken)})
+        defs = build_definitions(
+            Settings(DATABASE_URL=url), resource_overrides={"judge": FlakyJudgeResource(failing_window=broken)}
+        )
         (run,) = materialize_windows(defs, windows, instance)
         assert not run.success
         failure = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
@@ -95,8 +105,9 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
     # the retry, with the judge back, judges only the window that failed
     JUDGED.clear()
     with DagsterInstance.ephemeral() as instance:
-        defs = build_definitions(Settings(DATABASE_URL=url),
-                                 resource_overrides={"judge": FlakyJudgeResource(failing_window="none")})
+        defs = build_definitions(
+            Settings(DATABASE_URL=url), resource_overrides={"judge": FlakyJudgeResource(failing_window="none")}
+        )
         (run,) = materialize_windows(defs, windows, instance)
         assert run.success
     assert Counter({broken: 1}) == JUDGED
@@ -112,8 +123,9 @@ def test_the_window_graph_runs_on_the_postgres_instance(monkeypatch, tmp_path, p
     url = simulated_store.target.url.render_as_string(hide_password=False)
     with DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        runs = materialize_windows(build_definitions(Settings(DATABASE_URL=url)),
-                                   ["2025-01-15T10:00", "2025-01-15T11:00"], instance)
+        runs = materialize_windows(
+            build_definitions(Settings(DATABASE_URL=url)), ["2025-01-15T10:00", "2025-01-15T11:00"], instance
+        )
         assert [r.success for r in runs] == [True]
         assert instance.get_run_by_id(runs[0].run_id).is_success
     assert NOW and SIM_START  # the simulated store's clock and start, shared with the other tests

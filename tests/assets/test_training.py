@@ -35,8 +35,15 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def trainer_for(tmp_path: Path, base_model: Path | str, **overrides) -> TrainerResource:
-    values = {"base_model": str(base_model), "art_path": str(tmp_path / ".art"), "iterations": 2,
-              "windows_per_iteration": 2, "learning_rate": 1e-3, "wandb_dir": str(tmp_path / "wandb"), **overrides}
+    values = {
+        "base_model": str(base_model),
+        "art_path": str(tmp_path / ".art"),
+        "iterations": 2,
+        "windows_per_iteration": 2,
+        "learning_rate": 1e-3,
+        "wandb_dir": str(tmp_path / "wandb"),
+        **overrides,
+    }
     return TrainerResource(**values)
 
 
@@ -68,10 +75,16 @@ def test_a_checkpoint_with_its_records_lineage_and_wandb_run(database_url, insta
 
     with store.engine.connect() as connection:
         batch = connection.execute(select(table_of(TrainingBatch))).mappings().one()
-        models = connection.execute(select(table_of(TrainedModel)).order_by(table_of(TrainedModel).c.modelId)
-                                    ).mappings().all()
-        used = connection.execute(select(table_of(Trajectory).c.trajectoryId, table_of(Trajectory).c.trainedInBatch)
-                                  .where(table_of(Trajectory).c.usedInTraining.is_(True))).all()
+        models = (
+            connection.execute(select(table_of(TrainedModel)).order_by(table_of(TrainedModel).c.modelId))
+            .mappings()
+            .all()
+        )
+        used = connection.execute(
+            select(table_of(Trajectory).c.trajectoryId, table_of(Trajectory).c.trainedInBatch).where(
+                table_of(Trajectory).c.usedInTraining.is_(True)
+            )
+        ).all()
     assert batch["status"] == "completed" and batch["batchId"] == meta["batch_id"]
     assert batch["modelVersion"] == "babylon-mmo@2" and batch["trainingLoss"] is not None
     assert batch["startedAt"] is not None and batch["completedAt"] is not None and batch["error"] is None
@@ -94,8 +107,14 @@ def test_a_checkpoint_with_its_records_lineage_and_wandb_run(database_url, insta
     run_dir = Path(meta["wandb_dir"])
     assert run_dir.is_dir() and run_dir.name.startswith("offline-run-")
     logged = b"".join(p.read_bytes() for p in run_dir.glob("*.wandb"))
-    for metric in (b"loss", b"reward_mean", b"reward_std", b"groups_used", b"groups_skipped_zero_variance",
-                   b"tokens_per_second"):
+    for metric in (
+        b"loss",
+        b"reward_mean",
+        b"reward_std",
+        b"groups_used",
+        b"groups_skipped_zero_variance",
+        b"tokens_per_second",
+    ):
         assert metric in logged, metric
     store.dispose()
 
@@ -147,8 +166,14 @@ def test_training_sensor_waits_for_new_windows_after_a_checkpoint(simulated_stor
     records = TrainingRecords(simulated_store)
     judged = records.scored_windows(WINDOWS)
     assert sorted(judged) == WINDOWS
-    records.add_checkpoint(model_version="babylon-mmo@1", base_model="tiny", batch_id="b1", storage_path="/x",
-                           avg_reward=0.5, wandb_run_id=None)
+    records.add_checkpoint(
+        model_version="babylon-mmo@1",
+        base_model="tiny",
+        batch_id="b1",
+        storage_path="/x",
+        avg_reward=0.5,
+        wandb_run_id=None,
+    )
 
     def checkpoint_at(when) -> None:
         with simulated_store.engine.begin() as connection:
@@ -165,21 +190,50 @@ def test_training_sensor_waits_for_new_windows_after_a_checkpoint(simulated_stor
 
 
 def test_the_trainer_resource_carries_every_training_setting(simulated_store):
-    changed = {"MAX_SEQUENCE_TOKENS": 300, "MICRO_BATCH_SIZE": 3, "LORA_RANK": 4, "LORA_ALPHA": 12,
-               "LORA_DROPOUT": 0.1, "LORA_TARGET_MODULES": "q_proj,v_proj", "KL_COEF": 0.05, "CLIP_EPSILON": 0.3,
-               "MAX_GRAD_NORM": 0.5, "KEEP_CHECKPOINTS": 2, "TRAIN_SEED": 9, "TRAIN_DEVICE": "cpu",
-               "DECISIONS_PER_TRAJECTORY": 2, "ITERATIONS": 4, "WINDOWS_PER_ITERATION": 5, "LEARNING_RATE": 1e-4}
+    changed = {
+        "MAX_SEQUENCE_TOKENS": 300,
+        "MICRO_BATCH_SIZE": 3,
+        "LORA_RANK": 4,
+        "LORA_ALPHA": 12,
+        "LORA_DROPOUT": 0.1,
+        "LORA_TARGET_MODULES": "q_proj,v_proj",
+        "KL_COEF": 0.05,
+        "CLIP_EPSILON": 0.3,
+        "MAX_GRAD_NORM": 0.5,
+        "KEEP_CHECKPOINTS": 2,
+        "TRAIN_SEED": 9,
+        "TRAIN_DEVICE": "cpu",
+        "DECISIONS_PER_TRAJECTORY": 2,
+        "ITERATIONS": 4,
+        "WINDOWS_PER_ITERATION": 5,
+        "LEARNING_RATE": 1e-4,
+    }
     trainer = build_definitions(Settings(**changed)).resources["trainer"]
     carried = trainer.settings()
     assert {name: getattr(carried, name) for name in changed} == changed
     config = trainer.backend(simulated_store).config
-    assert (config.max_sequence_tokens, config.micro_batch_size, config.lora_rank, config.lora_alpha,
-            config.lora_dropout, config.target_modules, config.kl_coef, config.clip_epsilon, config.max_grad_norm,
-            config.keep_checkpoints, config.seed, config.device) == (
-        300, 3, 4, 12, 0.1, ("q_proj", "v_proj"), 0.05, 0.3, 0.5, 2, 9, "cpu")
+    assert (
+        config.max_sequence_tokens,
+        config.micro_batch_size,
+        config.lora_rank,
+        config.lora_alpha,
+        config.lora_dropout,
+        config.target_modules,
+        config.kl_coef,
+        config.clip_epsilon,
+        config.max_grad_norm,
+        config.keep_checkpoints,
+        config.seed,
+        config.device,
+    ) == (300, 3, 4, 12, 0.1, ("q_proj", "v_proj"), 0.05, 0.3, 0.5, 2, 9, "cpu")
     options = trainer.options()
-    assert (options.iterations, options.windows_per_iteration, options.decisions_per_trajectory, options.seed,
-            options.learning_rate) == (4, 5, 2, 9, 1e-4)
+    assert (
+        options.iterations,
+        options.windows_per_iteration,
+        options.decisions_per_trajectory,
+        options.seed,
+        options.learning_rate,
+    ) == (4, 5, 2, 9, 1e-4)
 
 
 def test_a_step_trains_on_the_drawn_decisions_of_each_agent_window(simulated_store, instance, tmp_path, tiny_model):
@@ -189,8 +243,11 @@ def test_a_step_trains_on_the_drawn_decisions_of_each_agent_window(simulated_sto
     assert materialize_training_dataset(defs, instance, until="2025-01-15T14:00").success
     reports = []
     with listening(on_step=reports.append):
-        result = train(url, trainer_for(tmp_path, tiny_model, iterations=1, decisions_per_trajectory=2,
-                                        wandb_mode="disabled"), instance)
+        result = train(
+            url,
+            trainer_for(tmp_path, tiny_model, iterations=1, decisions_per_trajectory=2, wandb_mode="disabled"),
+            instance,
+        )
     assert result.success
     (report,) = reports
     used = int(report.metrics["groups_used"])

@@ -78,7 +78,10 @@ def test_each_window_asset_materializes_with_its_metadata(database_url, instance
     assert "P&L" in scores["best_agent"] and scores["scores"].count("\n") == 7
     assert scores["score_vs_pnl"].startswith("![score against P&L](data:image/svg+xml;base64,")
     assert {name: e.passed for name, e in checks(result).items()} == {
-        "window_ready": True, "outcomes_present": True, "scores_valid": True}
+        "window_ready": True,
+        "outcomes_present": True,
+        "scores_valid": True,
+    }
     # the game's judge columns and its latest reward_judgments row, and our history
     with store.engine.connect() as connection:
         judged = connection.execute(
@@ -109,12 +112,15 @@ def test_ticks_of_one_agent_are_stitched_into_one_agent_window(tmp_path, instanc
     store = Store(url, clock=lambda: NOW)
     store.upgrade()
     start = parse_window_id(W)
-    rows = [game_row(f"tick-{n}", "agent-ticks", start + timedelta(minutes=10 * n), decisions=2,
-                     final_pnl=float(n)) for n in range(3)]
+    rows = [
+        game_row(f"tick-{n}", "agent-ticks", start + timedelta(minutes=10 * n), decisions=2, final_pnl=float(n))
+        for n in range(3)
+    ]
     rows += [game_row(f"solo-{n}", f"agent-{n}", start + timedelta(minutes=n)) for n in range(5)]
     store.record_play(RecordedPlay(trajectories=rows))
-    store.replace_market_outcomes(W, [{"stockTicker": "NVDX", "startPrice": 100, "endPrice": 101,
-                                       "changePercent": 1, "sentiment": "neutral"}])
+    store.replace_market_outcomes(
+        W, [{"stockTicker": "NVDX", "startPrice": 100, "endPrice": 101, "changePercent": 1, "sentiment": "neutral"}]
+    )
     result = run_window(url, W, instance)
     assert result.success
     parsed = metadata(result, "trajectories")
@@ -124,8 +130,13 @@ def test_ticks_of_one_agent_are_stitched_into_one_agent_window(tmp_path, instanc
     assert stitched["trajectory_ids_json"] == '["tick-0", "tick-1", "tick-2"]' and stitched["final_pnl"] == 2.0
     # the stitched score is written back to each of its rows
     with store.engine.connect() as connection:
-        rewards = connection.execute(select(Trajectory.aiJudgeReward).where(
-            Trajectory.trajectoryId.in_(["tick-0", "tick-1", "tick-2"]))).scalars().all()
+        rewards = (
+            connection.execute(
+                select(Trajectory.aiJudgeReward).where(Trajectory.trajectoryId.in_(["tick-0", "tick-1", "tick-2"]))
+            )
+            .scalars()
+            .all()
+        )
     assert len(set(rewards)) == 1 and rewards[0] is not None
     store.dispose()
 
@@ -195,8 +206,9 @@ def test_the_training_dataset_unions_scored_groups_and_never_rescores(simulated_
         assert connection.execute(select(table_of(JudgmentRecord).c.judged_at)).scalars().all() == judged_before
     record, members = simulated_store.latest_dataset()
     assert record["dataset_id"] == built["dataset_id"] and len(members) == 12
-    too_early = job.execute_in_process(instance=instance, run_config={
-        "ops": {"training_dataset": {"config": {"until": "2025-01-15T09:00"}}}})
+    too_early = job.execute_in_process(
+        instance=instance, run_config={"ops": {"training_dataset": {"config": {"until": "2025-01-15T09:00"}}}}
+    )
     assert metadata(too_early, "training_dataset")["trajectories"] == 0
     assert checks(too_early)["dataset_not_empty"].passed is False
 
@@ -214,22 +226,35 @@ def test_ruler_scores_through_the_ruler_judge_with_one_failing_window(simulated_
         labels = re.findall(r'<trajectory id=\\?"(\d+)\\?">', text)
         if "Ground truth of window 2025-01-15T11:00" in text:
             labels = labels[:-1]  # always one score short
-        return ScriptedReply(jsonlib.dumps({"scores": [{"trajectory_id": label, "explanation": f"#{label}",
-                                                        "score": int(label) / 10} for label in labels]}))
+        return ScriptedReply(
+            jsonlib.dumps(
+                {
+                    "scores": [
+                        {"trajectory_id": label, "explanation": f"#{label}", "score": int(label) / 10}
+                        for label in labels
+                    ]
+                }
+            )
+        )
 
     url = simulated_store.target.url.render_as_string(hide_password=False)
     windows = [W, "2025-01-15T11:00"]
     with OpenAICompatibleTestDouble(responder) as double:
-        overrides = {"JUDGE_MODEL": "openai/judge-double", "JUDGE_API_BASE": double.base_url, "JUDGE_RETRIES": 1,
-                     "JUDGE_MODE": "pinned"}
+        overrides = {
+            "JUDGE_MODEL": "openai/judge-double",
+            "JUDGE_API_BASE": double.base_url,
+            "JUDGE_RETRIES": 1,
+            "JUDGE_MODE": "pinned",
+        }
         defs = graph_defs(url, **overrides)
         (run,) = materialize_windows(defs, windows, instance)
         assert not run.success
         first_requests = len(double.requests)
         assert first_requests == 3  # one for the good window, two tries for the bad one
         scored = simulated_store.group_members(W)
-        assert all(m["judge_name"] == "ruler" and m["judge_version"].startswith("ruler:openai/judge-double")
-                   for m in scored)
+        assert all(
+            m["judge_name"] == "ruler" and m["judge_version"].startswith("ruler:openai/judge-double") for m in scored
+        )
         assert all(m["score"] is None for m in simulated_store.group_members("2025-01-15T11:00"))
         # W alone again: its scores are current, nothing is sent
         (again,) = materialize_windows(defs, [W], instance)

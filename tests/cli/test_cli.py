@@ -38,7 +38,7 @@ def test_demo_simulates_materializes_the_graph_and_reports(tmp_path):
     assert "0 trajectories written, 32 already there" in again.output
     with sqlite3.connect(sqlite_path()) as connection:
         assert connection.execute("SELECT count(*) FROM trajectories").fetchone() == (32,)
-        assert connection.execute("SELECT count(DISTINCT \"windowId\") FROM market_outcomes").fetchone() == (4,)
+        assert connection.execute('SELECT count(DISTINCT "windowId") FROM market_outcomes').fetchone() == (4,)
 
 
 def test_check_windows_exit_codes_and_flags():
@@ -100,6 +100,5 @@ def test_export_dataset_writes_art_trajectories_with_rewards(tmp_path):
     trajectories = [art.Trajectory.model_validate_json(line) for line in lines]
     assert all(0.0 <= t.reward <= 1.0 for t in trajectories)
     assert len({t.metadata["group_id"] for t in trajectories}) == 4
-    assert all(len(t.additional_histories) == 9 and t.messages_and_choices[0]["role"] == "system"
-               for t in trajectories)
+    assert all(len(t.additional_histories) == 9 and t.messages_and_choices[0]["role"] == "system" for t in trajectories)
     assert runner.invoke(app, ["export-dataset", "--format", "csv"]).exit_code == 2

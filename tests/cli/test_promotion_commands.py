@@ -20,23 +20,42 @@ def checkpoints(*versions: str) -> Store:
     store = Store.from_settings(Settings())
     store.upgrade()
     for version in versions:
-        TrainingRecords(store).add_checkpoint(model_version=version, base_model="tiny-base", batch_id="b",
-                                              storage_path="/nowhere", avg_reward=0.5, wandb_run_id=None)
+        TrainingRecords(store).add_checkpoint(
+            model_version=version,
+            base_model="tiny-base",
+            batch_id="b",
+            storage_path="/nowhere",
+            avg_reward=0.5,
+            wandb_run_id=None,
+        )
     return store
 
 
 def test_evaluate_prints_both_policies_the_interval_and_the_verdict(monkeypatch, tmp_path):
     store = checkpoints("babylon-mmo@1")
     with policy_double("babble") as double:
-        for name, value in {"BASE_MODEL": "tiny-base", "POLICY_API_BASE": double.base_url, "EVAL_SEEDS": "5",
-                            "EVAL_WINDOWS": "1", "EVAL_AGENTS": "2", "EVAL_DURATION_MINUTES": "2",
-                            "EVAL_BOOTSTRAP_RESAMPLES": "200", "WANDB_MODE": "disabled",
-                            "SERVING_FILE": str(tmp_path / "serving.json")}.items():
+        for name, value in {
+            "BASE_MODEL": "tiny-base",
+            "POLICY_API_BASE": double.base_url,
+            "EVAL_SEEDS": "5",
+            "EVAL_WINDOWS": "1",
+            "EVAL_AGENTS": "2",
+            "EVAL_DURATION_MINUTES": "2",
+            "EVAL_BOOTSTRAP_RESAMPLES": "200",
+            "WANDB_MODE": "disabled",
+            "SERVING_FILE": str(tmp_path / "serving.json"),
+        }.items():
             monkeypatch.setenv(name, value)
         result = runner.invoke(app, ["evaluate"])
     assert result.exit_code == 1, result.output  # rejected
-    for expected in ("Evaluation of babylon-mmo@1", "base:tiny-base", "Paired P&L difference", "over 2 agent-windows",
-                     "Gate: rejected", "unparseable responses rose"):
+    for expected in (
+        "Evaluation of babylon-mmo@1",
+        "base:tiny-base",
+        "Paired P&L difference",
+        "over 2 agent-windows",
+        "Gate: rejected",
+        "unparseable responses rose",
+    ):
         assert expected in result.output, expected
     assert EvaluationRecords(store).model("babylon-mmo@1")["status"] == "rejected"
     store.dispose()

@@ -22,12 +22,25 @@ def test_train_scores_builds_the_dataset_trains_and_summarises(tmp_path, monkeyp
     monkeypatch.setenv("MAX_SEQUENCE_TOKENS", "256")
     played = runner.invoke(app, ["simulate", "--agents", "6", "--windows", "3", "--duration", "6", "--seed", "7"])
     assert played.exit_code == 0, played.output
-    result = runner.invoke(app, ["train", "--iterations", "2", "--windows-per-iteration", "1", "--min-actions", "5",
-                                 "--learning-rate", "1e-3"])
+    result = runner.invoke(
+        app,
+        ["train", "--iterations", "2", "--windows-per-iteration", "1", "--min-actions", "5", "--learning-rate", "1e-3"],
+    )
     assert result.exit_code == 0, result.output
     out = result.output
-    for expected in ("windows", "trajectories", "score (reward)", "P&L per agent-window", "best agent",
-                     "worst agent", "step 1", "step 2", "babylon-mmo@2", "W&B run", "offline-run-"):
+    for expected in (
+        "windows",
+        "trajectories",
+        "score (reward)",
+        "P&L per agent-window",
+        "best agent",
+        "worst agent",
+        "step 1",
+        "step 2",
+        "babylon-mmo@2",
+        "W&B run",
+        "offline-run-",
+    ):
         assert expected in out, expected
     store = Store.from_settings(Settings())
     with store.engine.connect() as connection:

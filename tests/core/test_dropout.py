@@ -16,8 +16,11 @@ def test_the_rate_formula():
 
 def test_a_lower_rate_keeps_a_superset():
     def kept(rate):
-        return {m.agent_window_id for m in assign_groups("2025-01-15T10:00", IDS, rate=rate, max_per_group=8,
-                                                         ready=True) if m.reason != "dropout"}
+        return {
+            m.agent_window_id
+            for m in assign_groups("2025-01-15T10:00", IDS, rate=rate, max_per_group=8, ready=True)
+            if m.reason != "dropout"
+        }
 
     previous = set(IDS)
     for rate in (0.0, 0.1, 0.2, 0.3, 0.5):
@@ -42,8 +45,9 @@ def test_groups_are_cut_from_a_shuffle_seeded_by_the_window():
     assert sorted(len(g) for g in groups.values()) == [6, 7, 7]
     assert assign_groups("2025-01-15T10:00", IDS[:20], rate=0.0, max_per_group=8, ready=True) == members
     other_hour = assign_groups("2025-01-15T11:00", IDS[:20], rate=0.0, max_per_group=8, ready=True)
-    assert {m.agent_window_id: m.group_id[-3:] for m in other_hour} != {m.agent_window_id: m.group_id[-3:]
-                                                                        for m in members}
+    assert {m.agent_window_id: m.group_id[-3:] for m in other_hour} != {
+        m.agent_window_id: m.group_id[-3:] for m in members
+    }
 
 
 def test_a_lone_member_and_a_window_that_is_not_ready_keep_no_group():

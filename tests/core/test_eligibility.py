@@ -111,5 +111,9 @@ def test_a_full_read_and_the_streaming_tally_summarise_alike():
     streamed = tally.finish(RULES)
     full = split_window("2025-01-15T10:00", items, RULES).summary()
     assert (full.rows, full.agents, full.agent_windows, full.eligible_agents) == (
-        streamed.rows, streamed.agents, streamed.agent_windows, streamed.eligible_agents)
+        streamed.rows,
+        streamed.agents,
+        streamed.agent_windows,
+        streamed.eligible_agents,
+    )
     assert full.excluded == streamed.excluded and full.quarantined == streamed.quarantined

@@ -44,13 +44,21 @@ def trader(agent, actions, pnls, final_pnl):
 def constructed_window():
     rows = [
         # shorted the crash and bought YES on the fall: right on every call, best P&L
-        trader("skilled", [("OPEN_SHORT", "NVDX"), ("BUY_YES", "pm-1"), ("HOLD", "NVDX"), ("HOLD", "NVDX"),
-                           ("CLOSE", "NVDX")], [0, 50, 150, 300, 400], 420.0),
+        trader(
+            "skilled",
+            [("OPEN_SHORT", "NVDX"), ("BUY_YES", "pm-1"), ("HOLD", "NVDX"), ("HOLD", "NVDX"), ("CLOSE", "NVDX")],
+            [0, 50, 150, 300, 400],
+            420.0,
+        ),
         # a small loss while staying mostly out
         trader("careful", [("HOLD", "NVDX")] * 4 + [("OPEN_SHORT", "NVDX")], [0, 0, 0, -5, -10], -10.0),
         # bought the crash with leverage and bet NO: wrong on every call
-        trader("reckless", [("OPEN_LONG", "NVDX"), ("BUY_NO", "pm-1"), ("HOLD", "NVDX"), ("HOLD", "NVDX"),
-                            ("HOLD", "NVDX")], [0, -200, -900, -1500, -2000], -2100.0),
+        trader(
+            "reckless",
+            [("OPEN_LONG", "NVDX"), ("BUY_NO", "pm-1"), ("HOLD", "NVDX"), ("HOLD", "NVDX"), ("HOLD", "NVDX")],
+            [0, -200, -900, -1500, -2000],
+            -2100.0,
+        ),
     ]
     parsed = list(parse_trajectory_rows([as_trajectory_row(r) for r in rows], now=NOW))
     return JudgeGroup("g1", "2025-01-15T10:00", stitch_agent_windows(parsed), CRASH)

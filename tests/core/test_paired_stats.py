@@ -17,8 +17,16 @@ from babylon_assets.core.paired_stats import (
 )
 
 
-def play(policy: str, window: str, slot: str, pnl: float, *, unparseable: int = 0, decisions: int = 10,
-         judge: float | None = None) -> PlayResult:
+def play(
+    policy: str,
+    window: str,
+    slot: str,
+    pnl: float,
+    *,
+    unparseable: int = 0,
+    decisions: int = 10,
+    judge: float | None = None,
+) -> PlayResult:
     return PlayResult(policy, 11, window, slot, pnl, decisions, unparseable, max(0.0, -pnl), judge)
 
 
@@ -29,8 +37,11 @@ def test_drawdown_is_the_largest_fall_from_a_running_peak():
 
 
 def test_policy_metrics():
-    plays = [play("p", "w1", "a", 100, unparseable=1, judge=0.5), play("p", "w1", "b", -50, judge=1.0),
-             play("p", "w2", "a", 0, unparseable=3)]
+    plays = [
+        play("p", "w1", "a", 100, unparseable=1, judge=0.5),
+        play("p", "w1", "b", -50, judge=1.0),
+        play("p", "w2", "a", 0, unparseable=3),
+    ]
     metrics = PolicyMetrics.of(plays)
     assert metrics.agent_windows == 3 and metrics.mean_pnl == pytest.approx(50 / 3)
     assert metrics.win_rate == pytest.approx(1 / 3) and metrics.unparseable_rate == pytest.approx(4 / 30)

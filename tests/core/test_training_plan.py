@@ -40,8 +40,15 @@ def test_ranks_within_groups_share_ties_and_spread_summarises():
 
 
 def test_best_of_groups_takes_the_top_of_each_ranked_group():
-    rewards = [("g2", "b", 0.9), ("g1", "a", 0.2), ("g1", "c", 0.7), ("g1", "d", 0.7), ("g2", "e", 0.1),
-               ("g3", "f", 0.5), ("g3", "h", 0.5)]
+    rewards = [
+        ("g2", "b", 0.9),
+        ("g1", "a", 0.2),
+        ("g1", "c", 0.7),
+        ("g1", "d", 0.7),
+        ("g2", "e", 0.1),
+        ("g3", "f", 0.5),
+        ("g3", "h", 0.5),
+    ]
     # g1: the tie at 0.7 goes to the member that sorts first; g3 ranks nobody (all equal) and gives nothing.
     assert best_of_groups(rewards) == ["c", "b"]
     assert best_of_groups(rewards, per_group=2) == ["c", "d", "b", "e"]

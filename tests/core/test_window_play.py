@@ -30,8 +30,10 @@ def prices_seen(play) -> list[str]:
 
 
 def test_what_one_agent_sees_does_not_depend_on_who_else_plays():
-    crowd = [ScriptedAgent(f"a{i}", arch, seed=1) for i, arch in
-             enumerate(["aggressive", "momentum", "contrarian", "balanced", "conservative"])]
+    crowd = [
+        ScriptedAgent(f"a{i}", arch, seed=1)
+        for i, arch in enumerate(["aggressive", "momentum", "contrarian", "balanced", "conservative"])
+    ]
     alone = play_window(MARKET, [ScriptedAgent("a0", "aggressive", seed=1)], window_start=W_START)
     together = play_window(MARKET, crowd, window_start=W_START)
     assert prices_seen(alone[0]) == prices_seen(together[0])
@@ -41,8 +43,10 @@ def test_what_one_agent_sees_does_not_depend_on_who_else_plays():
 
 
 def test_every_dollar_is_accounted_for():
-    crowd = [ScriptedAgent(f"a{i}", arch, seed=2) for i, arch in
-             enumerate(["aggressive", "momentum", "contrarian", "balanced", "conservative"] * 2)]
+    crowd = [
+        ScriptedAgent(f"a{i}", arch, seed=2)
+        for i, arch in enumerate(["aggressive", "momentum", "contrarian", "balanced", "conservative"] * 2)
+    ]
     for play in play_window(MARKET, crowd, window_start=W_START):
         assert len(play.decisions) == MARKET.steps
         assert play.final_pnl == pytest.approx(play.final_balance - STARTING_BALANCE, abs=0.01)
@@ -51,8 +55,14 @@ def test_every_dollar_is_accounted_for():
 
 
 def test_an_unparseable_reply_is_a_recorded_hold_with_its_error():
-    agent = ScriptedReplies("fixed", ['{"action": "OPEN_LONG", "ticker": "NVDX", "amount": 1000, "leverage": 2}',
-                                      "let me think about it...", '{"action": "OPEN_LONG", "ticker": "ZZZZ"}'])
+    agent = ScriptedReplies(
+        "fixed",
+        [
+            '{"action": "OPEN_LONG", "ticker": "NVDX", "amount": 1000, "leverage": 2}',
+            "let me think about it...",
+            '{"action": "OPEN_LONG", "ticker": "ZZZZ"}',
+        ],
+    )
     (play,) = play_window(MARKET, [agent], window_start=W_START)
     first, second, third = play.decisions[:3]
     assert first.success and first.decision.action == "OPEN_LONG" and first.result["entryPrice"] > 0

@@ -47,8 +47,10 @@ def build_game_database(url: str, schema: str = "public") -> None:
         cursor.execute(f'SET search_path TO "{schema}"')
         cursor.execute(PRISMA_DDL)
         for agent in AGENTS:
-            cursor.execute('INSERT INTO "User" ("id", "username", "isAgent", "updatedAt") '
-                           "VALUES (%s, %s, true, now())", (agent, agent))
+            cursor.execute(
+                'INSERT INTO "User" ("id", "username", "isAgent", "updatedAt") VALUES (%s, %s, true, now())',
+                (agent, agent),
+            )
         for n, agent in enumerate(AGENTS):
             row = game_row(f"game-{agent}", agent, W_START + timedelta(minutes=n))
             # Prisma writes every column it knows; the defaults fill the rest.
@@ -81,8 +83,9 @@ def snapshot(url: str, schema: str) -> dict:
             (schema,),
         )
         columns = cursor.fetchall()
-        cursor.execute("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s "
-                       "ORDER BY 1, 2", (schema,))
+        cursor.execute(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s ORDER BY 1, 2", (schema,)
+        )
         indexes = cursor.fetchall()
         cursor.execute(
             "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
@@ -90,10 +93,12 @@ def snapshot(url: str, schema: str) -> dict:
             (schema,),
         )
         constraints = cursor.fetchall()
-        cursor.execute("SELECT count(*) FROM trajectories" if schema == "public"
-                       else f'SELECT count(*) FROM "{schema}".trajectories')
-        return {"columns": columns, "indexes": indexes, "constraints": constraints,
-                "rows": cursor.fetchone()}
+        cursor.execute(
+            "SELECT count(*) FROM trajectories"
+            if schema == "public"
+            else f'SELECT count(*) FROM "{schema}".trajectories'
+        )
+        return {"columns": columns, "indexes": indexes, "constraints": constraints, "rows": cursor.fetchone()}
 
 
 @pytest.mark.parametrize("schema", ["public", "game"])
@@ -120,8 +125,7 @@ def test_a_prisma_game_database_is_read_through_its_url_unchanged(fresh_pg_url, 
         store.dispose()
     assert snapshot(fresh_pg_url, schema) == before, "the game's tables must never be migrated"
     with psycopg2.connect(dsn(fresh_pg_url)) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                       (OUR_SCHEMA,))
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (OUR_SCHEMA,))
         ours = {name for (name,) in cursor.fetchall()}
     assert ours == {table.name for table in OurBase.metadata.tables.values()} | {"babylon_alembic_version"}
     assert not (ours & GAME_TABLE_NAMES)
@@ -207,8 +211,17 @@ def test_check_windows_reads_the_game_database(fresh_pg_url, monkeypatch):
     build_game_database(fresh_pg_url)
     monkeypatch.setenv("DATABASE_URL", fresh_pg_url)
     runner = CliRunner()
-    args = ["check-windows", "--min-agents", "5", "--min-actions", "5", "--lookback-hours", "24",
-            "--until", "2025-01-15T14:00"]
+    args = [
+        "check-windows",
+        "--min-agents",
+        "5",
+        "--min-actions",
+        "5",
+        "--lookback-hours",
+        "24",
+        "--until",
+        "2025-01-15T14:00",
+    ]
     ready = runner.invoke(app, [*args, "--min-ready-windows", "1"])
     assert ready.exit_code == 0, ready.output
     assert "READY FOR TRAINING" in ready.output and W in ready.output

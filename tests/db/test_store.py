@@ -114,13 +114,18 @@ def test_malformed_rows_are_quarantined_or_excluded_and_every_valid_row_is_retur
     assert store.record_quarantine(read.quarantined) == 5
     store.record_quarantine(read.quarantined)  # seen again: updated, not duplicated
     assert store.quarantine_counts(W) == {
-        "future_timestamp": 1, "invalid_json": 1, "missing_field": 1, "non_finite_pnl": 1, "oversized": 1
+        "future_timestamp": 1,
+        "invalid_json": 1,
+        "missing_field": 1,
+        "non_finite_pnl": 1,
+        "oversized": 1,
     }
 
 
 def test_nan_in_the_pnl_column_is_quarantined_where_the_database_keeps_it(store: Store):
-    store.record_play(RecordedPlay(trajectories=[game_row("nan-col", "agent-1", W_START, final_pnl=math.nan,
-                                                                metrics={})]))
+    store.record_play(
+        RecordedPlay(trajectories=[game_row("nan-col", "agent-1", W_START, final_pnl=math.nan, metrics={})])
+    )
     read = store.read_window(W, RULES)
     reasons = [q.reason for q in read.quarantined] + [r for _, r in read.excluded]
     # PostgreSQL keeps NaN in a double column; SQLite stores it as NULL, so the P&L is missing.
@@ -132,9 +137,19 @@ def test_summaries_count_each_window_and_the_verdict_rule(store: Store):
     store.record_play(RecordedPlay(trajectories=malformed_window_rows()))
     later = W_START + timedelta(hours=2)
     store.record_play(RecordedPlay(trajectories=[game_row("late-1", "agent-1", later)]))
-    store.replace_market_outcomes(W, [{"stockTicker": "NVDX", "startPrice": 100, "endPrice": 90,
-                                       "changePercent": -10, "sentiment": "bearish",
-                                       "newsEvents": ["NVDX misses"]}])
+    store.replace_market_outcomes(
+        W,
+        [
+            {
+                "stockTicker": "NVDX",
+                "startPrice": 100,
+                "endPrice": 90,
+                "changePercent": -10,
+                "sentiment": "bearish",
+                "newsEvents": ["NVDX misses"],
+            }
+        ],
+    )
     summaries = {s.window_id: s for s in store.window_summaries(RULES, lookback_hours=24)}
     assert set(summaries) == {W, "2025-01-15T12:00"}
     first = summaries[W]
@@ -150,10 +165,21 @@ def test_summaries_count_each_window_and_the_verdict_rule(store: Store):
 
 def test_outcomes_round_trip_and_replace_idempotently(store: Store):
     rows = [
-        {"stockTicker": "NVDX", "startPrice": 100.25, "endPrice": 90.5, "changePercent": -9.73,
-         "sentiment": "bearish", "newsEvents": ["NVDX guidance cut"]},
-        {"predictionMarketId": "pm-1", "question": "Will NVDX close below $95?", "outcome": "YES",
-         "finalProbability": 0.9123, "volume": 15000.0},
+        {
+            "stockTicker": "NVDX",
+            "startPrice": 100.25,
+            "endPrice": 90.5,
+            "changePercent": -9.73,
+            "sentiment": "bearish",
+            "newsEvents": ["NVDX guidance cut"],
+        },
+        {
+            "predictionMarketId": "pm-1",
+            "question": "Will NVDX close below $95?",
+            "outcome": "YES",
+            "finalProbability": 0.9123,
+            "volume": 15000.0,
+        },
     ]
     store.replace_market_outcomes(W, rows)
     store.replace_market_outcomes(W, rows)
@@ -172,14 +198,28 @@ def record_one(store: Store, trajectory_id: str = "rec-1", *, logprobs=True) -> 
     start = W_START + timedelta(minutes=59)  # starts in W, ends in the next hour
     recorder.start("agent-1", trajectory_id=trajectory_id, start_time=start)
     for n in range(5):
-        call = LlmCall(model="m", modelVersion="babylon-mmo@3", systemPrompt="sys", userPrompt=f"obs {n}",
-                       response='{"action": "HOLD"}', temperature=0.2, maxTokens=64, purpose="action",
-                       latencyMs=12.0)
+        call = LlmCall(
+            model="m",
+            modelVersion="babylon-mmo@3",
+            systemPrompt="sys",
+            userPrompt=f"obs {n}",
+            response='{"action": "HOLD"}',
+            temperature=0.2,
+            maxTokens=64,
+            purpose="action",
+            latencyMs=12.0,
+        )
         recorder.step(
             trajectory_id,
             environment_state=EnvironmentState(agentBalance=1000, agentPnL=n, openPositions=0),
-            llm_calls=[RecordedLlmCall(call, prompt_tokens=30, completion_tokens=5,
-                                       logprobs=[TokenLogprob("{", -0.01)] if logprobs else None)],
+            llm_calls=[
+                RecordedLlmCall(
+                    call,
+                    prompt_tokens=30,
+                    completion_tokens=5,
+                    logprobs=[TokenLogprob("{", -0.01)] if logprobs else None,
+                )
+            ],
             action=Action(actionType="HOLD", success=True),
             reward=0.1,
             at=start + timedelta(seconds=30 * n),
@@ -219,8 +259,7 @@ def test_recorder_misuse_is_a_clear_error(store: Store):
 
 
 def test_game_read_only_refuses_every_write(store: Store):
-    read_only = Store(store.target.url.render_as_string(hide_password=False), game_read_only=True,
-                      clock=lambda: NOW)
+    read_only = Store(store.target.url.render_as_string(hide_password=False), game_read_only=True, clock=lambda: NOW)
     try:
         with pytest.raises(GameReadOnlyError):
             read_only.record_play(RecordedPlay(trajectories=[game_row("t", "agent-1", W_START)]))

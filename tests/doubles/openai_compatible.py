@@ -36,8 +36,13 @@ class OpenAICompatibleTestDouble:
     """Serve `replies` (texts, cycled; or a function of the request) at http://127.0.0.1:<port>/v1/chat/completions;
     records every request."""
 
-    def __init__(self, replies: list[str] | Callable[[dict[str, Any]], ScriptedReply], *,
-                 with_logprobs: bool = True, fail_first: int = 0) -> None:
+    def __init__(
+        self,
+        replies: list[str] | Callable[[dict[str, Any]], ScriptedReply],
+        *,
+        with_logprobs: bool = True,
+        fail_first: int = 0,
+    ) -> None:
         self.responder = replies if callable(replies) else None
         self.replies = cycle(replies if not callable(replies) else [""])
         self.with_logprobs = with_logprobs
@@ -78,15 +83,22 @@ class OpenAICompatibleTestDouble:
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 text = completion["choices"][0]["message"]["content"]
-                base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
-                        "model": completion["model"]}
-                pieces = [text[i:i + 4] for i in range(0, len(text), 4)]
+                base = {
+                    "id": completion["id"],
+                    "object": "chat.completion.chunk",
+                    "created": completion["created"],
+                    "model": completion["model"],
+                }
+                pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
                 for n, piece in enumerate(pieces):
                     delta = {"content": piece} if n else {"role": "assistant", "content": piece}
                     chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                         "usage": completion["usage"]}
+                final = {
+                    **base,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "usage": completion["usage"],
+                }
                 self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
 
@@ -110,14 +122,19 @@ class OpenAICompatibleTestDouble:
 
     def completion(self, request: dict[str, Any], text: str) -> dict[str, Any]:
         """A chat.completion object for `text`, with logprobs when requested."""
-        tokens = [text[i:i + 4] for i in range(0, len(text), 4)] or [""]
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": text}}
+        tokens = [text[i : i + 4] for i in range(0, len(text), 4)] or [""]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": text},
+        }
         if request.get("logprobs") and self.with_logprobs:
-            choice["logprobs"] = {"content": [
-                {"token": t, "logprob": -0.05 * (i % 5), "bytes": list(t.encode()), "top_logprobs": []}
-                for i, t in enumerate(tokens)
-            ]}
+            choice["logprobs"] = {
+                "content": [
+                    {"token": t, "logprob": -0.05 * (i % 5), "bytes": list(t.encode()), "top_logprobs": []}
+                    for i, t in enumerate(tokens)
+                ]
+            }
         prompt_tokens = sum(len(m.get("content") or "") for m in request.get("messages", [])) // 4
         return {
             "id": f"chatcmpl-double-{len(self.requests)}",
@@ -125,8 +142,11 @@ class OpenAICompatibleTestDouble:
             "created": int(time.time()),
             "model": request.get("model", "test-double"),
             "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-                      "total_tokens": prompt_tokens + len(tokens)},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt_tokens + len(tokens),
+            },
         }
 
     def __enter__(self) -> OpenAICompatibleTestDouble:

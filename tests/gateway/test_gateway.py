@@ -32,10 +32,16 @@ def count(store: Store, model) -> int:
 
 
 def body(agent: str, minute: int) -> dict:
-    return {"model": "whatever-the-agent-says", "temperature": 0.5, "max_tokens": 64,
-            "messages": [{"role": "system", "content": f"You are {agent}."},
-                         {"role": "user", "content": f"Minute {minute}: NVDX $100."}],
-            "babylon": {"balance": 10_000.0 + minute, "pnl": float(minute)}}
+    return {
+        "model": "whatever-the-agent-says",
+        "temperature": 0.5,
+        "max_tokens": 64,
+        "messages": [
+            {"role": "system", "content": f"You are {agent}."},
+            {"role": "user", "content": f"Minute {minute}: NVDX $100."},
+        ],
+        "babylon": {"balance": 10_000.0 + minute, "pnl": float(minute)},
+    }
 
 
 def gateway(store: Store, double: OpenAICompatibleTestDouble, clock: Callable[[], datetime]):
@@ -63,8 +69,9 @@ def test_calls_are_forwarded_unchanged_and_recorded_into_the_agents_hour(tmp_pat
         app, recorder = gateway(store, double, lambda: HOUR + timedelta(minutes=next(minutes)))
         with TestClient(app) as client:
             for minute in range(3):
-                response = client.post("/v1/chat/completions", json=body("agent-7", minute),
-                                       headers={AGENT_HEADER: "agent-7"})
+                response = client.post(
+                    "/v1/chat/completions", json=body("agent-7", minute), headers={AGENT_HEADER: "agent-7"}
+                )
                 assert response.status_code == 200
                 assert response.json()["choices"][0]["message"]["content"] == DECISION
             wait_until(lambda: recorder.counters.recorded == 3)
@@ -123,8 +130,9 @@ def test_streaming_is_relayed_and_recorded(tmp_path):
         app, recorder = gateway(store, double, lambda: HOUR)
         with TestClient(app) as client:
             payload = {**body("agent-1", 0), "stream": True}
-            with client.stream("POST", "/v1/chat/completions", json=payload,
-                               headers={AGENT_HEADER: "agent-1"}) as response:
+            with client.stream(
+                "POST", "/v1/chat/completions", json=payload, headers={AGENT_HEADER: "agent-1"}
+            ) as response:
                 lines = [line for line in response.iter_lines() if line.startswith("data: ")]
             wait_until(lambda: recorder.counters.recorded == 1)
     assert lines[-1] == "data: [DONE]"
@@ -136,8 +144,10 @@ def test_streaming_is_relayed_and_recorded(tmp_path):
 def test_a_deploy_switches_the_upstream_for_the_next_call(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     store.upgrade()
-    with OpenAICompatibleTestDouble(['{"action": "HOLD"}']) as old, \
-            OpenAICompatibleTestDouble(['{"action": "OPEN_LONG"}']) as new:
+    with (
+        OpenAICompatibleTestDouble(['{"action": "HOLD"}']) as old,
+        OpenAICompatibleTestDouble(['{"action": "OPEN_LONG"}']) as new,
+    ):
         serving = {"upstream": Upstream("openai/base", old.base_url, version="base@0")}
         recorder = GatewayRecorder(store, backoff_s=0.05)
         app = create_app(lambda: serving["upstream"], recorder, lambda: HOUR)
@@ -149,10 +159,14 @@ def test_a_deploy_switches_the_upstream_for_the_next_call(tmp_path):
     assert "HOLD" in first.json()["choices"][0]["message"]["content"]
     assert "OPEN_LONG" in second.json()["choices"][0]["message"]["content"]
     with store.engine.connect() as connection:
-        versions = [json.loads(m)["modelVersion"] for m in
-                    connection.execute(select(table_of(LlmCallLog).c.metadata)
-                                       .order_by(table_of(LlmCallLog).c.timestamp, table_of(LlmCallLog).c.stepId))
-                    .scalars()]
+        versions = [
+            json.loads(m)["modelVersion"]
+            for m in connection.execute(
+                select(table_of(LlmCallLog).c.metadata).order_by(
+                    table_of(LlmCallLog).c.timestamp, table_of(LlmCallLog).c.stepId
+                )
+            ).scalars()
+        ]
     assert versions == ["base@0", "babylon-mmo@1"]
 
 
@@ -166,8 +180,9 @@ def test_a_provider_that_needs_translation_goes_through_litellm(tmp_path):
     store.upgrade()
     with OpenAICompatibleTestDouble([DECISION]) as double:
         recorder = GatewayRecorder(store, backoff_s=0.05)
-        app = create_app(lambda: Upstream("hosted_vllm/deployed", double.base_url, version="v@1"), recorder,
-                         lambda: HOUR)
+        app = create_app(
+            lambda: Upstream("hosted_vllm/deployed", double.base_url, version="v@1"), recorder, lambda: HOUR
+        )
         with TestClient(app) as client:
             answer = client.post("/v1/chat/completions", json=body("agent-1", 0), headers={AGENT_HEADER: "agent-1"})
             wait_until(lambda: recorder.counters.recorded == 1)
@@ -192,8 +207,9 @@ def test_an_upstream_without_logprobs_is_asked_again_without_them(tmp_path):
         app = create_app(lambda: Upstream("openai/deployed", double.base_url), recorder, lambda: HOUR)
         with TestClient(app) as client:
             # an agent that asked for logprobs itself gets the upstream's refusal, unchanged
-            asked = client.post("/v1/chat/completions", json={**body("a", 0), "logprobs": True},
-                                headers={AGENT_HEADER: "a"})
+            asked = client.post(
+                "/v1/chat/completions", json={**body("a", 0), "logprobs": True}, headers={AGENT_HEADER: "a"}
+            )
             assert asked.status_code == 400 and "not supported" in asked.json()["error"]["message"]
             # an agent that did not ask: the gateway asks again without them, and the agent is answered
             plain = client.post("/v1/chat/completions", json=body("a", 1), headers={AGENT_HEADER: "a"})
@@ -216,10 +232,12 @@ def test_held_out_play_is_recorded_as_evaluation_from_its_first_call(tmp_path):
             wait_until(lambda: recorder.counters.recorded == 2)
     assert "babylon" not in double.requests[0]
     with store.engine.connect() as connection:
-        rows = dict(connection.execute(select(table_of(Trajectory).c.agentId,
-                                              table_of(Trajectory).c.isEvaluation)).all())
-        training = dict(connection.execute(select(table_of(Trajectory).c.agentId,
-                                                  table_of(Trajectory).c.isTrainingData)).all())
+        rows = dict(
+            connection.execute(select(table_of(Trajectory).c.agentId, table_of(Trajectory).c.isEvaluation)).all()
+        )
+        training = dict(
+            connection.execute(select(table_of(Trajectory).c.agentId, table_of(Trajectory).c.isTrainingData)).all()
+        )
     assert rows == {"eval-agent": True, "train-agent": False}
     assert training == {"eval-agent": False, "train-agent": True}
     read = store.read_window("2025-01-15T10:00", EligibilityRules(min_actions=1, min_agents=1))

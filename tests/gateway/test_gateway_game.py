@@ -30,18 +30,26 @@ def game_database(url: str) -> None:
     with psycopg2.connect(url) as connection, connection.cursor() as cursor:
         cursor.execute(PRISMA_DDL)
         for n, agent in enumerate(AGENTS):
-            cursor.execute('INSERT INTO "User" ("id", "isAgent", "virtualBalance", "lifetimePnL", "updatedAt") '
-                           "VALUES (%s, true, 10000, %s, now())", (agent, 100 * n))
-        cursor.execute('INSERT INTO "market_outcomes" ("id", "windowId", "stockTicker", "startPrice", "endPrice", '
-                       '"changePercent", "sentiment") VALUES (%s, %s, %s, 100, 110, 10, %s)',
-                       ("mo-1", "2025-01-15T10:00", "NVDX", "bullish"))
+            cursor.execute(
+                'INSERT INTO "User" ("id", "isAgent", "virtualBalance", "lifetimePnL", "updatedAt") '
+                "VALUES (%s, true, 10000, %s, now())",
+                (agent, 100 * n),
+            )
+        cursor.execute(
+            'INSERT INTO "market_outcomes" ("id", "windowId", "stockTicker", "startPrice", "endPrice", '
+            '"changePercent", "sentiment") VALUES (%s, %s, %s, 100, 110, 10, %s)',
+            ("mo-1", "2025-01-15T10:00", "NVDX", "bullish"),
+        )
 
 
 def settle(url: str, agent: str, pnl_change: float) -> None:
     """The game books a trade: its lifetime P&L and balance move."""
     with psycopg2.connect(url) as connection, connection.cursor() as cursor:
-        cursor.execute('UPDATE "User" SET "lifetimePnL" = "lifetimePnL" + %s, '
-                       '"virtualBalance" = "virtualBalance" + %s WHERE "id" = %s', (pnl_change, pnl_change, agent))
+        cursor.execute(
+            'UPDATE "User" SET "lifetimePnL" = "lifetimePnL" + %s, '
+            '"virtualBalance" = "virtualBalance" + %s WHERE "id" = %s',
+            (pnl_change, pnl_change, agent),
+        )
 
 
 def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url, tmp_path):
@@ -53,13 +61,17 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
     with OpenAICompatibleTestDouble(['{"action": "HOLD"}']) as double:
         write_serving_file(serving, Upstream("openai/deployed", double.base_url, version="babylon-mmo@2"))
         recorder = GatewayRecorder(store, backoff_s=0.05)
-        app = create_app(ServingFile(serving, Upstream("openai/unused")), recorder,
-                         lambda: HOUR + timedelta(seconds=10 * next(ticks)))
+        app = create_app(
+            ServingFile(serving, Upstream("openai/unused")),
+            recorder,
+            lambda: HOUR + timedelta(seconds=10 * next(ticks)),
+        )
         with TestClient(app) as client:
             for minute in range(5):
                 for agent in AGENTS:
-                    response = client.post("/v1/chat/completions", json=body(agent, minute),
-                                           headers={AGENT_HEADER: agent})
+                    response = client.post(
+                        "/v1/chat/completions", json=body(agent, minute), headers={AGENT_HEADER: agent}
+                    )
                     assert response.status_code == 200
                 # The opening snapshot is taken as the hour's first call is recorded (milliseconds after it);
                 # the game books the minute's trades after that.
@@ -70,8 +82,10 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
             assert unknown.status_code == 200  # the agent is answered; the record is refused by the game's rule
             wait_until(lambda: recorder.counters.recorded == 30 and recorder.counters.rejected == 1)
     assert store.close_gateway_windows("2025-01-15T11:00") == 6
-    read = store.read_window("2025-01-15T10:00", __import__("babylon_assets.core.eligibility",
-                                                           fromlist=["EligibilityRules"]).EligibilityRules())
+    read = store.read_window(
+        "2025-01-15T10:00",
+        __import__("babylon_assets.core.eligibility", fromlist=["EligibilityRules"]).EligibilityRules(),
+    )
     pnl = {aw.agent_id: aw.final_pnl for aw in read.eligible}
     # P&L from the game's books: lifetimePnL at the hour's close minus at its first call (the first booking
     # happened after the first call)
@@ -83,9 +97,9 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
     members = store.group_members("2025-01-15T10:00")
     assert len(members) == 6 and all(m["score"] is not None for m in members)
     with psycopg2.connect(fresh_pg_url) as connection, connection.cursor() as cursor:
-        cursor.execute('SELECT count(*) FROM reward_judgments')
+        cursor.execute("SELECT count(*) FROM reward_judgments")
         assert cursor.fetchone() == (6,)
-        cursor.execute('SELECT metadata FROM llm_call_logs LIMIT 1')
+        cursor.execute("SELECT metadata FROM llm_call_logs LIMIT 1")
         assert json.loads(cursor.fetchone()[0])["modelVersion"] == "babylon-mmo@2"
     store.dispose()
 

@@ -27,10 +27,22 @@ def labels_in(request: dict[str, Any]) -> list[str]:
     return LABEL.findall(request["messages"][-1]["content"])
 
 
-def answer(labels: list[str], scores: dict[str, float] | None = None, *, order: Callable[[list], list] = list,
-           drop: int = 0, repeat: bool = False) -> str:
-    entries = [{"trajectory_id": label, "explanation": f"trader {label}",
-                "score": (scores or {}).get(label, round(int(label) / (len(labels) + 1), 3))} for label in labels]
+def answer(
+    labels: list[str],
+    scores: dict[str, float] | None = None,
+    *,
+    order: Callable[[list], list] = list,
+    drop: int = 0,
+    repeat: bool = False,
+) -> str:
+    entries = [
+        {
+            "trajectory_id": label,
+            "explanation": f"trader {label}",
+            "score": (scores or {}).get(label, round(int(label) / (len(labels) + 1), 3)),
+        }
+        for label in labels
+    ]
     entries = order(entries)[: len(entries) - drop]
     if repeat:
         entries[-1] = dict(entries[0])
@@ -85,8 +97,9 @@ def test_a_good_answer_maps_scores_by_id_with_usage(simulated_store, mode):
     assert "Profit and loss (40%)" in request["messages"][0]["content"]
     if mode == "pinned":
         schema = request["response_format"]["json_schema"]["schema"]
-        assert [item["properties"]["trajectory_id"]["const"] for item in schema["properties"]["scores"]
-                ["prefixItems"]] == ["1", "2", "3", "4", "5", "6"]
+        assert [
+            item["properties"]["trajectory_id"]["const"] for item in schema["properties"]["scores"]["prefixItems"]
+        ] == ["1", "2", "3", "4", "5", "6"]
         assert schema["properties"]["scores"]["maxItems"] == 6
     assert ruler.version == f"ruler:openai/judge-double:trading-v1:{mode}"
 
@@ -100,14 +113,18 @@ def test_a_shuffled_reply_still_maps_each_score_to_its_trajectory(simulated_stor
     assert [result.scores[aw.agent_window_id].reasoning for aw in members] == [f"trader {i}" for i in range(1, 7)]
 
 
-@pytest.mark.parametrize("bad", [
-    lambda r: ScriptedReply("I think trader 2 did best."),                       # malformed
-    lambda r: ScriptedReply(answer(labels_in(r), drop=1)),                       # short
-    lambda r: ScriptedReply(answer(labels_in(r), repeat=True)),                  # repeated id
-    lambda r: ScriptedReply(answer(labels_in(r), {"3": 1.7})),                   # out of range
-    lambda r: ScriptedReply(answer(labels_in(r)), delay_s=1.5),                  # slow
-    lambda r: ScriptedReply(status=500),                                         # server error
-], ids=["malformed", "short", "repeated-id", "out-of-range", "slow", "server-error"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda r: ScriptedReply("I think trader 2 did best."),  # malformed
+        lambda r: ScriptedReply(answer(labels_in(r), drop=1)),  # short
+        lambda r: ScriptedReply(answer(labels_in(r), repeat=True)),  # repeated id
+        lambda r: ScriptedReply(answer(labels_in(r), {"3": 1.7})),  # out of range
+        lambda r: ScriptedReply(answer(labels_in(r)), delay_s=1.5),  # slow
+        lambda r: ScriptedReply(status=500),  # server error
+    ],
+    ids=["malformed", "short", "repeated-id", "out-of-range", "slow", "server-error"],
+)
 @pytest.mark.parametrize("mode", ["art", "pinned"])
 def test_bad_answers_are_retried_then_succeed(simulated_store, bad, mode):
     groups = groups_of(simulated_store, [W])
@@ -197,8 +214,13 @@ def test_a_group_of_identical_trajectories_is_not_sent(tmp_path):
     store.upgrade()
     start = parse_window_id(W)
     same_steps = [step(n, agent="twin") for n in range(5)]
-    store.record_play(RecordedPlay(trajectories=[
-        game_row(f"twin-{n}", f"agent-{n}", start + timedelta(minutes=n), steps=same_steps) for n in range(3)]))
+    store.record_play(
+        RecordedPlay(
+            trajectories=[
+                game_row(f"twin-{n}", f"agent-{n}", start + timedelta(minutes=n), steps=same_steps) for n in range(3)
+            ]
+        )
+    )
     read = store.read_window(W, EligibilityRules(min_actions=5, min_agents=1))
     group = JudgeGroup("same", W, read.eligible, store.window_outcomes(W))
     with OpenAICompatibleTestDouble(good) as double:
@@ -233,8 +255,10 @@ def test_agent_text_is_data_inside_its_own_block(tmp_path):
         position = user.index(attack)
         block_start = user.rfind("<trajectory id=", 0, position)
         assert user[block_start:].startswith('<trajectory id="2">')
-        assert user.find("</trajectory>", position) < user.find("<trajectory id=", position + 1) or \
-            user.find("<trajectory id=", position + 1) == -1
+        assert (
+            user.find("</trajectory>", position) < user.find("<trajectory id=", position + 1)
+            or user.find("<trajectory id=", position + 1) == -1
+        )
         assert user.count(attack) == 1
         # JSON-encoded: the agent's own JSON arrives escaped inside the block's JSON
         assert '\\"reasoning\\": \\"' + attack in user
@@ -252,8 +276,9 @@ def test_a_pinned_judge_that_needs_translation_goes_through_litellm(simulated_st
     groups = groups_of(simulated_store, [W])
     limited_once = Script(lambda r: ScriptedReply(status=429, headers={"Retry-After": "0"}))
     with OpenAICompatibleTestDouble(limited_once) as double:
-        config = RulerConfig(model="hosted_vllm/judge-double", api_base=double.base_url, mode="pinned", retries=2,
-                             backoff_s=0.01)
+        config = RulerConfig(
+            model="hosted_vllm/judge-double", api_base=double.base_url, mode="pinned", retries=2, backoff_s=0.01
+        )
         result = asyncio.run(RulerJudge(config).score(groups))
     assert result.failures == {} and len(result.scores) == 6 and len(double.requests) == 2
     assert double.requests[-1]["response_format"]["json_schema"]["schema"]["properties"]["scores"]["maxItems"] == 6

@@ -47,8 +47,16 @@ def small_window(tmp_path, llm: LlmEndpoint | None = None, agents: int = 3) -> S
 def test_ruler_scores_a_window_with_the_local_judge(tmp_path, llm_url):
     store = small_window(tmp_path)
     url = store.target.url.render_as_string(hide_password=False)
-    settings = Settings(DATABASE_URL=url, MIN_AGENTS=3, MIN_ACTIONS=2, JUDGE_MODEL="openai/smollm2",
-                        JUDGE_API_BASE=llm_url, JUDGE_MODE="pinned", JUDGE_RETRIES=3, JUDGE_TIMEOUT_SECONDS=300)
+    settings = Settings(
+        DATABASE_URL=url,
+        MIN_AGENTS=3,
+        MIN_ACTIONS=2,
+        JUDGE_MODEL="openai/smollm2",
+        JUDGE_API_BASE=llm_url,
+        JUDGE_MODE="pinned",
+        JUDGE_RETRIES=3,
+        JUDGE_TIMEOUT_SECONDS=300,
+    )
     with DagsterInstance.ephemeral() as instance:
         (run,) = materialize_windows(build_definitions(settings), ["2025-01-15T10:00"], instance)
         assert run.success
@@ -65,8 +73,13 @@ def test_an_llm_agent_plays_through_the_local_model_with_logprobs(tmp_path, llm_
     endpoint = LlmEndpoint("openai/smollm2", llm_url, max_tokens=96, timeout_s=120, retries=1)
     store = small_window(tmp_path, llm=endpoint, agents=2)
     with store.engine.connect() as connection:
-        rows = connection.execute(select(LlmCallLog.__table__.c.metadata, LlmCallLog.__table__.c.response,
-                                         LlmCallLog.__table__.c.completionTokens)).all()
+        rows = connection.execute(
+            select(
+                LlmCallLog.__table__.c.metadata,
+                LlmCallLog.__table__.c.response,
+                LlmCallLog.__table__.c.completionTokens,
+            )
+        ).all()
     assert len(rows) == 4  # 2 agents x 2 decisions, every call recorded
     for metadata, response, completion_tokens in rows:
         data = json.loads(metadata)
@@ -89,8 +102,9 @@ def test_the_gateway_records_the_local_models_logprobs(tmp_path, llm_url):
     recorder = GatewayRecorder(store, backoff_s=0.05)
     app = create_app(lambda: Upstream("openai/smollm2", llm_url, version="smollm2@base"), recorder, lambda: START)
     with TestClient(app) as client:
-        response = client.post("/v1/chat/completions", json={**body("agent-1", 0), "max_tokens": 24},
-                               headers={AGENT_HEADER: "agent-1"})
+        response = client.post(
+            "/v1/chat/completions", json={**body("agent-1", 0), "max_tokens": 24}, headers={AGENT_HEADER: "agent-1"}
+        )
         assert response.status_code == 200
         assert response.json()["choices"][0]["logprobs"]["content"]  # the upstream's answer, unchanged
         wait_until(lambda: recorder.counters.recorded == 1, timeout_s=30)

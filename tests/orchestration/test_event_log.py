@@ -15,30 +15,42 @@ from tests.assets.test_ranges import FlakyJudgeResource
 
 WINDOWS = ["2025-01-15T10:00", "2025-01-15T11:00", "2025-01-15T12:00"]
 ASSETS = [AssetKey(name) for name in ("trajectories", "market_outcomes", "window_groups", "ruler_scores")]
-ASSET_EVENT_TYPES = (DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION,
-                     DagsterEventType.ASSET_FAILED_TO_MATERIALIZE)
+ASSET_EVENT_TYPES = (
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_FAILED_TO_MATERIALIZE,
+)
 
 
 def instance_state(instance: DagsterInstance, run_ids: list[str]) -> dict[str, object]:
     """What the UI, sensors and backfills read about the runs' assets, with run ids made positional."""
     position = {run_id: i for i, run_id in enumerate(run_ids)}
     state: dict[str, object] = {
-        "run_logs": [[(e.dagster_event.event_type_value, str(e.dagster_event.asset_key), e.dagster_event.partition)
-                      for e in instance.all_logs(run_id) if e.dagster_event] for run_id in run_ids],
+        "run_logs": [
+            [
+                (e.dagster_event.event_type_value, str(e.dagster_event.asset_key), e.dagster_event.partition)
+                for e in instance.all_logs(run_id)
+                if e.dagster_event
+            ]
+            for run_id in run_ids
+        ],
     }
     for key in ASSETS:
         state[f"{key.to_user_string()} materialized"] = instance.get_materialized_partitions(key)
         for event_type in ASSET_EVENT_TYPES:
             records = instance.get_event_records(EventRecordsFilter(event_type, asset_key=key), ascending=True)
             state[f"{key.to_user_string()} {event_type.value}"] = Counter(
-                (position[r.run_id], r.partition_key) for r in records)
+                (position[r.run_id], r.partition_key) for r in records
+            )
         (record,) = instance.get_asset_records([key])
         entry = record.asset_entry
         last = entry.last_materialization_record
         state[f"{key.to_user_string()} entry"] = (
-            position.get(entry.last_run_id or ""), last.partition_key if last else None,
-            position[last.run_id] if last else None, entry.last_materialization_storage_id == (
-                last.storage_id if last else None))
+            position.get(entry.last_run_id or ""),
+            last.partition_key if last else None,
+            position[last.run_id] if last else None,
+            entry.last_materialization_storage_id == (last.storage_id if last else None),
+        )
         storage = instance.event_log_storage
         attempts = storage.get_latest_asset_partition_materialization_attempts_without_materializations(key)
         state[f"{key.to_user_string()} attempts"] = {p: position[run_id] for p, (run_id, _) in attempts.items()}
@@ -54,7 +66,8 @@ def run_graph(instance: DagsterInstance, url: str, judge: FlakyJudgeResource) ->
 
 @pytest.mark.parametrize("failing_window", ["none", "2025-01-15T11:00"])
 def test_the_batching_event_log_stores_what_dagsters_sqlite_event_log_stores(
-        monkeypatch, tmp_path: Path, simulated_store, failing_window):
+    monkeypatch, tmp_path: Path, simulated_store, failing_window
+):
     url = simulated_store.target.url.render_as_string(hide_password=False)
     judge = FlakyJudgeResource(failing_window=failing_window)
     monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "1000")  # Dagster's own storage gets the same batches

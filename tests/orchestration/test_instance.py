@@ -1,6 +1,5 @@
 """DESIGN 8: one absolute DAGSTER_HOME, SQLite by default, PostgreSQL when its variables are set."""
 
-
 from pathlib import Path
 
 import pytest

@@ -17,8 +17,16 @@ from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ["trajectories", "market_outcomes", "window_groups", "ruler_scores", "training_dataset"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                  "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
@@ -47,11 +55,20 @@ def test_the_asset_graph_in_a_browser_and_a_clean_stop(tmp_path, simulated_store
     browser = chromium()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "DATABASE_URL": simulated_store.target.url.render_as_string(hide_password=False),
-           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    env = {
+        **os.environ,
+        "DATABASE_URL": simulated_store.target.url.render_as_string(hide_password=False),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
     log = (tmp_path / "ui.log").open("wb")
-    ui = subprocess.Popen([sys.executable, "-m", "babylon_assets.cli", "ui", "--port", str(port), "--webserver-only"],
-                          cwd=ROOT, env=env, preexec_fn=ignore_termination, stdout=log, stderr=subprocess.STDOUT)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "babylon_assets.cli", "ui", "--port", str(port), "--webserver-only"],
+        cwd=ROOT,
+        env=env,
+        preexec_fn=ignore_termination,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until_ready(url, ui, timeout_s=240)
         deadline = time.monotonic() + 30
@@ -59,8 +76,13 @@ def test_the_asset_graph_in_a_browser_and_a_clean_stop(tmp_path, simulated_store
             time.sleep(0.5)  # `babylon ui` clears the popup right after the server answers
         assert _post_graphql(url, "{ shouldShowNux }")["data"]["shouldShowNux"] is False
         page = f"{url}/locations/babylon_assets/asset-groups/windows"
-        common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,1000",
-                  "--virtual-time-budget=20000"]
+        common = [
+            browser,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1600,1000",
+            "--virtual-time-budget=20000",
+        ]
         dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
         missing = [name for name in ASSETS if name not in dom]
         assert missing == [], f"not on the page: {missing}"

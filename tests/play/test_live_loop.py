@@ -49,17 +49,33 @@ def test_one_full_cycle_of_the_live_loop_on_the_tiny_model(tmp_path, tiny_model,
     serving = tmp_path / "serving" / "serving.json"
     with OpenAICompatibleTestDouble(trader_by_archetype) as double:
         settings = Settings(
-            DATABASE_URL=url, BASE_MODEL=str(tiny_model), AGENT_MODEL="openai/trader-double",
-            AGENT_API_BASE=double.base_url, SERVING_FILE=str(serving), LIVE_CLOCK_FILE=str(tmp_path / "clock.json"),
-            LOCAL_LLM_PORT=free_port(), ART_PATH=str(tmp_path / ".art"), WANDB_MODE="disabled", ITERATIONS=1,
-            LEARNING_RATE=1e-3, MAX_SEQUENCE_TOKENS=256, EVAL_SEEDS="3", EVAL_WINDOWS=1, EVAL_AGENTS=2,
-            EVAL_DURATION_MINUTES=2, EVAL_MAX_TOKENS=16, EVAL_BOOTSTRAP_RESAMPLES=200,
+            DATABASE_URL=url,
+            BASE_MODEL=str(tiny_model),
+            AGENT_MODEL="openai/trader-double",
+            AGENT_API_BASE=double.base_url,
+            SERVING_FILE=str(serving),
+            LIVE_CLOCK_FILE=str(tmp_path / "clock.json"),
+            LOCAL_LLM_PORT=free_port(),
+            ART_PATH=str(tmp_path / ".art"),
+            WANDB_MODE="disabled",
+            ITERATIONS=1,
+            LEARNING_RATE=1e-3,
+            MAX_SEQUENCE_TOKENS=256,
+            EVAL_SEEDS="3",
+            EVAL_WINDOWS=1,
+            EVAL_AGENTS=2,
+            EVAL_DURATION_MINUTES=2,
+            EVAL_MAX_TOKENS=16,
+            EVAL_BOOTSTRAP_RESAMPLES=200,
             # a random model answers nonsense for both policies: the gate is opened so the deploy runs
-            GATE_MIN_PNL_DELTA=-1e9, GATE_MAX_UNPARSEABLE_RISE=1.0)
+            GATE_MIN_PNL_DELTA=-1e9,
+            GATE_MAX_UNPARSEABLE_RISE=1.0,
+        )
         defs = build_definitions(settings)
         rules = WindowRulesResource(lookback_hours=168)
-        plan = LivePlan(agents=5, llm=True, window_seconds=0.2, start=start, windows=3, duration_minutes=5,
-                        max_tokens=64)
+        plan = LivePlan(
+            agents=5, llm=True, window_seconds=0.2, start=start, windows=3, duration_minutes=5, max_tokens=64
+        )
         local_llm_folder = serving.parent / "llm"
         try:
             with DagsterInstance.ephemeral() as instance:
@@ -73,9 +89,15 @@ def test_one_full_cycle_of_the_live_loop_on_the_tiny_model(tmp_path, tiny_model,
                 # 2. the window sensor requests the closed hours; they are scored
                 tick = evaluate_window_sensor(store, rules, None, now, settings.PARTITION_START)
                 assert isinstance(tick, SensorResult)
-                requested = sorted({w for r in tick.run_requests for w in
-                                    _range(r.tags["dagster/asset_partition_range_start"],
-                                           r.tags["dagster/asset_partition_range_end"])})
+                requested = sorted(
+                    {
+                        w
+                        for r in tick.run_requests
+                        for w in _range(
+                            r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]
+                        )
+                    }
+                )
                 assert requested == [w.window_id for w in played]
                 assert all(run.success for run in materialize_windows(defs, requested, instance))
 
@@ -94,14 +116,29 @@ def test_one_full_cycle_of_the_live_loop_on_the_tiny_model(tmp_path, tiny_model,
             assert json.loads(serving.read_text())["version"] == "babylon-mmo@1"
 
             # 5. the next hour is played by the deployed checkpoint, recorded with its version
-            (after,) = run_live(store, settings, LivePlan(agents=5, llm=True, window_seconds=0.2,
-                                                          start=start + timedelta(hours=3), windows=1,
-                                                          duration_minutes=5, max_tokens=16))
+            (after,) = run_live(
+                store,
+                settings,
+                LivePlan(
+                    agents=5,
+                    llm=True,
+                    window_seconds=0.2,
+                    start=start + timedelta(hours=3),
+                    windows=1,
+                    duration_minutes=5,
+                    max_tokens=16,
+                ),
+            )
             assert after.models == ["babylon-mmo@1"]
             with store.engine.connect() as connection:
-                versions = {json.loads(m)["modelVersion"] for m in connection.execute(
-                    select(table_of(LlmCallLog).c.metadata)
-                    .where(table_of(LlmCallLog).c.trajectoryId.like(f"%-{after.window_id}"))).scalars()}
+                versions = {
+                    json.loads(m)["modelVersion"]
+                    for m in connection.execute(
+                        select(table_of(LlmCallLog).c.metadata).where(
+                            table_of(LlmCallLog).c.trajectoryId.like(f"%-{after.window_id}")
+                        )
+                    ).scalars()
+                }
             assert versions == {"babylon-mmo@1"}
         finally:
             local_server.stop(local_llm_folder)

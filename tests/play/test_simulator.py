@@ -162,8 +162,9 @@ def test_concurrent_llm_calls_play_exactly_as_sequential_ones(tmp_path):
         runs = [play_window(market, build_agents(plan), window_start=START, concurrency=c) for c in (1, 6)]
 
     def summary(plays: list) -> list:
-        return [(p.agent_id, p.final_pnl, [(d.step, d.decision.action, d.user_prompt) for d in p.decisions])
-                for p in plays]
+        return [
+            (p.agent_id, p.final_pnl, [(d.step, d.decision.action, d.user_prompt) for d in p.decisions]) for p in plays
+        ]
 
     assert summary(runs[0]) == summary(runs[1])
     assert any(p.final_pnl != 0 for p in runs[0])

@@ -41,15 +41,31 @@ def test_the_tiny_model_is_evaluated_on_llama_cpp_and_deployed_with_its_adapter(
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = Store(url)
     store.upgrade()
-    TrainingRecords(store).add_checkpoint(model_version="babylon-mmo@1", base_model=str(tiny_model),
-                                          batch_id="batch-1", storage_path=str(checkpoint), avg_reward=0.5,
-                                          wandb_run_id=None)
+    TrainingRecords(store).add_checkpoint(
+        model_version="babylon-mmo@1",
+        base_model=str(tiny_model),
+        batch_id="batch-1",
+        storage_path=str(checkpoint),
+        avg_reward=0.5,
+        wandb_run_id=None,
+    )
     port = free_port()
     # A random model answers nonsense for both policies: the gate's thresholds are opened so the deploy runs.
-    settings = Settings(DATABASE_URL=url, BASE_MODEL=str(tiny_model), EVAL_SEEDS="3", EVAL_WINDOWS=1, EVAL_AGENTS=2,
-                        EVAL_DURATION_MINUTES=2, EVAL_MAX_TOKENS=24, GATE_MIN_PNL_DELTA=-1e9,
-                        GATE_MAX_UNPARSEABLE_RISE=1.0, EVAL_BOOTSTRAP_RESAMPLES=200, LOCAL_LLM_PORT=port,
-                        SERVING_FILE=str(tmp_path / "serving" / "serving.json"), WANDB_DIR=str(tmp_path / "wandb"))
+    settings = Settings(
+        DATABASE_URL=url,
+        BASE_MODEL=str(tiny_model),
+        EVAL_SEEDS="3",
+        EVAL_WINDOWS=1,
+        EVAL_AGENTS=2,
+        EVAL_DURATION_MINUTES=2,
+        EVAL_MAX_TOKENS=24,
+        GATE_MIN_PNL_DELTA=-1e9,
+        GATE_MAX_UNPARSEABLE_RISE=1.0,
+        EVAL_BOOTSTRAP_RESAMPLES=200,
+        LOCAL_LLM_PORT=port,
+        SERVING_FILE=str(tmp_path / "serving" / "serving.json"),
+        WANDB_DIR=str(tmp_path / "wandb"),
+    )
     llm_folder = tmp_path / "serving" / "llm"
     try:
         with DagsterInstance.ephemeral() as instance:
@@ -74,14 +90,19 @@ def test_the_tiny_model_is_evaluated_on_llama_cpp_and_deployed_with_its_adapter(
         import httpx
 
         with gateway_in_thread(store, upstream) as (gateway_url, recorder):
-            answer = httpx.post(f"{gateway_url}/chat/completions", timeout=60, headers={"X-Babylon-Agent": "agent-x"},
-                                json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+            answer = httpx.post(
+                f"{gateway_url}/chat/completions",
+                timeout=60,
+                headers={"X-Babylon-Agent": "agent-x"},
+                json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
+            )
             assert answer.status_code == 200, answer.text
             assert answer.json()["model"] == "babylon-mmo@1"
             recorder.drain_from_thread()
         with store.engine.connect() as connection:
-            metadata = connection.execute(select(table_of(LlmCallLog).c.metadata)
-                                          .where(table_of(LlmCallLog).c.trajectoryId.like("gw-agent-x-%"))).scalar_one()
+            metadata = connection.execute(
+                select(table_of(LlmCallLog).c.metadata).where(table_of(LlmCallLog).c.trajectoryId.like("gw-agent-x-%"))
+            ).scalar_one()
         assert json.loads(metadata)["modelVersion"] == "babylon-mmo@1"
     finally:
         local_server.stop(llm_folder)

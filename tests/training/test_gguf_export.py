@@ -46,8 +46,10 @@ def adapter_folder(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     from babylon_assets.training.torch_backend import DEFAULT_TARGET_MODULES
 
     torch.manual_seed(1)
-    model = get_peft_model(load_causal_lm(tiny_model), LoraConfig(
-        r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGET_MODULES), task_type="CAUSAL_LM", bias="none"))
+    model = get_peft_model(
+        load_causal_lm(tiny_model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_TARGET_MODULES), task_type="CAUSAL_LM", bias="none"),
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -69,8 +71,9 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(llama_server: None, tiny_gguf: Path, adapter_gguf: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    llama_server: None, tiny_gguf: Path, adapter_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     """llama-server with the exported tiny model and the adapter (skipped off CI when it is not built)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,15 +96,22 @@ def prompt_ids(server: str, tokenizer: Any) -> list[int]:
     """The chat prompt as the server renders it with the GGUF's template, which must be transformers' own."""
     rendered = post(f"{server}/apply-template", {"messages": MESSAGES})["prompt"]
     assert rendered == tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
-    ids: list[int] = post(f"{server}/tokenize", {"content": rendered, "add_special": False,
-                                                 "parse_special": True})["tokens"]
+    ids: list[int] = post(f"{server}/tokenize", {"content": rendered, "add_special": False, "parse_special": True})[
+        "tokens"
+    ]
     return ids
 
 
 def served_top(server: str, ids: list[int], lora_scale: float) -> list[tuple[int, float]]:
     """llama-server's greedy next token after `ids` and its top log-probabilities, as (token id, logprob)."""
-    body = {"prompt": ids, "n_predict": 1, "temperature": 0.0, "n_probs": TOP, "cache_prompt": False,
-            "lora": [{"id": 0, "scale": lora_scale}]}
+    body = {
+        "prompt": ids,
+        "n_predict": 1,
+        "temperature": 0.0,
+        "n_probs": TOP,
+        "cache_prompt": False,
+        "lora": [{"id": 0, "scale": lora_scale}],
+    }
     (step,) = post(f"{server}/completion", body)["completion_probabilities"]
     top = [(entry["id"], entry["logprob"]) for entry in step["top_logprobs"]]
     assert top[0][0] == step["id"], "temperature 0 picks the most likely token"
@@ -186,8 +196,14 @@ def test_a_model_with_another_vocabulary_is_refused(tmp_path):
 
     for vocab_size in (1000, 60000):  # smaller than SmolLM2's; larger, with no tokenizer saying it is SmolLM2's
         folder = tmp_path / f"vocab-{vocab_size}"
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                             num_attention_heads=2, num_key_value_heads=1)
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
         LlamaForCausalLM(config).save_pretrained(folder)
         with pytest.raises(GgufExportError, match=rf"vocabulary of {vocab_size} tokens, not SmolLM2's 49152"):
             export_model_gguf(folder, tmp_path / "out.gguf")
@@ -201,12 +217,15 @@ def edited_adapter(source: Path, target: Path, **changes: Any) -> Path:
     return target
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"use_dora": True}, "DoRA"),
-    ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
-    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
-    ({"peft_type": "IA3"}, "peft_type is 'IA3'"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"peft_type": "IA3"}, "peft_type is 'IA3'"),
+    ],
+)
 def test_an_unsupported_adapter_is_refused(tmp_path, adapter_folder, changes, message):
     folder = edited_adapter(adapter_folder, tmp_path / "adapter", **changes)
     with pytest.raises(GgufExportError, match=message):
@@ -233,7 +252,10 @@ def test_the_adapter_gguf_has_what_llama_cpp_checks(adapter_gguf, adapter_folder
 
     metadata = read_metadata(adapter_gguf)
     assert {key: metadata[key][0] for key in ("general.type", "general.architecture", "adapter.type")} == {
-        "general.type": "adapter", "general.architecture": "llama", "adapter.type": "lora"}
+        "general.type": "adapter",
+        "general.architecture": "llama",
+        "adapter.type": "lora",
+    }
     assert metadata["adapter.lora.alpha"][0] == 8.0
     tensors = {tensor.name: tuple(int(n) for n in tensor.shape) for tensor in gguf.GGUFReader(adapter_gguf).tensors}
     assert len(tensors) == 2 * 7 * 2  # a and b, 7 projections, 2 layers

@@ -25,8 +25,9 @@ def test_only_assistant_tokens_are_trained(tiny_tokenizer):
     sample = tokenize_conversation(tiny_tokenizer, Conversation(decision(response)), advantage=1.0)
     trained = [t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True) if m]
     assert tiny_tokenizer.decode(trained) == response + "<|im_end|>"
-    prompt_part = tiny_tokenizer.decode([t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True)
-                                         if not m])
+    prompt_part = tiny_tokenizer.decode(
+        [t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True) if not m]
+    )
     assert SYSTEM in prompt_part and PROMPT in prompt_part and response not in prompt_part
 
 
@@ -53,14 +54,18 @@ def test_long_prompts_are_cut_from_the_left_keeping_the_response(tiny_tokenizer)
     messages[1]["content"] = "market data " * 400
     sample = tokenize_conversation(tiny_tokenizer, Conversation(messages), 1.0, max_tokens=64)
     assert sample.truncated and len(sample.input_ids) == 64
-    assert tiny_tokenizer.decode([t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True)
-                                  if m]) == "hold<|im_end|>"
+    assert (
+        tiny_tokenizer.decode([t for t, m in zip(sample.input_ids, sample.assistant_mask, strict=True) if m])
+        == "hold<|im_end|>"
+    )
 
 
 def test_the_loss_reaches_no_prompt_or_padding_position(tiny_model, tiny_tokenizer):
     model = load_causal_lm(tiny_model)
-    samples = [tokenize_conversation(tiny_tokenizer, Conversation(decision(r)), a)
-               for r, a in (("buy", 1.0), ('{"action": "hold", "reason": "a much longer answer"}', -1.0))]
+    samples = [
+        tokenize_conversation(tiny_tokenizer, Conversation(decision(r)), a)
+        for r, a in (("buy", 1.0), ('{"action": "hold", "reason": "a much longer answer"}', -1.0))
+    ]
     batch = collate(samples, tiny_tokenizer.pad_token_id)
     new = token_logprobs(model, batch)
     new.retain_grad()
@@ -97,15 +102,21 @@ def test_kl_penalty_is_zero_at_the_reference_and_positive_away_from_it():
 
 
 def test_a_step_accumulates_micro_batches_into_the_same_update(tiny_model, tiny_tokenizer):
-    samples = [tokenize_conversation(tiny_tokenizer, Conversation(decision(r)), a)
-               for r, a in (("buy", 1.0), ("sell now", -1.0), ("hold", 0.5), ("buy buy buy", -0.5))]
+    samples = [
+        tokenize_conversation(tiny_tokenizer, Conversation(decision(r)), a)
+        for r, a in (("buy", 1.0), ("sell now", -1.0), ("hold", 0.5), ("buy buy buy", -0.5))
+    ]
     updated = []
     for micro in (1, 4):
         torch.manual_seed(0)
         model = load_causal_lm(tiny_model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        stats = grpo_step(model, optimizer, samples, StepConfig(micro_batch_size=micro, max_grad_norm=None,
-                                                                 pad_token_id=tiny_tokenizer.pad_token_id))
+        stats = grpo_step(
+            model,
+            optimizer,
+            samples,
+            StepConfig(micro_batch_size=micro, max_grad_norm=None, pad_token_id=tiny_tokenizer.pad_token_id),
+        )
         assert stats.objective == "advantage_weighted_likelihood" and stats.sequences == 4
         assert stats.micro_batches == 4 // micro
         updated.append(model.lm_head.weight.detach().clone())

@@ -64,13 +64,19 @@ def test_the_special_tokens_are_the_ggufs(tiny_tokenizer, tiny_model):
 
     fields = {key: value for key, (value, _, _) in smollm2_tokenizer_fields().items()}
     tokenizer = tiny_tokenizer
-    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|im_end|>", 2) == (
-        fields["tokenizer.ggml.tokens"][2], fields["tokenizer.ggml.eos_token_id"])
+    assert (
+        (tokenizer.eos_token, tokenizer.eos_token_id)
+        == ("<|im_end|>", 2)
+        == (fields["tokenizer.ggml.tokens"][2], fields["tokenizer.ggml.eos_token_id"])
+    )
     assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) == (1, 2, 0)
     assert len(tokenizer) == len(fields["tokenizer.ggml.tokens"]) == 49152
     assert tokenizer.chat_template == fields["tokenizer.chat_template"]
-    controls = {token for token, kind in zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"],
-                                             strict=True) if kind == 3}
+    controls = {
+        token
+        for token, kind in zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"], strict=True)
+        if kind == 3
+    }
     assert set(tokenizer.all_special_tokens) <= controls and "<|im_start|>" in tokenizer.all_special_tokens
     assert all(ids_of(tokenizer, token) == [tokenizer.convert_tokens_to_ids(token)] for token in controls)
     for name in ("config.json", "generation_config.json"):
@@ -134,8 +140,9 @@ def post(url: str, body: dict[str, Any]) -> Any:
 
 
 def served_ids(server: str, text: str) -> list[int]:
-    ids: list[int] = post(f"{server}/tokenize", {"content": text, "add_special": False,
-                                                 "parse_special": True})["tokens"]
+    ids: list[int] = post(f"{server}/tokenize", {"content": text, "add_special": False, "parse_special": True})[
+        "tokens"
+    ]
     return ids
 
 

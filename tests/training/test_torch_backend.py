@@ -32,8 +32,11 @@ def run(coroutine):
 
 
 def backend_at(folder: Path, base_model: Path, registry=None, **config) -> TorchBackend:
-    return TorchBackend(TorchTrainerConfig(base_model=str(base_model), **{"micro_batch_size": 2, **config}),
-                        path=str(folder / ".art"), registry=registry)
+    return TorchBackend(
+        TorchTrainerConfig(base_model=str(base_model), **{"micro_batch_size": 2, **config}),
+        path=str(folder / ".art"),
+        registry=registry,
+    )
 
 
 async def registered(backend: TorchBackend, base_model: Path, name: str = "babylon-mmo") -> art.TrainableModel:
@@ -62,8 +65,13 @@ def test_art_trainable_model_drives_the_backend(tmp_path, tiny_model):
     folder = tmp_path / ".art" / "babylon-agents" / "models" / "babylon-mmo"
     checkpoint = folder / "checkpoints" / "0001"
     assert result.checkpoint_path == str(checkpoint)
-    for name in ("adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pt",
-                 "trainer_state.json"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "rng_state.pt",
+        "trainer_state.json",
+    ):
         assert (checkpoint / name).is_file(), name
     assert json.loads((folder / "model.json").read_text())["name"] == "babylon-mmo"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -149,8 +157,10 @@ def test_supervised_warm_start_through_arts_train_sft(tmp_path, tiny_model, tiny
 
     backend = backend_at(tmp_path, tiny_model)
     target = tokenize_conversation(tiny_tokenizer, Conversation(decision(RESPONSES[0])), 0.0)
-    examples = [art.Trajectory(messages_and_choices=decision(RESPONSES[0]), reward=0.0)  # type: ignore[arg-type]
-                for _ in range(12)]
+    examples = [
+        art.Trajectory(messages_and_choices=decision(RESPONSES[0]), reward=0.0)  # type: ignore[arg-type]
+        for _ in range(12)
+    ]
 
     async def scenario():
         model = await registered(backend, tiny_model)
@@ -187,19 +197,29 @@ def test_kl_penalty_against_the_base_with_the_adapter_disabled(tmp_path, tiny_mo
 
 def _choice_with_logprobs(tokenizer, text: str, logprob: float) -> Choice:
     tokens = [tokenizer.decode([t]) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    return Choice(finish_reason="stop", index=0,
-                  message=ChatCompletionMessage(role="assistant", content=text),
-                  logprobs=ChoiceLogprobs(content=[ChatCompletionTokenLogprob(token=t, logprob=logprob, top_logprobs=[])
-                                                   for t in tokens]))
+    return Choice(
+        finish_reason="stop",
+        index=0,
+        message=ChatCompletionMessage(role="assistant", content=text),
+        logprobs=ChoiceLogprobs(
+            content=[ChatCompletionTokenLogprob(token=t, logprob=logprob, top_logprobs=[]) for t in tokens]
+        ),
+    )
 
 
 def test_recorded_logprobs_switch_to_clipped_importance_ratios(tmp_path, tiny_model, tiny_tokenizer):
     backend = backend_at(tmp_path, tiny_model)
-    trajectories = [art.Trajectory(messages_and_choices=[{"role": "system", "content": SYSTEM},
-                                                         {"role": "user", "content": PROMPT},
-                                                         _choice_with_logprobs(tiny_tokenizer, r, -11.0)],
-                                   reward=w)
-                    for r, w in zip(RESPONSES, (1.0, 0.0, 0.0, 0.0), strict=True)]
+    trajectories = [
+        art.Trajectory(
+            messages_and_choices=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": PROMPT},
+                _choice_with_logprobs(tiny_tokenizer, r, -11.0),
+            ],
+            reward=w,
+        )
+        for r, w in zip(RESPONSES, (1.0, 0.0, 0.0, 0.0), strict=True)
+    ]
 
     async def scenario():
         model = await registered(backend, tiny_model)
@@ -224,10 +244,17 @@ def test_retention_keeps_the_latest_and_every_served_checkpoint(tmp_path, tiny_m
             result = await backend.train(model, [group_of([1.0, 0.0, 0.0, 0.0])], learning_rate=LR)
             status = "deployed" if step == 1 else "trained"
             with store.engine.begin() as connection:
-                connection.execute(insert(models).values(
-                    id=uuid.uuid4().hex, modelId=f"babylon-mmo@{step}", version=f"babylon-mmo@{step}",
-                    baseModel=str(tiny_model), status=status, storagePath=str(Path(result.checkpoint_path).resolve()),
-                    updatedAt=datetime(2025, 1, 15)))
+                connection.execute(
+                    insert(models).values(
+                        id=uuid.uuid4().hex,
+                        modelId=f"babylon-mmo@{step}",
+                        version=f"babylon-mmo@{step}",
+                        baseModel=str(tiny_model),
+                        status=status,
+                        storagePath=str(Path(result.checkpoint_path).resolve()),
+                        updatedAt=datetime(2025, 1, 15),
+                    )
+                )
         return model
 
     model = run(scenario())
@@ -235,8 +262,12 @@ def test_retention_keeps_the_latest_and_every_served_checkpoint(tmp_path, tiny_m
     with store.engine.connect() as connection:
         rows = dict(connection.execute(select(models.c.version, models.c.status)).all())
     # Step 2 was pruned when step 4 was saved; its row says so instead of pointing at nothing.
-    assert rows == {"babylon-mmo@1": "deployed", "babylon-mmo@2": "archived", "babylon-mmo@3": "trained",
-                    "babylon-mmo@4": "trained"}
+    assert rows == {
+        "babylon-mmo@1": "deployed",
+        "babylon-mmo@2": "archived",
+        "babylon-mmo@3": "trained",
+        "babylon-mmo@4": "trained",
+    }
 
 
 def test_train_backend_setting_chooses_the_backend(tmp_path, monkeypatch):

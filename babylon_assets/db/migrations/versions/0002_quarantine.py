@@ -30,9 +30,7 @@ def upgrade() -> None:
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("times_seen", sa.Integer(), server_default=sa.text("1"), nullable=False),
-        sa.UniqueConstraint(
-            "trajectory_row_id", "reason", name="quarantined_trajectories_row_reason_key"
-        ),
+        sa.UniqueConstraint("trajectory_row_id", "reason", name="quarantined_trajectories_row_reason_key"),
         schema=OUR_SCHEMA,
     )
     op.create_index(

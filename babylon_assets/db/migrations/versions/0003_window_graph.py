@@ -72,8 +72,13 @@ def upgrade() -> None:
         sa.Column("times_judged", sa.Integer(), server_default=sa.text("1"), nullable=False),
         schema=OUR_SCHEMA,
     )
-    op.create_index("judgment_history_key", "judgment_history", ["agent_window_id", "judge_version", "window_id"],
-                    unique=True, schema=OUR_SCHEMA)
+    op.create_index(
+        "judgment_history_key",
+        "judgment_history",
+        ["agent_window_id", "judge_version", "window_id"],
+        unique=True,
+        schema=OUR_SCHEMA,
+    )
     op.create_table(
         "window_verdicts",
         sa.Column("window_id", sa.String(50), primary_key=True),
@@ -109,6 +114,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("dataset_members", "training_datasets", "window_verdicts", "judgment_history",
-                  "group_members", "window_states"):
+    for table in (
+        "dataset_members",
+        "training_datasets",
+        "window_verdicts",
+        "judgment_history",
+        "group_members",
+        "window_states",
+    ):
         op.drop_table(table, schema=OUR_SCHEMA)
