@@ -41,6 +41,7 @@ test: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check babylon_assets tests bench
+	$(BIN)/ruff format --check babylon_assets tests bench
 	$(BIN)/mypy babylon_assets
 
 # SmolLM2-135M on llama.cpp's llama-server, 127.0.0.1:8080 (built once, 5-10 minutes; cached in ~/.cache).
