@@ -17,43 +17,20 @@ from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
 from babylon_assets.sensors import promotion_sensor, training_sensor, window_sensor
-from babylon_assets.settings import Settings, get_settings
+from babylon_assets.settings import BuiltFromSettings, Settings, get_settings
+
+RESOURCES: dict[str, type[BuiltFromSettings]] = {
+    "store": StoreResource,
+    "rules": WindowRulesResource,
+    "judge": JudgeResource,
+    "trainer": TrainerResource,
+    "promotion": PromotionResource,
+}
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
-    """Resources chosen from the environment's settings (the one place they are chosen)."""
-    return {
-        "store": StoreResource(
-            database_url=settings.DATABASE_URL,
-            game_read_only=settings.GAME_READ_ONLY,
-            max_trajectory_chars=settings.MAX_TRAJECTORY_CHARS,
-            future_tolerance_minutes=settings.FUTURE_TOLERANCE_MINUTES,
-        ),
-        "rules": WindowRulesResource(
-            min_agents=settings.MIN_AGENTS,
-            min_actions=settings.MIN_ACTIONS,
-            min_ready_windows=settings.MIN_READY_WINDOWS,
-            max_per_group=settings.MAX_PER_GROUP,
-            target_trajectories=settings.TARGET_TRAJECTORIES,
-            max_dropout=settings.MAX_DROPOUT,
-            lookback_hours=settings.LOOKBACK_HOURS,
-            grace_minutes=settings.GRACE_MINUTES,
-        ),
-        "judge": JudgeResource(
-            judge_model=settings.JUDGE_MODEL,
-            api_base=settings.JUDGE_API_BASE,
-            api_key=settings.JUDGE_API_KEY,
-            max_concurrency=settings.JUDGE_MAX_CONCURRENCY,
-            retries=settings.JUDGE_RETRIES,
-            budget_usd=settings.JUDGE_BUDGET_USD,
-            budget_tokens=settings.JUDGE_BUDGET_TOKENS,
-            rubric_version=settings.RUBRIC_VERSION,
-            mode=settings.JUDGE_MODE,
-            timeout_s=settings.JUDGE_TIMEOUT_SECONDS,
-        ),
-        "trainer": TrainerResource.from_settings(settings),
-        "promotion": PromotionResource.from_settings(settings),
-    }
+    """Every resource built from the environment's settings: the one place they are chosen."""
+    return {name: resource.from_settings(settings) for name, resource in RESOURCES.items()}
 
 
 def build_definitions(

@@ -3,11 +3,14 @@ embedded SQLite store."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from babylon_assets.core.dropout import DEFAULT_DROPOUT_SEED
 
 EMBEDDED_DATABASE_PATH = Path(".babylon") / "babylon.db"
 
@@ -34,6 +37,8 @@ class Settings(BaseSettings):
     TARGET_TRAJECTORIES: int = Field(default=1000, ge=1)
     MAX_DROPOUT: float = Field(default=0.3, ge=0.0, le=1.0)
     LOOKBACK_HOURS: int = Field(default=168, ge=1)
+    # The seed of dropout's stable hash: a new one draws a different subset of the same windows.
+    DROPOUT_SEED: str = DEFAULT_DROPOUT_SEED
     # A row whose JSON columns together exceed this many characters is quarantined before parsing: a
     # decision that long cannot be trained on, and parsing it would cost memory for nothing.
     MAX_TRAJECTORY_CHARS: int = Field(default=2_000_000, ge=1_000)
@@ -53,6 +58,8 @@ class Settings(BaseSettings):
     # trajectory ids, for weak (small, local) judges that repeat or skip ids.
     JUDGE_MODE: Literal["art", "pinned"] = "art"
     JUDGE_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
+    # The first wait before a failed judge call is retried; each retry waits twice as long.
+    JUDGE_BACKOFF_SECONDS: float = Field(default=1.0, ge=0)
 
     # Training (DESIGN 6)
     # torch: ours (transformers + peft, CPU or one CUDA GPU); art-local, serverless: ART's own (not verified here).
@@ -156,14 +163,25 @@ class Settings(BaseSettings):
         return Path(self.DAGSTER_HOME).expanduser().resolve()
 
 
-def carried_fields(settings: Settings, names: tuple[str, ...]) -> dict[str, Any]:
-    """These settings as the lower-case fields of a resource that carries them."""
-    return {name.lower(): getattr(settings, name) for name in names}
+class BuiltFromSettings:
+    """A resource whose every field is a setting: `SETTING_FIELDS` maps each field to its setting's name, so
+    the setting's one default (above) is the only one, and the launchpad shows what a run will use."""
+
+    SETTING_FIELDS: ClassVar[Mapping[str, str]]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The resource for these settings."""
+        return cls(**{field: getattr(settings, name) for field, name in cls.SETTING_FIELDS.items()})
+
+    def settings(self) -> Settings:
+        """The settings this resource carries (the others at their defaults), validated as the environment's."""
+        return Settings.model_validate({name: getattr(self, field) for field, name in self.SETTING_FIELDS.items()})
 
 
-def settings_of(carrier: object, names: tuple[str, ...]) -> Settings:
-    """The settings a resource carries as lower-case fields, validated as the environment's would be."""
-    return Settings.model_validate({name: getattr(carrier, name.lower()) for name in names})
+def lower_case_fields(*names: str) -> dict[str, str]:
+    """`SETTING_FIELDS` for a resource whose fields are these settings' names in lower case."""
+    return {name.lower(): name for name in names}
 
 
 def get_settings() -> Settings:

@@ -43,7 +43,7 @@ from babylon_assets.settings import Settings
 
 WEEK_START = datetime(2025, 1, 6, tzinfo=UTC)
 NOW = WEEK_START + timedelta(days=8)
-RULES = WindowRulesResource()
+RULES = WindowRulesResource.from_settings(Settings())
 
 
 def simulated_week(path: Path, agents: int) -> tuple[Store, list[str]]:

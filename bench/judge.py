@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from babylon_assets.core.eligibility import EligibilityRules  # noqa: E402
 from babylon_assets.core.judging import JudgeGroup  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
-from babylon_assets.judges.ruler import RulerConfig, RulerJudge  # noqa: E402
+from babylon_assets.judges.ruler import RulerJudge  # noqa: E402
 from babylon_assets.play.simulator import SimulationPlan, simulate  # noqa: E402
+from babylon_assets.resources.judge import JudgeResource  # noqa: E402
+from babylon_assets.settings import Settings  # noqa: E402
 from tests.doubles.openai_compatible import ScriptedReply, serve_until_stopped  # noqa: E402
 
 START = datetime(2025, 1, 6, tzinfo=UTC)
@@ -80,16 +82,14 @@ def main() -> None:
         try:
 
             def judge(concurrency: int, cache: Store | None = None) -> RulerJudge:
-                return RulerJudge(
-                    RulerConfig(
-                        model="openai/judge-double",
-                        api_base=base_url,
-                        mode="pinned",
-                        max_concurrency=concurrency,
-                        timeout_s=30,
-                    ),
-                    cache=cache,
+                settings = Settings(
+                    JUDGE_MODEL="openai/judge-double",
+                    JUDGE_API_BASE=base_url,
+                    JUDGE_MODE="pinned",
+                    JUDGE_MAX_CONCURRENCY=concurrency,
+                    JUDGE_TIMEOUT_SECONDS=30,
                 )
+                return RulerJudge(JudgeResource.from_settings(settings).ruler_config(), cache=cache)
 
             asyncio.run(judge(1).score(groups[:1]))  # warm-up: imports, litellm's first client
             print(f"{len(groups)} windows, one group of 6 each, {args.latency * 1000:.0f} ms per call")

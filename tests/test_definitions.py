@@ -12,6 +12,7 @@ from babylon_assets.core.window_time import utcnow
 from babylon_assets.db.store import Store
 from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.resources.store import StoreResource
+from babylon_assets.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def test_the_store_resource_serves_an_asset(tmp_path):
         summaries = store.get_store().window_summaries(EligibilityRules(), lookback_hours=24)
         return MaterializeResult(metadata={"ready_windows": sum(s.is_ready(EligibilityRules()) for s in summaries)})
 
-    result = materialize([readiness], resources={"store": StoreResource(database_url=url)})
+    result = materialize([readiness], resources={"store": StoreResource.from_settings(Settings(DATABASE_URL=url))})
     assert result.success
     (materialization,) = result.asset_materializations_for_node("readiness")
     assert materialization.metadata["ready_windows"].value == 3

@@ -11,10 +11,11 @@ from babylon_assets.db.store import RecordedPlay, Store
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.sensors import MAX_RUNS_PER_TICK, evaluate_window_sensor, window_sensor
+from babylon_assets.settings import Settings
 from tests.builders import game_row, step
 from tests.conftest import NOW
 
-RULES = WindowRulesResource()
+RULES = WindowRulesResource.from_settings(Settings())
 START = "2024-01-01T00:00"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -105,7 +106,10 @@ def test_planning_is_pure_and_splits_ranges_at_gaps():
 
 def test_the_sensor_definition_ticks_with_its_resources(simulated_store):
     url = simulated_store.target.url.render_as_string(hide_password=False)
-    resources = {"store": StoreResource(database_url=url), "rules": WindowRulesResource()}
+    resources = {
+        "store": StoreResource.from_settings(Settings(DATABASE_URL=url)),
+        "rules": WindowRulesResource.from_settings(Settings()),
+    }
     with build_sensor_context(cursor=None, resources=resources) as context:
         result = window_sensor(context)
     assert isinstance(result, SensorResult)

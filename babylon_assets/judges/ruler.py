@@ -60,20 +60,22 @@ class BadJudgeAnswer(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RulerConfig:
-    """The RULER judge's settings (JUDGE_* in DESIGN 7)."""
+    """The RULER judge's settings (JUDGE_* in DESIGN 7), built by `JudgeResource.ruler_config` from the settings'
+    one set of defaults."""
 
     model: str
-    api_base: str | None = None
-    api_key: str | None = None
-    max_concurrency: int = 4
-    retries: int = 3
-    budget_usd: float | None = None
-    budget_tokens: int | None = None
-    rubric_version: str = "trading-v1"
-    mode: Mode = "art"
-    timeout_s: float = 120.0
+    api_base: str | None
+    api_key: str | None
+    max_concurrency: int
+    retries: int
+    budget_usd: float | None
+    budget_tokens: int | None
+    rubric_version: str
+    mode: Mode
+    timeout_s: float
+    backoff_s: float
+    # Not a setting: room for one score and a sentence of reasoning per member of the largest group.
     max_tokens: int = 2048
-    backoff_s: float = 1.0
 
 
 @dataclass(slots=True)

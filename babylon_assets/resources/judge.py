@@ -2,46 +2,66 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dagster import ConfigurableResource
 
 from babylon_assets.core.judging import Judge, OutcomeJudge
 from babylon_assets.judges.ruler import JudgeCache, RulerConfig, RulerJudge
+from babylon_assets.settings import BuiltFromSettings
 
 
-class JudgeResource(ConfigurableResource):
+class JudgeResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[misc]
     """`outcome` (deterministic, not an LLM) without JUDGE_MODEL; `ruler` (ART's RULER via litellm) with it."""
 
-    judge_model: str | None = None
-    api_base: str | None = None
-    api_key: str | None = None
-    max_concurrency: int = 4
-    retries: int = 3
-    budget_usd: float | None = None
-    budget_tokens: int | None = None
-    rubric_version: str = "trading-v1"
-    mode: str = "art"
-    timeout_s: float = 120.0
-    backoff_s: float = 1.0
+    SETTING_FIELDS: ClassVar[dict[str, str]] = {
+        "judge_model": "JUDGE_MODEL",
+        "api_base": "JUDGE_API_BASE",
+        "api_key": "JUDGE_API_KEY",
+        "max_concurrency": "JUDGE_MAX_CONCURRENCY",
+        "retries": "JUDGE_RETRIES",
+        "budget_usd": "JUDGE_BUDGET_USD",
+        "budget_tokens": "JUDGE_BUDGET_TOKENS",
+        "rubric_version": "RUBRIC_VERSION",
+        "mode": "JUDGE_MODE",
+        "timeout_s": "JUDGE_TIMEOUT_SECONDS",
+        "backoff_s": "JUDGE_BACKOFF_SECONDS",
+    }
+
+    judge_model: str | None
+    api_base: str | None
+    api_key: str | None
+    max_concurrency: int
+    retries: int
+    budget_usd: float | None
+    budget_tokens: int | None
+    rubric_version: str
+    mode: str
+    timeout_s: float
+    backoff_s: float
+
+    def ruler_config(self) -> RulerConfig:
+        """RULER's configuration, taken field by field from this resource."""
+        if not self.judge_model:
+            raise ValueError("the ruler judge needs JUDGE_MODEL")
+        if self.mode not in ("art", "pinned"):
+            raise ValueError(f"JUDGE_MODE={self.mode!r}: use art or pinned")
+        return RulerConfig(
+            model=self.judge_model,
+            api_base=self.api_base,
+            api_key=self.api_key,
+            max_concurrency=self.max_concurrency,
+            retries=self.retries,
+            budget_usd=self.budget_usd,
+            budget_tokens=self.budget_tokens,
+            rubric_version=self.rubric_version,
+            mode=self.mode,  # type: ignore[arg-type]
+            timeout_s=self.timeout_s,
+            backoff_s=self.backoff_s,
+        )
 
     def get_judge(self, cache: JudgeCache | None = None) -> Judge:
         """The configured judge, with the store as RULER's cache."""
         if not self.judge_model:
             return OutcomeJudge()
-        if self.mode not in ("art", "pinned"):
-            raise ValueError(f"JUDGE_MODE={self.mode!r}: use art or pinned")
-        return RulerJudge(
-            RulerConfig(
-                model=self.judge_model,
-                api_base=self.api_base,
-                api_key=self.api_key,
-                max_concurrency=self.max_concurrency,
-                retries=self.retries,
-                budget_usd=self.budget_usd,
-                budget_tokens=self.budget_tokens,
-                rubric_version=self.rubric_version,
-                mode=self.mode,  # type: ignore[arg-type]
-                timeout_s=self.timeout_s,
-                backoff_s=self.backoff_s,
-            ),
-            cache=cache,
-        )
+        return RulerJudge(self.ruler_config(), cache=cache)

@@ -4,12 +4,13 @@ are served and where the deployed one is announced (DESIGN 7)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from dagster import ConfigurableResource
 
 from babylon_assets.promotion.deploy import DeployOptions
 from babylon_assets.promotion.evaluation import EvaluationOptions, EvaluationPlan
-from babylon_assets.settings import Settings, carried_fields, settings_of
+from babylon_assets.settings import BuiltFromSettings, lower_case_fields
 
 # Every setting evaluation and deployment read; carried as the lower-case field of the same name.
 PROMOTION_SETTINGS = (
@@ -32,34 +33,27 @@ PROMOTION_SETTINGS = (
 )
 
 
-class PromotionResource(ConfigurableResource):  # type: ignore[type-arg]
+class PromotionResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[misc,type-arg]
     """How a checkpoint is evaluated against its base, gated, and deployed."""
 
-    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    model_name: str = "babylon-mmo"
-    eval_seeds: str = "1001,1002"
-    eval_windows: int = 2
-    eval_agents: int = 8
-    eval_duration_minutes: int = 10
-    eval_start: str = "2024-12-01T00:00"
-    eval_temperature: float = 0.0
-    eval_max_tokens: int = 160
-    eval_bootstrap_resamples: int = 10_000
-    gate_min_pnl_delta: float = 0.0
-    gate_max_unparseable_rise: float = 0.0
-    policy_api_base: str | None = None
-    local_llm_port: int = 8080
-    serving_file: str = ".babylon/serving.json"
-    gateway_port: int = 8787
+    base_model: str
+    model_name: str
+    eval_seeds: str
+    eval_windows: int
+    eval_agents: int
+    eval_duration_minutes: int
+    eval_start: str
+    eval_temperature: float
+    eval_max_tokens: int
+    eval_bootstrap_resamples: int
+    gate_min_pnl_delta: float
+    gate_max_unparseable_rise: float
+    policy_api_base: str | None
+    local_llm_port: int
+    serving_file: str
+    gateway_port: int
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PromotionResource:
-        """The resource for these settings."""
-        return cls(**carried_fields(settings, PROMOTION_SETTINGS))
-
-    def settings(self) -> Settings:
-        """The settings this resource carries, validated as the environment's would be."""
-        return settings_of(self, PROMOTION_SETTINGS)
+    SETTING_FIELDS: ClassVar[dict[str, str]] = lower_case_fields(*PROMOTION_SETTINGS)
 
     def evaluation_options(self) -> EvaluationOptions:
         """The evaluation plan and how it is judged against the gate."""

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dagster import ConfigurableResource
 
-from babylon_assets.core.dropout import DEFAULT_DROPOUT_SEED
 from babylon_assets.core.eligibility import EligibilityRules
+from babylon_assets.settings import BuiltFromSettings, lower_case_fields
 
 
-class WindowRulesResource(ConfigurableResource):
+class WindowRulesResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[misc]
     """MIN_AGENTS, MIN_ACTIONS, MAX_PER_GROUP, TARGET_TRAJECTORIES, MAX_DROPOUT, LOOKBACK_HOURS, ..."""
 
-    min_agents: int = 5
-    min_actions: int = 5
-    min_ready_windows: int = 3
-    max_per_group: int = 8
-    target_trajectories: int = 1000
-    max_dropout: float = 0.3
-    lookback_hours: int = 168
-    grace_minutes: int = 15
-    dropout_seed: str = DEFAULT_DROPOUT_SEED
+    SETTING_FIELDS: ClassVar[dict[str, str]] = lower_case_fields(
+        "MIN_AGENTS",
+        "MIN_ACTIONS",
+        "MIN_READY_WINDOWS",
+        "MAX_PER_GROUP",
+        "TARGET_TRAJECTORIES",
+        "MAX_DROPOUT",
+        "LOOKBACK_HOURS",
+        "GRACE_MINUTES",
+        "DROPOUT_SEED",
+    )
+
+    min_agents: int
+    min_actions: int
+    min_ready_windows: int
+    max_per_group: int
+    target_trajectories: int
+    max_dropout: float
+    lookback_hours: int
+    grace_minutes: int
+    dropout_seed: str
 
     def eligibility(self) -> EligibilityRules:
         """The eligibility and readiness rule."""

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import ClassVar
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from babylon_assets.core.trajectory import ParseRules
 from babylon_assets.db.store import Store
+from babylon_assets.settings import BuiltFromSettings, lower_case_fields
 
 
-class StoreResource(ConfigurableResource):
+class StoreResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[misc]
     """The game's database and our tables at `database_url` (DESIGN 2)."""
 
+    SETTING_FIELDS: ClassVar[dict[str, str]] = lower_case_fields(
+        "DATABASE_URL", "GAME_READ_ONLY", "MAX_TRAJECTORY_CHARS", "FUTURE_TOLERANCE_MINUTES"
+    )
+
     database_url: str
-    game_read_only: bool = False
-    max_trajectory_chars: int = 2_000_000
-    future_tolerance_minutes: int = 5
+    game_read_only: bool
+    max_trajectory_chars: int
+    future_tolerance_minutes: int
 
     _store: Store | None = PrivateAttr(default=None)
 

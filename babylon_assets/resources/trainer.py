@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from dagster import ConfigurableResource
 
 from babylon_assets.db.store import Store
-from babylon_assets.settings import Settings, carried_fields, settings_of
+from babylon_assets.settings import BuiltFromSettings, lower_case_fields
 from babylon_assets.training.run import TrainingOptions
 from babylon_assets.training.tracking import WandbTracker
 
@@ -40,41 +40,34 @@ TRAINING_SETTINGS = (
 )
 
 
-class TrainerResource(ConfigurableResource):  # type: ignore[type-arg]
+class TrainerResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[misc,type-arg]
     """Training settings (DESIGN 7); the backend itself is built per run (it holds a model in memory)."""
 
-    train_backend: str = "torch"
-    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    project_name: str = "babylon-agents"
-    model_name: str = "babylon-mmo"
-    art_path: str = ".art"
-    learning_rate: float = 5e-5
-    iterations: int = 10
-    windows_per_iteration: int = 20
-    decisions_per_trajectory: int = 0
-    train_seed: int = 0
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    kl_coef: float = 0.0
-    clip_epsilon: float = 0.2
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 4
-    max_sequence_tokens: int = 2048
-    keep_checkpoints: int = 3
-    train_device: str = "auto"
-    wandb_mode: str = "offline"
-    wandb_dir: str = ".babylon/wandb"
+    train_backend: str
+    base_model: str
+    project_name: str
+    model_name: str
+    art_path: str
+    learning_rate: float
+    iterations: int
+    windows_per_iteration: int
+    decisions_per_trajectory: int
+    train_seed: int
+    lora_rank: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: str
+    kl_coef: float
+    clip_epsilon: float
+    max_grad_norm: float
+    micro_batch_size: int
+    max_sequence_tokens: int
+    keep_checkpoints: int
+    train_device: str
+    wandb_mode: str
+    wandb_dir: str
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TrainerResource:
-        """The resource for these settings."""
-        return cls(**carried_fields(settings, TRAINING_SETTINGS))
-
-    def settings(self) -> Settings:
-        """The training settings this resource carries, validated as the environment's would be."""
-        return settings_of(self, TRAINING_SETTINGS)
+    SETTING_FIELDS: ClassVar[dict[str, str]] = lower_case_fields(*TRAINING_SETTINGS)
 
     def options(self) -> TrainingOptions:
         """What a training run does."""

@@ -44,7 +44,7 @@ def trainer_for(tmp_path: Path, base_model: Path | str, **overrides) -> TrainerR
         "wandb_dir": str(tmp_path / "wandb"),
         **overrides,
     }
-    return TrainerResource(**values)
+    return TrainerResource.from_settings(Settings(**{name.upper(): value for name, value in values.items()}))
 
 
 def scored_store(url: str, instance: DagsterInstance, windows: int = 3) -> tuple[Store, object]:
@@ -133,7 +133,9 @@ def test_a_failed_training_run_marks_its_batch_failed_with_the_error(simulated_s
 
 
 def rules(**overrides) -> WindowRulesResource:
-    return WindowRulesResource(**{"lookback_hours": 168, **overrides})
+    return WindowRulesResource.from_settings(
+        Settings(**{name.upper(): value for name, value in {"lookback_hours": 168, **overrides}.items()})
+    )
 
 
 def test_training_sensor_ticks_with_explicit_cursors(simulated_store, instance, tmp_path):

@@ -2,6 +2,7 @@
 answers good, malformed, short, repeated-id, out-of-range, slow and 429 replies."""
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -16,6 +17,8 @@ from babylon_assets.core.judging import JudgeGroup
 from babylon_assets.core.window_time import parse_window_id
 from babylon_assets.db.store import RecordedPlay, Store
 from babylon_assets.judges.ruler import RulerConfig, RulerJudge, pinned_schema
+from babylon_assets.resources.judge import JudgeResource
+from babylon_assets.settings import Settings
 from tests.builders import game_row, step
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply
 
@@ -71,10 +74,15 @@ def groups_of(store: Store, windows: list[str]) -> list[JudgeGroup]:
     return groups
 
 
+def ruler_config(**fields: Any) -> RulerConfig:
+    """RULER's config as the judge resource builds it from the settings' defaults, with these fields changed."""
+    resource = JudgeResource.from_settings(Settings(JUDGE_MODEL="openai/judge-double"))
+    return dataclasses.replace(resource.ruler_config(), **fields)
+
+
 def judge(double: OpenAICompatibleTestDouble, store: Store | None = None, **overrides: Any) -> RulerJudge:
     settings: dict[str, Any] = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5, **overrides}
-    config = RulerConfig(model="openai/judge-double", api_base=double.base_url, **settings)
-    return RulerJudge(config, cache=store)
+    return RulerJudge(ruler_config(api_base=double.base_url, **settings), cache=store)
 
 
 @pytest.mark.parametrize("mode", ["art", "pinned"])
@@ -276,7 +284,7 @@ def test_a_pinned_judge_that_needs_translation_goes_through_litellm(simulated_st
     groups = groups_of(simulated_store, [W])
     limited_once = Script(lambda r: ScriptedReply(status=429, headers={"Retry-After": "0"}))
     with OpenAICompatibleTestDouble(limited_once) as double:
-        config = RulerConfig(
+        config = ruler_config(
             model="hosted_vllm/judge-double", api_base=double.base_url, mode="pinned", retries=2, backoff_s=0.01
         )
         result = asyncio.run(RulerJudge(config).score(groups))

@@ -72,7 +72,7 @@ def test_one_full_cycle_of_the_live_loop_on_the_tiny_model(tmp_path, tiny_model,
             GATE_MAX_UNPARSEABLE_RISE=1.0,
         )
         defs = build_definitions(settings)
-        rules = WindowRulesResource(lookback_hours=168)
+        rules = WindowRulesResource.from_settings(Settings(LOOKBACK_HOURS=168))
         plan = LivePlan(
             agents=5, llm=True, window_seconds=0.2, start=start, windows=3, duration_minutes=5, max_tokens=64
         )
