@@ -18,13 +18,14 @@ from babylon_assets.assets.promotion import checkpoint_evaluation, evaluated_ver
 from babylon_assets.assets.scores import SCORES_CHECK, ruler_scores
 from babylon_assets.assets.windows import OUTCOMES_CHECK, READY_CHECK, market_outcomes, window_groups
 from babylon_assets.db.evaluation_records import EvaluationRecords
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.resources.store import StoreResource
 
 
 def _report(
     context: AssetCheckExecutionContext, store: StoreResource, check_name: str, severity: AssetCheckSeverity
 ) -> AssetCheckResult:
-    verdicts = store.get_store().verdicts(check_name, run_id=context.run.run_id)
+    verdicts = WindowRecords(store.get_store()).verdicts(check_name, run_id=context.run.run_id)
     failing = [v for v in verdicts if not v["passed"]]
     return AssetCheckResult(
         passed=not failing,
@@ -70,7 +71,7 @@ def scores_valid(context: AssetCheckExecutionContext, store: StoreResource) -> A
 
 @asset_check(asset=training_dataset, description="The training dataset has at least one group to train on.")
 def dataset_not_empty(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
-    latest = store.get_store().latest_dataset()
+    latest = WindowRecords(store.get_store()).latest_dataset()
     materialization = context.instance.get_latest_materialization_event(training_dataset.key)
     metadata = (
         materialization.asset_materialization.metadata

@@ -24,6 +24,7 @@ from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_wind
 from babylon_assets.core.window_time import lookback_window_ids
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.jobs import promotion_job, training_job, window_graph_job
 from babylon_assets.play.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
@@ -102,7 +103,7 @@ def evaluate_training_sensor(
     in_flight = len(instance.get_runs(RunsFilter(job_name=training_job.name, statuses=IN_FLIGHT), limit=5))
     records = TrainingRecords(db)
     scored = records.scored_windows(lookback_window_ids(rules.lookback_hours, now))
-    states = db.window_states(list(scored))
+    states = WindowRecords(db).window_states(list(scored))
     ready_scored = sorted(w for w in scored if states.get(w, {}).get("ready"))
     last_checkpoint = records.latest_checkpoint_time()
     new = None if last_checkpoint is None else [w for w in ready_scored if scored[w] > last_checkpoint]

@@ -31,8 +31,11 @@ from babylon_assets.core.dropout import assign_groups, dropout_rate
 from babylon_assets.core.judging import JudgeGroup, OutcomeJudge, validate_result
 from babylon_assets.core.sensing import rows_fingerprint
 from babylon_assets.core.window_time import window_id_of
+from babylon_assets.db.engine import naive_utc
+from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.schema import MarketOutcome, Trajectory, table_of
-from babylon_assets.db.store import AgentWindowScore, Store, naive_utc
+from babylon_assets.db.store import Store
+from babylon_assets.db.window_records import AgentWindowScore, WindowRecords
 from babylon_assets.definitions import build_definitions
 from babylon_assets.orchestration.instance import prepare_dagster_home
 from babylon_assets.orchestration.pipeline import materialize_windows
@@ -62,19 +65,19 @@ def direct_backfill(store: Store, window_ids: list[str]) -> int:
     scored = 0
     for window_id in window_ids:
         read = store.read_window(window_id, rules)
-        store.record_quarantine(read.quarantined)
+        PlayRecords(store).record_quarantine(read.quarantined)
         summary = read.summary()
-        store.save_window_state(summary, rules, store.window_fingerprint(window_id))
+        WindowRecords(store).save_window_state(summary, rules, WindowRecords(store).window_fingerprint(window_id))
         outcomes = store.window_outcomes(window_id)
-        store.save_verdicts("outcomes_present", [(window_id, outcomes.recorded, "")], None)
+        WindowRecords(store).save_verdicts("outcomes_present", [(window_id, outcomes.recorded, "")], None)
         read = store.read_window(window_id, rules)
-        total = store.eligible_in_lookback(window_id, RULES.lookback_hours, rules)
+        total = WindowRecords(store).eligible_in_lookback(window_id, RULES.lookback_hours, rules)
         rate = dropout_rate(total, RULES.target_trajectories, RULES.max_dropout)
         by_id = {aw.agent_window_id: aw for aw in read.eligible}
         memberships = assign_groups(
             window_id, list(by_id), rate=rate, max_per_group=RULES.max_per_group, ready=summary.is_ready(rules)
         )
-        store.replace_group_members(
+        WindowRecords(store).replace_group_members(
             window_id,
             [
                 {
@@ -114,7 +117,7 @@ def direct_backfill(store: Store, window_ids: list[str]) -> int:
                         aw.trajectory_ids,
                     )
                 )
-        store.record_judgments(window_id, judge.name, judge.version, {"judge": judge.name}, judged)
+        WindowRecords(store).record_judgments(window_id, judge.name, judge.version, {"judge": judge.name}, judged)
         scored += len(judged)
     return scored
 
@@ -131,7 +134,7 @@ def dagster_backfill(store: Store, window_ids: list[str], home: Path, per_run: i
             f"  dagster: {len(runs)} runs of {', '.join(str(r.windows) for r in runs)} windows "
             f"({type(instance.event_log_storage).__name__})"
         )
-    return sum(1 for w in window_ids for m in store.group_members(w) if m["score"] is not None)
+    return sum(1 for w in window_ids for m in WindowRecords(store).group_members(w) if m["score"] is not None)
 
 
 def sensor_store(path: Path, windows: int, rows: int) -> Store:

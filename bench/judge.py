@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from babylon_assets.core.eligibility import EligibilityRules  # noqa: E402
 from babylon_assets.core.judging import JudgeGroup  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
+from babylon_assets.db.window_records import WindowRecords  # noqa: E402
 from babylon_assets.judges.ruler import RulerJudge  # noqa: E402
 from babylon_assets.play.simulator import SimulationPlan, simulate  # noqa: E402
 from babylon_assets.resources.judge import JudgeResource  # noqa: E402
@@ -81,7 +82,7 @@ def main() -> None:
         base_url = urls.get(timeout=30)
         try:
 
-            def judge(concurrency: int, cache: Store | None = None) -> RulerJudge:
+            def judge(concurrency: int, cache: WindowRecords | None = None) -> RulerJudge:
                 settings = Settings(
                     JUDGE_MODEL="openai/judge-double",
                     JUDGE_API_BASE=base_url,
@@ -103,8 +104,8 @@ def main() -> None:
                     f"  concurrency {concurrency:>2}: {elapsed:6.2f} s, ideal {ideal:5.2f} s, "
                     f"throughput {ideal / elapsed:.2f} of ideal"
                 )
-            asyncio.run(judge(16, cache=store).score(groups))
-            warm = judge(16, cache=store)
+            asyncio.run(judge(16, cache=WindowRecords(store)).score(groups))
+            warm = judge(16, cache=WindowRecords(store))
             result = asyncio.run(warm.score(groups))
             print(
                 f"  warm re-run with the cache: {warm.stats.sent_groups} calls "

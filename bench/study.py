@@ -36,6 +36,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from babylon_assets.db.window_records import WindowRecords
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("PYTHON_DOTENV_DISABLED", "1")
@@ -148,7 +150,7 @@ def warm_start(store, settings, folder: Path, args: argparse.Namespace) -> int:
 
     model_folder = Path(settings.ART_PATH) / settings.PROJECT_NAME / "models" / settings.MODEL_NAME
     shutil.rmtree(model_folder, ignore_errors=True)
-    latest = store.latest_dataset()
+    latest = WindowRecords(store).latest_dataset()
     assert latest is not None, "the dataset is built before the warm start"
     members = latest[1]
     chosen = set(
@@ -325,7 +327,7 @@ def main() -> int:
         defs = build_definitions(remaining)
         until = window_id_of(TRAIN_START + timedelta(hours=args.train_windows))
         with DagsterInstance.get() as instance:
-            if store.latest_dataset() is None:
+            if WindowRecords(store).latest_dataset() is None:
                 runs = materialize_windows(defs, train_hours, instance)
                 log(f"score: {sum(r.windows for r in runs if r.success)} windows scored")
                 assert materialize_training_dataset(defs, instance, until=until).success

@@ -28,7 +28,8 @@ from sqlalchemy import text
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.trajectory import TRAJECTORY_COLUMNS
 from babylon_assets.core.window_time import lookback_window_ids, window_id_of
-from babylon_assets.db.store import Store, naive_utc
+from babylon_assets.db.engine import naive_utc
+from babylon_assets.db.store import Store
 
 UNTIL = datetime(2025, 1, 22, 0, 0, tzinfo=UTC)
 WEEK_START = UNTIL - timedelta(hours=168)

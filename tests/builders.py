@@ -8,7 +8,7 @@ from typing import Any
 
 from babylon_assets.core.trajectory import TrajectoryRow
 from babylon_assets.core.window_time import window_id_of
-from babylon_assets.db.store import naive_utc
+from babylon_assets.db.engine import naive_utc
 
 
 def llm_call(agent: str = "agent-1", user_prompt: str = "Prices: NVDX $100.", **extra: Any) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from dagster import RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from babylon_assets.core.sensing import parse_cursor, plan_window_requests
 from babylon_assets.core.window_time import parse_window_id, window_id_of
-from babylon_assets.db.store import RecordedPlay, Store
+from babylon_assets.db.play_records import PlayRecords, RecordedPlay
+from babylon_assets.db.store import Store
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.sensors import MAX_RUNS_PER_TICK, evaluate_window_sensor, window_sensor
@@ -37,7 +38,7 @@ def test_new_windows_then_nothing_new_then_late_rows(simulated_store):
     quiet = tick(simulated_store, first.cursor)
     assert isinstance(quiet, SkipReason) and "no closed window with new rows" in quiet.skip_message
     late = game_row("late-row", "agent-late", parse_window_id("2025-01-15T11:00") + timedelta(minutes=50))
-    simulated_store.record_play(RecordedPlay(trajectories=[late]))
+    PlayRecords(simulated_store).record_play(RecordedPlay(trajectories=[late]))
     again = tick(simulated_store, first.cursor)
     assert isinstance(again, SensorResult)
     assert ranges(again) == [("2025-01-15T11:00", "2025-01-15T11:00")]
@@ -50,12 +51,16 @@ def test_an_open_window_waits_for_its_outcomes_or_the_grace_period(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'open.db'}", clock=lambda: NOW)
     store.upgrade()
     hour = parse_window_id("2025-01-15T13:00")
-    store.record_play(RecordedPlay(trajectories=[game_row("open", "agent-1", hour + timedelta(minutes=5))]))
+    PlayRecords(store).record_play(
+        RecordedPlay(trajectories=[game_row("open", "agent-1", hour + timedelta(minutes=5))])
+    )
     just_after = hour + timedelta(hours=1, minutes=10)
     waiting = tick(store, None, now=just_after)
     assert isinstance(waiting, SkipReason) and "1 window(s) still open" in waiting.skip_message
     assert isinstance(tick(store, None, now=just_after + timedelta(minutes=5)), SensorResult)  # grace passed
-    store.replace_market_outcomes("2025-01-15T13:00", [{"stockTicker": "NVDX", "startPrice": 1, "endPrice": 2}])
+    PlayRecords(store).replace_market_outcomes(
+        "2025-01-15T13:00", [{"stockTicker": "NVDX", "startPrice": 1, "endPrice": 2}]
+    )
     assert isinstance(tick(store, None, now=just_after), SensorResult)  # outcomes close it at once
     store.dispose()
 
@@ -68,7 +73,7 @@ def test_a_year_of_history_is_worked_through_a_bounded_chunk_per_tick(tmp_path):
         game_row(f"y{i}", "agent-1", first_hour + timedelta(hours=i), steps=[step(0)], decisions=1)
         for i in range(365 * 24)
     ]
-    store.record_play(RecordedPlay(trajectories=rows))
+    PlayRecords(store).record_play(RecordedPlay(trajectories=rows))
     cursor = None
     seen: list[tuple[str, str]] = []
     for _ in range(3):

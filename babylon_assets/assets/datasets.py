@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 
 from babylon_assets.core.dataset_assembly import plan_dataset
 from babylon_assets.core.window_time import as_utc, lookback_window_ids, parse_window_id, utcnow
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 
@@ -27,7 +28,7 @@ def training_dataset(
     db = store.get_store()
     until = parse_window_id(config.until) if config.until else as_utc(utcnow())
     window_ids = lookback_window_ids(rules.lookback_hours, until)
-    plan = plan_dataset(db.scored_members(window_ids))
+    plan = plan_dataset(WindowRecords(db).scored_members(window_ids))
     record = {
         "dataset_id": plan.dataset_id,
         "created_at": as_utc(db.clock()),
@@ -39,7 +40,7 @@ def training_dataset(
         "dropped_json": json.dumps(dict(plan.dropped_groups), sort_keys=True),
     }
     created = (
-        db.save_dataset(
+        WindowRecords(db).save_dataset(
             record,
             [
                 {

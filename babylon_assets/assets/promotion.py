@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, AssetKey, DagsterInstance, Failure, M
 from babylon_assets.core.paired_stats import pnl_distributions_svg
 from babylon_assets.core.window_time import utcnow
 from babylon_assets.db.evaluation_records import EvaluationRecords
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.promotion.deploy import DeployError, deploy_model
 from babylon_assets.promotion.evaluation import evaluate_checkpoint
 from babylon_assets.resources.judge import JudgeResource
@@ -47,7 +48,7 @@ def checkpoint_evaluation(
     outcome = evaluate_checkpoint(
         db,
         options,
-        judge.get_judge(cache=db),
+        judge.get_judge(cache=WindowRecords(db)),
         model,
         now=utcnow(),
         on_market=lambda policy, seed, plays: context.log.info(f"{policy}: seed {seed} played ({plays} plays)"),

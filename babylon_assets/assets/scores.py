@@ -9,7 +9,8 @@ from typing import Any
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, spearman, validate_result
-from babylon_assets.db.store import AgentWindowScore, Store
+from babylon_assets.db.store import Store
+from babylon_assets.db.window_records import AgentWindowScore, WindowRecords
 from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.rules import WindowRulesResource
@@ -113,7 +114,7 @@ def ruler_scores(
     verdicts: list[tuple[str, bool, str]] = []
     plans: dict[str, _WindowPlan] = {}
     problems: dict[str, str] = {}
-    chosen = judge.get_judge(cache=db)
+    chosen = judge.get_judge(cache=WindowRecords(db))
     for window_id in context.partition_keys:
         try:
             plan = _plan_window(db, rules, window_id, chosen.version)
@@ -158,8 +159,8 @@ def ruler_scores(
                 )
         if judged:
             criteria = {"judge": chosen.name, "version": chosen.version, "is_llm": chosen.is_llm}
-            db.record_judgments(window_id, chosen.name, chosen.version, criteria, judged)
-        stored = [m for m in db.group_members(window_id) if m["kept"]]
+            WindowRecords(db).record_judgments(window_id, chosen.name, chosen.version, criteria, judged)
+        stored = [m for m in WindowRecords(db).group_members(window_id) if m["kept"]]
         valid = len(stored) == len(plan.kept) and all(
             m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version for m in stored
         )
@@ -177,7 +178,9 @@ def ruler_scores(
         )
 
     produced = for_each_window(
-        context, record_window, finish=lambda: db.save_verdicts(SCORES_CHECK, verdicts, context.run.run_id)
+        context,
+        record_window,
+        finish=lambda: WindowRecords(db).save_verdicts(SCORES_CHECK, verdicts, context.run.run_id),
     )
     if produced is not None:
         yield produced
@@ -185,7 +188,7 @@ def ruler_scores(
 
 def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_version: str) -> _WindowPlan | None:
     """The window's kept members and the groups that still need this judge's scores."""
-    kept = [m for m in db.group_members(window_id) if m["kept"]]
+    kept = [m for m in WindowRecords(db).group_members(window_id) if m["kept"]]
     if not kept:
         return None
     stale: dict[str, list[str]] = defaultdict(list)

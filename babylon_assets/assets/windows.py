@@ -7,6 +7,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from babylon_assets.core.dropout import assign_groups, dropout_rate
 from babylon_assets.core.window_time import is_window_closed
+from babylon_assets.db.play_records import PlayRecords
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
@@ -27,9 +29,9 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
 
     def parse_window(window_id: str) -> WindowMetadata:
         read = db.read_window(window_id, eligibility)
-        db.record_quarantine(read.quarantined)
+        PlayRecords(db).record_quarantine(read.quarantined)
         summary = read.summary()
-        db.save_window_state(summary, eligibility, db.window_fingerprint(window_id))
+        WindowRecords(db).save_window_state(summary, eligibility, WindowRecords(db).window_fingerprint(window_id))
         closed = is_window_closed(
             window_id, outcomes_recorded=window_id in with_outcomes, now=db.clock(), grace_minutes=rules.grace_minutes
         )
@@ -96,7 +98,9 @@ def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> Mat
         }
 
     result = for_each_window(
-        context, read_outcomes, finish=lambda: db.save_verdicts(OUTCOMES_CHECK, verdicts, context.run.run_id)
+        context,
+        read_outcomes,
+        finish=lambda: WindowRecords(db).save_verdicts(OUTCOMES_CHECK, verdicts, context.run.run_id),
     )
     assert result is not None
     return result
@@ -121,13 +125,13 @@ def window_groups(
         read = db.read_window(window_id, eligibility)
         summary = read.summary()
         ready = summary.is_ready(eligibility)
-        total = db.eligible_in_lookback(window_id, rules.lookback_hours, eligibility)
+        total = WindowRecords(db).eligible_in_lookback(window_id, rules.lookback_hours, eligibility)
         rate = dropout_rate(total, rules.target_trajectories, rules.max_dropout)
         by_id = {aw.agent_window_id: aw for aw in read.eligible}
         memberships = assign_groups(
             window_id, list(by_id), rate=rate, max_per_group=rules.max_per_group, ready=ready, seed=rules.dropout_seed
         )
-        kept_scores = db.replace_group_members(
+        kept_scores = WindowRecords(db).replace_group_members(
             window_id,
             [
                 {
@@ -169,7 +173,7 @@ def window_groups(
         }
 
     result = for_each_window(
-        context, cut_groups, finish=lambda: db.save_verdicts(READY_CHECK, verdicts, context.run.run_id)
+        context, cut_groups, finish=lambda: WindowRecords(db).save_verdicts(READY_CHECK, verdicts, context.run.run_id)
     )
     assert result is not None
     return result

@@ -23,6 +23,7 @@ from babylon_assets.cli.main import app
 from babylon_assets.core.eligibility import EligibilityRules, ReadinessVerdict, WindowSummary, readiness_verdict
 from babylon_assets.core.window_time import lookback_window_ids, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.settings import Settings, get_settings
 
 
@@ -110,7 +111,7 @@ def print_graph_results(store: Store, window_ids: list[str]) -> None:
     for header in ("window (UTC)", "groups", "kept", "dropped", "best agent (score, P&L)", "worst agent (score, P&L)"):
         table.add_column(header)
     for window_id in window_ids:
-        members = store.group_members(window_id)
+        members = WindowRecords(store).group_members(window_id)
         scored = sorted((m for m in members if m["score"] is not None), key=lambda m: m["score"])
         dropped = [m for m in members if not m["kept"]]
         reasons = ", ".join(sorted({m["reason"] for m in dropped}))
@@ -127,7 +128,7 @@ def print_graph_results(store: Store, window_ids: list[str]) -> None:
             line(scored[0]) if scored else "-",
         )
     console.print(table)
-    latest = store.latest_dataset()
+    latest = WindowRecords(store).latest_dataset()
     if latest is None:
         console.print("Training dataset: none yet.")
         return

@@ -9,7 +9,6 @@ the rows of a pruned folder become `archived` before it goes, so no row is ever 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from sqlalchemy import or_, select, update
 
@@ -42,9 +41,9 @@ class CheckpointRecords:
         """Mark the (not served) rows of these checkpoints archived; how many rows changed."""
         if not paths:
             return 0
-        self.store._require_game_writes("trained_models (archiving pruned checkpoints)")
+        self.store.require_game_writes("trained_models (archiving pruned checkpoints)")
         models = table_of(TrainedModel)
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = self.store.now()
         statement = (
             update(models)
             .where(

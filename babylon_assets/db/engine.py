@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, literal
+from sqlalchemy.dialects import postgresql, sqlite
 
+from babylon_assets.core.window_time import as_utc
 from babylon_assets.db.schema import OUR_SCHEMA
 from babylon_assets.db.url import DatabaseTarget
 
@@ -34,3 +40,43 @@ def make_engine(target: DatabaseTarget, **engine_options: Any) -> Engine:
     else:
         engine = create_engine(target.url, pool_pre_ping=True, **engine_options)
     return engine.execution_options(schema_translate_map=schema_translate_map(target))
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """The form timestamps are stored in: UTC without a zone, as Prisma writes them."""
+    return as_utc(moment).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    """A TEXT id for a new row (Prisma's ids have no database default)."""
+    return uuid.uuid4().hex
+
+
+def insert_many(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows in as few statements as possible; executemany needs one column set per statement."""
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_columns[frozenset(row)].append(row)
+    for group in by_columns.values():
+        connection.execute(table.insert(), group)
+
+
+def upsert(
+    engine: Engine,
+    table: Table,
+    keys: list[str],
+    rows: Sequence[dict[str, Any]],
+    update: Sequence[str],
+    increment: str | None = None,
+) -> None:
+    """Insert rows, or update `update` columns (and add 1 to `increment`) where the keys exist."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(table)
+    changes: dict[str, Any] = {name: statement.excluded[name] for name in update}
+    if increment is not None:
+        changes[increment] = table.c[increment] + literal(1)
+    statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
+    with engine.begin() as connection:
+        connection.execute(statement, list(rows))

@@ -12,20 +12,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
 
 from babylon_assets.core.paired_stats import PlayResult
+from babylon_assets.db.engine import insert_many
 from babylon_assets.db.schema import EvaluationPlay, TrainedModel, table_of
-from babylon_assets.db.store import Store, StoreError, _insert_many
+from babylon_assets.db.store import Store, StoreError
 
 GATE_STATUSES = ("ready", "rejected")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class EvaluationRecords:
@@ -77,7 +73,7 @@ class EvaluationRecords:
                     {"policies": sorted({k[0] for k in keys})},
                 )
             }
-            now = datetime.now(UTC)
+            now = self.store.now_utc()
             fresh = [
                 {
                     "plan_key": plan_key,
@@ -95,7 +91,7 @@ class EvaluationRecords:
                 for p in plays
                 if (p.policy, p.seed, p.window_id, p.slot) not in existing
             ]
-            _insert_many(connection, table, fresh)
+            insert_many(connection, table, fresh)
         return len(fresh)
 
     # --- trained_models -----------------------------------------------------------------------------------
@@ -129,33 +125,33 @@ class EvaluationRecords:
 
     def record_evaluation(self, model_id: str, eval_metrics: dict[str, Any], benchmark_score: float) -> None:
         """Store an evaluation's results on the model's row (evalMetrics, benchmarkScore)."""
-        self.store._require_game_writes("trained_models (evaluation results)")
+        self.store.require_game_writes("trained_models (evaluation results)")
         models = table_of(TrainedModel)
         with self.store.engine.begin() as connection:
             connection.execute(
                 update(models)
                 .where(models.c.modelId == model_id)
-                .values(evalMetrics=eval_metrics, benchmarkScore=benchmark_score, updatedAt=_now())
+                .values(evalMetrics=eval_metrics, benchmarkScore=benchmark_score, updatedAt=self.store.now())
             )
 
     def set_gate_status(self, model_id: str, passed: bool) -> str:
         """The gate's verdict: trained -> ready or rejected. A deployed or archived model keeps its status."""
-        self.store._require_game_writes("trained_models (gate)")
+        self.store.require_game_writes("trained_models (gate)")
         status = "ready" if passed else "rejected"
         models = table_of(TrainedModel)
         with self.store.engine.begin() as connection:
             connection.execute(
                 update(models)
                 .where(and_(models.c.modelId == model_id, models.c.status.in_(("trained", *GATE_STATUSES))))
-                .values(status=status, updatedAt=_now())
+                .values(status=status, updatedAt=self.store.now())
             )
         return status
 
     def mark_deployed(self, model_id: str) -> str | None:
         """The model becomes `deployed` and the one deployed before it `archived`; returns that one's id."""
-        self.store._require_game_writes("trained_models (deploy)")
+        self.store.require_game_writes("trained_models (deploy)")
         models = table_of(TrainedModel)
-        now = _now()
+        now = self.store.now()
         with self.store.engine.begin() as connection:
             previous = (
                 connection.execute(

@@ -22,7 +22,9 @@ from babylon_assets.core.trajectory import (
     TrajectoryMetrics,
 )
 from babylon_assets.core.window_time import Clock, as_utc, utcnow, window_id_of
-from babylon_assets.db.store import RecordedPlay, Store, StoreError, naive_utc, new_id
+from babylon_assets.db.engine import naive_utc, new_id
+from babylon_assets.db.play_records import PlayRecords, RecordedPlay
+from babylon_assets.db.store import Store, StoreError
 
 
 class RecorderError(StoreError):
@@ -165,7 +167,7 @@ class TrajectoryRecorder:
             if value is not None and not math.isfinite(value):
                 raise RecorderError(f"{name} is {value}; record a finite number or None")
         play = self._build(trajectory, end, final_status, final_balance, final_pnl, trades_executed, posts_created)
-        self.store.record_play(play)
+        PlayRecords(self.store).record_play(play)
         del self._open[trajectory_id]
         return trajectory_id
 

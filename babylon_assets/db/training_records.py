@@ -13,11 +13,12 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 
+from babylon_assets.db.engine import insert_many, naive_utc
 from babylon_assets.db.schema import (
     JudgmentRecord,
     TrainedModel,
@@ -26,12 +27,7 @@ from babylon_assets.db.schema import (
     Trajectory,
     table_of,
 )
-from babylon_assets.db.store import Store, _insert_many
-
-
-def _naive_utc(value: datetime) -> datetime:
-    """The game's timestamps are naive UTC; ours are aware: compare them as naive UTC."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+from babylon_assets.db.store import Store
 
 
 @dataclass(frozen=True)
@@ -64,13 +60,9 @@ class TrainingRecords:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _now(self) -> datetime:
-        """The store's clock (so records and judgments share one time line), as the game stores it."""
-        return _naive_utc(self.store.clock())
-
     def start_batch(self, batch_id: str, base_model: str, model_version: str) -> None:
         """A `pending` training_batches row (the run exists; nothing trained yet)."""
-        self.store._require_game_writes("training_batches")
+        self.store.require_game_writes("training_batches")
         with self.store.engine.begin() as connection:
             connection.execute(
                 table_of(TrainingBatch).insert(),
@@ -83,14 +75,14 @@ class TrainingRecords:
                         "trajectoryIds": "[]",
                         "rewardsJson": "[]",
                         "status": "pending",
-                        "createdAt": self._now(),
+                        "createdAt": self.store.now(),
                     }
                 ],
             )
 
     def mark_training(self, batch_id: str) -> None:
         """The run started its first step."""
-        self._update_batch(batch_id, status="training", startedAt=self._now())
+        self._update_batch(batch_id, status="training", startedAt=self.store.now())
 
     def complete_batch(
         self,
@@ -106,7 +98,7 @@ class TrainingRecords:
         self._update_batch(
             batch_id,
             status="completed",
-            completedAt=self._now(),
+            completedAt=self.store.now(),
             modelVersion=model_version,
             trajectoryIds=json.dumps(list(trajectory_ids)),
             rewardsJson=json.dumps(list(rewards)),
@@ -120,16 +112,16 @@ class TrainingRecords:
                 connection.execute(
                     update(trajectories)
                     .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)))
-                    .values(usedInTraining=True, trainedInBatch=batch_id, updatedAt=self._now()),
+                    .values(usedInTraining=True, trainedInBatch=batch_id, updatedAt=self.store.now()),
                     {"ids": ids[start : start + 500]},
                 )
 
     def fail_batch(self, batch_id: str, error: str) -> None:
         """The run failed: the row says so, with the error."""
-        self._update_batch(batch_id, status="failed", completedAt=self._now(), error=error[:10_000])
+        self._update_batch(batch_id, status="failed", completedAt=self.store.now(), error=error[:10_000])
 
     def _update_batch(self, batch_id: str, **values: Any) -> None:
-        self.store._require_game_writes("training_batches")
+        self.store.require_game_writes("training_batches")
         batches = table_of(TrainingBatch)
         with self.store.engine.begin() as connection:
             connection.execute(update(batches).where(batches.c.batchId == batch_id).values(**values))
@@ -146,7 +138,7 @@ class TrainingRecords:
         table = table_of(TrainingStepMember)
         with self.store.engine.begin() as connection:
             connection.execute(table.delete().where(table.c.model_name == model_name, table.c.step == step))
-            _insert_many(
+            insert_many(
                 connection,
                 table,
                 [
@@ -175,7 +167,7 @@ class TrainingRecords:
         wandb_run_id: str | None,
     ) -> None:
         """A `trained` trained_models row for a checkpoint (idempotent on its version)."""
-        self.store._require_game_writes("trained_models")
+        self.store.require_game_writes("trained_models")
         models = table_of(TrainedModel)
         values = {
             "baseModel": base_model,
@@ -184,7 +176,7 @@ class TrainingRecords:
             "storagePath": storage_path,
             "avgReward": avg_reward,
             "wandbRunId": wandb_run_id,
-            "updatedAt": self._now(),
+            "updatedAt": self.store.now(),
         }
         with self.store.engine.begin() as connection:
             existing = connection.execute(select(models.c.id).where(models.c.modelId == model_version)).first()
@@ -198,7 +190,7 @@ class TrainingRecords:
                             "id": uuid.uuid4().hex,
                             "modelId": model_version,
                             "version": model_version,
-                            "createdAt": self._now(),
+                            "createdAt": self.store.now(),
                             **values,
                         }
                     ],
@@ -225,14 +217,14 @@ class TrainingRecords:
         )
         with self.store.engine.connect() as connection:
             rows = connection.execute(query, {"ids": list(window_ids)}).all()
-        return {str(w): _naive_utc(when) for w, when in rows}
+        return {str(w): naive_utc(when) for w, when in rows}
 
     def latest_checkpoint_time(self) -> datetime | None:
         """When the newest checkpoint row was written (None before any)."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
             row = connection.execute(select(models.c.createdAt).order_by(models.c.createdAt.desc()).limit(1)).first()
-        return None if row is None else _naive_utc(row[0])
+        return None if row is None else naive_utc(row[0])
 
     def lineage(self, model_version: str) -> Lineage:
         """Every step, window, agent-window, game trajectory, judgment and batch behind `{name}@{step}`."""

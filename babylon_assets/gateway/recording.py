@@ -15,7 +15,9 @@ from typing import Any
 
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, Step
 from babylon_assets.core.window_time import Clock, as_utc, utcnow, window_id_of
-from babylon_assets.db.store import Store, StoreError, naive_utc
+from babylon_assets.db.engine import naive_utc
+from babylon_assets.db.play_records import PlayRecords
+from babylon_assets.db.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class GatewayRecorder:
         while True:
             await asyncio.sleep(self.close_every_s)
             try:
-                await asyncio.to_thread(self.store.close_gateway_windows, window_id_of(self.clock()))
+                await asyncio.to_thread(PlayRecords(self.store).close_gateway_windows, window_id_of(self.clock()))
             except Exception as error:  # noqa: BLE001 - tried again at the next round
                 log.warning("closing ended gateway hours failed: %s", error)
 
@@ -210,7 +212,7 @@ class GatewayRecorder:
         delay = self.backoff_s
         while True:
             try:
-                written = await asyncio.to_thread(self.store.append_gateway_calls, batch)
+                written = await asyncio.to_thread(PlayRecords(self.store).append_gateway_calls, batch)
             except StoreError as error:
                 if len(batch) > 1:
                     # One refused call (an unknown agent) must not cost the others: write them one by one.

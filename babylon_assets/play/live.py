@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from babylon_assets.core.window_time import WINDOW, as_utc, utcnow, window_id_of, window_start
+from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import Upstream
 from babylon_assets.gateway.server import gateway_in_thread
@@ -159,7 +160,7 @@ def run_live(
             write_clock(clock_file, hour, plan.window_seconds)
             started = time.monotonic()
             if endpoint is not None:
-                store.discard_simulated_play(ids)  # an hour cut short is played again from its start
+                PlayRecords(store).discard_simulated_play(ids)  # an hour cut short is played again from its start
             summary = simulate(
                 store,
                 SimulationPlan(
@@ -178,7 +179,7 @@ def run_live(
             result = summary.windows[0]
             if running is not None:
                 running[1].drain_from_thread(timeout_s=120.0)
-                store.settle_simulated_play(
+                PlayRecords(store).settle_simulated_play(
                     {
                         f"gw-{p.agent_id}-{window_id}": {
                             "finalPnL": round(p.final_pnl, 2),

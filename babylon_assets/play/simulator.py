@@ -17,6 +17,7 @@ from babylon_assets.core.market import WindowMarket, generate_window_market
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, ProviderAccess
 from babylon_assets.core.window_play import Agent, AgentWindowPlay, ScriptedAgent, play_window
 from babylon_assets.core.window_time import WINDOW, window_id_of, window_start
+from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.recorder import RecordedLlmCall, TokenLogprob, TrajectoryRecorder
 from babylon_assets.db.store import Store
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint
@@ -241,7 +242,7 @@ def simulate(
         # Held-out play never rewrites a window's ground truth: the training play's (or the first
         # policy's) outcomes stand, so every policy evaluated on this hour is judged against the same truth.
         if not plan.evaluation or not store.windows_with_outcomes([window_id]):
-            store.replace_market_outcomes(window_id, outcome_rows(market, plays))
+            PlayRecords(store).replace_market_outcomes(window_id, outcome_rows(market, plays))
         result = WindowResult(
             window_id=window_id,
             written=len(plays) - len(existing),

@@ -29,6 +29,7 @@ from babylon_assets.core.paired_stats import EvaluationReport, PlayResult, evalu
 from babylon_assets.core.trajectory import ParsedTrajectory
 from babylon_assets.core.window_time import WINDOW, parse_window_id, window_id_of
 from babylon_assets.db.evaluation_records import EvaluationRecords
+from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import Upstream
 from babylon_assets.gateway.server import free_port, gateway_in_thread
@@ -178,7 +179,9 @@ def play_policy(
         for seed, first in todo:
             windows = plan.window_ids(first)
             # A market whose play was cut short is played again from the start, not appended to.
-            store.discard_simulated_play(gateway_trajectory_id(a.agent_id, w) for a in agents.values() for w in windows)
+            PlayRecords(store).discard_simulated_play(
+                gateway_trajectory_id(a.agent_id, w) for a in agents.values() for w in windows
+            )
             summary = simulate(
                 store,
                 SimulationPlan(
@@ -218,7 +221,7 @@ def play_policy(
                             trajectory_id=trajectory_id,
                         )
                     )
-            store.settle_simulated_play(closing, held_out=True)
+            PlayRecords(store).settle_simulated_play(closing, held_out=True)
             records.save_plays(plan.key, plays)
             result.plays.extend(plays)
             result.played_markets += 1

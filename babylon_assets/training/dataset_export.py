@@ -7,6 +7,7 @@ from typing import TextIO
 
 from babylon_assets.core.eligibility import AgentWindow, EligibilityRules, split_window
 from babylon_assets.db.store import Store, StoreError
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.training.art_trajectories import to_art_trajectory
 
 
@@ -20,7 +21,7 @@ def agent_windows_of(store: Store, window_id: str) -> dict[str, AgentWindow]:
 
 def export_dataset_jsonl(store: Store, out: TextIO) -> tuple[str, int, int]:
     """Write the newest dataset, one `art.Trajectory` JSON per line; returns (dataset id, written, missing)."""
-    latest = store.latest_dataset()
+    latest = WindowRecords(store).latest_dataset()
     if latest is None:
         raise StoreError("no training dataset yet: materialize the training_dataset asset first (see `make demo`)")
     record, members = latest

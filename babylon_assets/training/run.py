@@ -17,6 +17,7 @@ from babylon_assets.core.eligibility import AgentWindow
 from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_decisions, sample_windows
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.db.training_records import StepMember, TrainingRecords
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.training.art_trajectories import to_art_trajectory
 from babylon_assets.training.dataset_export import agent_windows_of
 from babylon_assets.training.tracking import WandbTracker
@@ -99,7 +100,7 @@ def run_training(
     on_step: Callable[[StepReport], None] | None = None,
 ) -> TrainingOutcome:
     """Train on the newest dataset; a failure marks the batch failed with its error and is raised again."""
-    latest = store.latest_dataset()
+    latest = WindowRecords(store).latest_dataset()
     if latest is None or not latest[1]:
         raise NothingToTrainError(
             "no training dataset with members yet: materialize training_dataset first "

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from babylon_assets.cli import app
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, OutcomeJudge
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.definitions import build_definitions
 from babylon_assets.orchestration.pipeline import materialize_windows, window_ranges
 from babylon_assets.play.simulator import SimulationPlan, simulate
@@ -48,6 +49,12 @@ class FlakyJudgeResource(JudgeResource):
     def get_judge(self, cache=None):  # noqa: ANN001, ANN201 - the test double of JudgeResource.get_judge
         return FlakyOutcomeJudge(self.failing_window)
 
+    @classmethod
+    def failing(cls, window_id: str) -> "FlakyJudgeResource":
+        """The judge resource of the default settings, whose judge fails on `window_id`."""
+        settings = Settings()
+        return cls(failing_window=window_id, **{f: getattr(settings, s) for f, s in cls.SETTING_FIELDS.items()})
+
 
 def test_window_ranges_are_consecutive_and_bounded():
     windows = [f"2025-01-15T{h:02d}:00" for h in range(0, 24)] + ["2025-01-16T02:00"]
@@ -82,7 +89,7 @@ def test_a_24_window_backfill_runs_as_one_run(tmp_path, monkeypatch):
         assert run.tags["dagster/asset_partition_range_end"] == "2025-01-16T23:00"
         materialized = instance.get_materialized_partitions(__import__("dagster").AssetKey("ruler_scores"))
         assert len(materialized) == 24
-    assert all(m["score"] is not None for m in store.group_members("2025-01-16T13:00"))
+    assert all(m["score"] is not None for m in WindowRecords(store).group_members("2025-01-16T13:00"))
     store.dispose()
 
 
@@ -93,25 +100,25 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
     windows = ["2025-01-15T10:00", broken, "2025-01-15T12:00"]
     with DagsterInstance.ephemeral() as instance:
         defs = build_definitions(
-            Settings(DATABASE_URL=url), resource_overrides={"judge": FlakyJudgeResource(failing_window=broken)}
+            Settings(DATABASE_URL=url), resource_overrides={"judge": FlakyJudgeResource.failing(broken)}
         )
         (run,) = materialize_windows(defs, windows, instance)
         assert not run.success
         failure = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
         assert "1 of 3 window(s) failed (2025-01-15T11:00)" in str(failure[0].dagster_event.event_specific_data)
-    scored = {w: all(m["score"] is not None for m in simulated_store.group_members(w)) for w in windows}
+    scored = {w: all(m["score"] is not None for m in WindowRecords(simulated_store).group_members(w)) for w in windows}
     assert scored == {"2025-01-15T10:00": True, broken: False, "2025-01-15T12:00": True}
     assert Counter(windows) == JUDGED
     # the retry, with the judge back, judges only the window that failed
     JUDGED.clear()
     with DagsterInstance.ephemeral() as instance:
         defs = build_definitions(
-            Settings(DATABASE_URL=url), resource_overrides={"judge": FlakyJudgeResource(failing_window="none")}
+            Settings(DATABASE_URL=url), resource_overrides={"judge": FlakyJudgeResource.failing("none")}
         )
         (run,) = materialize_windows(defs, windows, instance)
         assert run.success
     assert Counter({broken: 1}) == JUDGED
-    assert all(m["score"] is not None for w in windows for m in simulated_store.group_members(w))
+    assert all(m["score"] is not None for w in windows for m in WindowRecords(simulated_store).group_members(w))
 
 
 def test_the_window_graph_runs_on_the_postgres_instance(monkeypatch, tmp_path, postgres_instance_env, simulated_store):

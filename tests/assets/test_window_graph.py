@@ -8,8 +8,10 @@ from dagster import DagsterInstance
 from sqlalchemy import func, select
 
 from babylon_assets.core.window_time import parse_window_id
+from babylon_assets.db.play_records import PlayRecords, RecordedPlay
 from babylon_assets.db.schema import JudgmentRecord, MarketOutcome, RewardJudgment, Trajectory, table_of
-from babylon_assets.db.store import RecordedPlay, Store
+from babylon_assets.db.store import Store
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.definitions import build_definitions
 from babylon_assets.orchestration.pipeline import materialize_training_dataset, materialize_windows
 from babylon_assets.play.simulator import SimulationPlan, simulate
@@ -104,7 +106,7 @@ def test_rematerializing_a_window_duplicates_nothing_and_never_pays_the_judge_tw
     with simulated_store.engine.connect() as connection:
         times = connection.execute(select(table_of(JudgmentRecord).c.times_judged)).scalars().all()
     assert set(times) == {1}
-    assert len(simulated_store.group_members(W)) == 6
+    assert len(WindowRecords(simulated_store).group_members(W)) == 6
 
 
 def test_ticks_of_one_agent_are_stitched_into_one_agent_window(tmp_path, instance):
@@ -117,15 +119,15 @@ def test_ticks_of_one_agent_are_stitched_into_one_agent_window(tmp_path, instanc
         for n in range(3)
     ]
     rows += [game_row(f"solo-{n}", f"agent-{n}", start + timedelta(minutes=n)) for n in range(5)]
-    store.record_play(RecordedPlay(trajectories=rows))
-    store.replace_market_outcomes(
+    PlayRecords(store).record_play(RecordedPlay(trajectories=rows))
+    PlayRecords(store).replace_market_outcomes(
         W, [{"stockTicker": "NVDX", "startPrice": 100, "endPrice": 101, "changePercent": 1, "sentiment": "neutral"}]
     )
     result = run_window(url, W, instance)
     assert result.success
     parsed = metadata(result, "trajectories")
     assert (parsed["rows"], parsed["agents"], parsed["eligible"], parsed["stitched_agent_windows"]) == (8, 6, 6, 1)
-    stitched = next(m for m in store.group_members(W) if m["agent_id"] == "agent-ticks")
+    stitched = next(m for m in WindowRecords(store).group_members(W) if m["agent_id"] == "agent-ticks")
     assert stitched["agent_window_id"] == "agent-ticks@2025-01-15T10:00"
     assert stitched["trajectory_ids_json"] == '["tick-0", "tick-1", "tick-2"]' and stitched["final_pnl"] == 2.0
     # the stitched score is written back to each of its rows
@@ -145,14 +147,14 @@ def test_a_window_that_is_not_ready_stops_at_its_groups_and_is_never_judged(tmp_
     url = f"sqlite:///{tmp_path / 'lonely.db'}"
     store = Store(url, clock=lambda: NOW)
     store.upgrade()
-    store.record_play(RecordedPlay(trajectories=[game_row("only", "agent-1", parse_window_id(W))]))
+    PlayRecords(store).record_play(RecordedPlay(trajectories=[game_row("only", "agent-1", parse_window_id(W))]))
     # a judge that fails if it is ever asked proves no judge call is made
     result = run_window(url, W, instance, JUDGE_MODEL="openai/would-fail-if-called")
     assert result.success
     groups = metadata(result, "window_groups")
     assert groups["ready"] is False and "has 1 eligible agent(s); need >= 5" in groups["why_not_ready"]
     assert result.asset_materializations_for_node("ruler_scores") == []
-    assert [m["reason"] for m in store.group_members(W)] == ["window_not_ready"]
+    assert [m["reason"] for m in WindowRecords(store).group_members(W)] == ["window_not_ready"]
     assert count(store, JudgmentRecord) == 0 and count(store, RewardJudgment) == 0
     evaluations = checks(result)
     assert evaluations["window_ready"].passed is False
@@ -181,7 +183,7 @@ def test_game_read_only_writes_only_our_tables(simulated_store, instance):
     assert count(simulated_store, RewardJudgment) == 0 and count(simulated_store, JudgmentRecord) == 6
     with simulated_store.engine.connect() as connection:
         assert connection.execute(select(func.count()).where(Trajectory.aiJudgeReward.is_not(None))).scalar_one() == 0
-    assert all(m["score"] is not None for m in simulated_store.group_members(W))
+    assert all(m["score"] is not None for m in WindowRecords(simulated_store).group_members(W))
 
 
 def test_the_training_dataset_unions_scored_groups_and_never_rescores(simulated_store, instance):
@@ -204,7 +206,7 @@ def test_the_training_dataset_unions_scored_groups_and_never_rescores(simulated_
     assert metadata(again, "training_dataset")["new"] is False
     with simulated_store.engine.connect() as connection:
         assert connection.execute(select(table_of(JudgmentRecord).c.judged_at)).scalars().all() == judged_before
-    record, members = simulated_store.latest_dataset()
+    record, members = WindowRecords(simulated_store).latest_dataset()
     assert record["dataset_id"] == built["dataset_id"] and len(members) == 12
     too_early = job.execute_in_process(
         instance=instance, run_config={"ops": {"training_dataset": {"config": {"until": "2025-01-15T09:00"}}}}
@@ -251,11 +253,11 @@ def test_ruler_scores_through_the_ruler_judge_with_one_failing_window(simulated_
         assert not run.success
         first_requests = len(double.requests)
         assert first_requests == 3  # one for the good window, two tries for the bad one
-        scored = simulated_store.group_members(W)
+        scored = WindowRecords(simulated_store).group_members(W)
         assert all(
             m["judge_name"] == "ruler" and m["judge_version"].startswith("ruler:openai/judge-double") for m in scored
         )
-        assert all(m["score"] is None for m in simulated_store.group_members("2025-01-15T11:00"))
+        assert all(m["score"] is None for m in WindowRecords(simulated_store).group_members("2025-01-15T11:00"))
         # W alone again: its scores are current, nothing is sent
         (again,) = materialize_windows(defs, [W], instance)
         assert again.success and len(double.requests) == first_requests

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from babylon_assets.cli import app
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.window_time import parse_window_id
+from babylon_assets.db.play_records import PlayRecords, RecordedPlay
 from babylon_assets.db.recorder import TrajectoryRecorder
 from babylon_assets.db.schema import GAME_TABLE_NAMES, OUR_SCHEMA, OurBase
 from babylon_assets.db.store import (
     GameReadOnlyError,
     NotOurStoreError,
-    RecordedPlay,
     Store,
     UnknownAgentError,
 )
@@ -170,9 +170,9 @@ def test_writes_into_a_game_database_follow_the_rules(fresh_pg_url):
         with pytest.raises(NotOurStoreError, match="game database"):
             simulate(store, SimulationPlan(windows=1), now=NOW)
         with pytest.raises(NotOurStoreError):
-            store.replace_market_outcomes(W, [])
+            PlayRecords(store).replace_market_outcomes(W, [])
         with pytest.raises(UnknownAgentError, match="stranger"):
-            store.record_play(RecordedPlay(trajectories=[game_row("x", "stranger", W_START)]))
+            PlayRecords(store).record_play(RecordedPlay(trajectories=[game_row("x", "stranger", W_START)]))
         recorder = TrajectoryRecorder(store, clock=lambda: NOW)
         recorder.start("agent-1", trajectory_id="recorded-by-us", start_time=W_START)
         recorder.end("recorded-by-us", final_pnl=0.0, end_time=W_START + timedelta(minutes=1))
@@ -183,7 +183,7 @@ def test_writes_into_a_game_database_follow_the_rules(fresh_pg_url):
     read_only = Store(fresh_pg_url, game_read_only=True, clock=lambda: NOW)
     try:
         with pytest.raises(GameReadOnlyError):
-            read_only.record_play(RecordedPlay(trajectories=[game_row("y", "agent-1", W_START)]))
+            PlayRecords(read_only).record_play(RecordedPlay(trajectories=[game_row("y", "agent-1", W_START)]))
     finally:
         read_only.dispose()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,12 +14,12 @@ from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall
 from babylon_assets.core.window_time import parse_window_id
 from babylon_assets.db.migrate import VERSION_TABLE
+from babylon_assets.db.play_records import PlayRecords, RecordedPlay
 from babylon_assets.db.recorder import RecordedLlmCall, RecorderError, TokenLogprob, TrajectoryRecorder
 from babylon_assets.db.schema import OUR_SCHEMA, GameBase, LlmCallLog, OurBase, Trajectory
 from babylon_assets.db.store import (
     DuplicateTrajectoryError,
     GameReadOnlyError,
-    RecordedPlay,
     Store,
 )
 from tests.builders import game_row, step
@@ -91,7 +91,7 @@ def malformed_window_rows() -> list[dict]:
 
 
 def test_malformed_rows_are_quarantined_or_excluded_and_every_valid_row_is_returned(store: Store):
-    store.record_play(RecordedPlay(trajectories=malformed_window_rows()))
+    PlayRecords(store).record_play(RecordedPlay(trajectories=malformed_window_rows()))
     read = store.read_window(W, RULES)
     assert sorted(aw.agent_id for aw in read.eligible) == ["agent-1", "agent-2", "agent-3"]
     stitched = next(aw for aw in read.eligible if aw.agent_id == "agent-1")
@@ -111,8 +111,8 @@ def test_malformed_rows_are_quarantined_or_excluded_and_every_valid_row_is_retur
     assert excluded == {"none-pnl": "missing_pnl", "no-llm": "no_llm_calls"}
     assert read.rows == 11
 
-    assert store.record_quarantine(read.quarantined) == 5
-    store.record_quarantine(read.quarantined)  # seen again: updated, not duplicated
+    assert PlayRecords(store).record_quarantine(read.quarantined) == 5
+    PlayRecords(store).record_quarantine(read.quarantined)  # seen again: updated, not duplicated
     assert store.quarantine_counts(W) == {
         "future_timestamp": 1,
         "invalid_json": 1,
@@ -123,7 +123,7 @@ def test_malformed_rows_are_quarantined_or_excluded_and_every_valid_row_is_retur
 
 
 def test_nan_in_the_pnl_column_is_quarantined_where_the_database_keeps_it(store: Store):
-    store.record_play(
+    PlayRecords(store).record_play(
         RecordedPlay(trajectories=[game_row("nan-col", "agent-1", W_START, final_pnl=math.nan, metrics={})])
     )
     read = store.read_window(W, RULES)
@@ -134,10 +134,10 @@ def test_nan_in_the_pnl_column_is_quarantined_where_the_database_keeps_it(store:
 
 
 def test_summaries_count_each_window_and_the_verdict_rule(store: Store):
-    store.record_play(RecordedPlay(trajectories=malformed_window_rows()))
+    PlayRecords(store).record_play(RecordedPlay(trajectories=malformed_window_rows()))
     later = W_START + timedelta(hours=2)
-    store.record_play(RecordedPlay(trajectories=[game_row("late-1", "agent-1", later)]))
-    store.replace_market_outcomes(
+    PlayRecords(store).record_play(RecordedPlay(trajectories=[game_row("late-1", "agent-1", later)]))
+    PlayRecords(store).replace_market_outcomes(
         W,
         [
             {
@@ -181,8 +181,8 @@ def test_outcomes_round_trip_and_replace_idempotently(store: Store):
             "volume": 15000.0,
         },
     ]
-    store.replace_market_outcomes(W, rows)
-    store.replace_market_outcomes(W, rows)
+    PlayRecords(store).replace_market_outcomes(W, rows)
+    PlayRecords(store).replace_market_outcomes(W, rows)
     outcomes = store.window_outcomes(W)
     assert outcomes.recorded and len(outcomes.stocks) == 1 and len(outcomes.predictions) == 1
     stock = outcomes.stocks[0]
@@ -262,9 +262,9 @@ def test_game_read_only_refuses_every_write(store: Store):
     read_only = Store(store.target.url.render_as_string(hide_password=False), game_read_only=True, clock=lambda: NOW)
     try:
         with pytest.raises(GameReadOnlyError):
-            read_only.record_play(RecordedPlay(trajectories=[game_row("t", "agent-1", W_START)]))
+            PlayRecords(read_only).record_play(RecordedPlay(trajectories=[game_row("t", "agent-1", W_START)]))
         with pytest.raises(GameReadOnlyError):
-            read_only.replace_market_outcomes(W, [])
+            PlayRecords(read_only).replace_market_outcomes(W, [])
     finally:
         read_only.dispose()
     assert count(store, Trajectory) == 0
@@ -274,7 +274,27 @@ def test_rows_naming_different_columns_are_written_together(store: Store):
     sparse = game_row("sparse", "agent-2", W_START)
     for optional in ("finalBalance", "tradesExecuted", "isEvaluation", "windowHours"):
         sparse.pop(optional, None)
-    store.record_play(RecordedPlay(trajectories=[game_row("full", "agent-1", W_START), sparse]))
+    PlayRecords(store).record_play(RecordedPlay(trajectories=[game_row("full", "agent-1", W_START), sparse]))
     assert count(store, Trajectory) == 2
     read = store.read_window(W, RULES)
     assert sorted(t for aw in read.eligible for t in aw.trajectory_ids) == ["full", "sparse"]
+
+
+def test_every_record_keeper_writes_the_time_of_the_stores_own_clock(tmp_path):
+    from babylon_assets.db.evaluation_records import EvaluationRecords
+    from babylon_assets.db.schema import TrainedModel, table_of
+    from babylon_assets.db.training_records import TrainingRecords
+
+    clock_time = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
+    store = Store(f"sqlite:///{tmp_path / 'clock.db'}", clock=lambda: clock_time)
+    store.upgrade()
+    TrainingRecords(store).add_checkpoint(
+        model_version="m@1", base_model="base", batch_id="b1", storage_path="/x", avg_reward=None, wandb_run_id=None
+    )
+    with store.engine.begin() as connection:
+        connection.execute(table_of(TrainedModel).update().values(updatedAt=datetime(2000, 1, 1)))
+    assert EvaluationRecords(store).set_gate_status("m@1", passed=True) == "ready"
+    with store.engine.connect() as connection:
+        row = connection.execute(table_of(TrainedModel).select()).mappings().one()
+    assert row["updatedAt"] == clock_time.replace(tzinfo=None) == store.now()
+    store.dispose()

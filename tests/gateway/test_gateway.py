@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from babylon_assets.core.eligibility import EligibilityRules
+from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.schema import LlmCallLog, Trajectory, table_of
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
@@ -103,16 +104,16 @@ def test_an_upstream_error_reaches_the_agent_and_nothing_is_recorded(tmp_path):
 def test_a_failing_store_never_fails_the_call_and_the_record_lands_later(tmp_path, monkeypatch):
     store = Store(f"sqlite:///{tmp_path / 'g.db'}")
     store.upgrade()
-    original = store.append_gateway_calls
+    original = PlayRecords.append_gateway_calls
     outage = {"left": 3}
 
-    def flaky(records):
+    def flaky(self, records):
         if outage["left"]:
             outage["left"] -= 1
             raise ConnectionError("store unreachable")
-        return original(records)
+        return original(self, records)
 
-    monkeypatch.setattr(store, "append_gateway_calls", flaky)
+    monkeypatch.setattr(PlayRecords, "append_gateway_calls", flaky)
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, recorder = gateway(store, double, lambda: HOUR)
         with TestClient(app) as client:

@@ -10,7 +10,9 @@ import pytest
 from dagster import DagsterInstance
 from starlette.testclient import TestClient
 
+from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.definitions import build_definitions
 from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
 from babylon_assets.gateway.recording import GatewayRecorder
@@ -81,7 +83,7 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
             unknown = client.post("/v1/chat/completions", json=body("stranger", 0), headers={AGENT_HEADER: "stranger"})
             assert unknown.status_code == 200  # the agent is answered; the record is refused by the game's rule
             wait_until(lambda: recorder.counters.recorded == 30 and recorder.counters.rejected == 1)
-    assert store.close_gateway_windows("2025-01-15T11:00") == 6
+    assert PlayRecords(store).close_gateway_windows("2025-01-15T11:00") == 6
     read = store.read_window(
         "2025-01-15T10:00",
         __import__("babylon_assets.core.eligibility", fromlist=["EligibilityRules"]).EligibilityRules(),
@@ -94,7 +96,7 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
     with DagsterInstance.ephemeral() as instance:
         (run,) = materialize_windows(defs, ["2025-01-15T10:00"], instance)
         assert run.success
-    members = store.group_members("2025-01-15T10:00")
+    members = WindowRecords(store).group_members("2025-01-15T10:00")
     assert len(members) == 6 and all(m["score"] is not None for m in members)
     with psycopg2.connect(fresh_pg_url) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM reward_judgments")

@@ -15,7 +15,9 @@ import pytest
 from babylon_assets.core.eligibility import EligibilityRules
 from babylon_assets.core.judging import JudgeGroup
 from babylon_assets.core.window_time import parse_window_id
-from babylon_assets.db.store import RecordedPlay, Store
+from babylon_assets.db.play_records import PlayRecords, RecordedPlay
+from babylon_assets.db.store import Store
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.judges.ruler import RulerConfig, RulerJudge, pinned_schema
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.settings import Settings
@@ -82,7 +84,9 @@ def ruler_config(**fields: Any) -> RulerConfig:
 
 def judge(double: OpenAICompatibleTestDouble, store: Store | None = None, **overrides: Any) -> RulerJudge:
     settings: dict[str, Any] = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5, **overrides}
-    return RulerJudge(ruler_config(api_base=double.base_url, **settings), cache=store)
+    return RulerJudge(
+        ruler_config(api_base=double.base_url, **settings), cache=None if store is None else WindowRecords(store)
+    )
 
 
 @pytest.mark.parametrize("mode", ["art", "pinned"])
@@ -222,7 +226,7 @@ def test_a_group_of_identical_trajectories_is_not_sent(tmp_path):
     store.upgrade()
     start = parse_window_id(W)
     same_steps = [step(n, agent="twin") for n in range(5)]
-    store.record_play(
+    PlayRecords(store).record_play(
         RecordedPlay(
             trajectories=[
                 game_row(f"twin-{n}", f"agent-{n}", start + timedelta(minutes=n), steps=same_steps) for n in range(3)
@@ -250,7 +254,7 @@ def test_agent_text_is_data_inside_its_own_block(tmp_path):
         if n == 1:
             steps[2]["llmCalls"][0]["response"] = json.dumps({"action": "HOLD", "reasoning": attack})
         rows.append(game_row(f"t-{n}", f"agent-{n}", start + timedelta(minutes=n), steps=steps))
-    store.record_play(RecordedPlay(trajectories=rows))
+    PlayRecords(store).record_play(RecordedPlay(trajectories=rows))
     read = store.read_window(W, EligibilityRules(min_actions=5, min_agents=1))
     group = JudgeGroup("g", W, read.eligible, store.window_outcomes(W))
     with OpenAICompatibleTestDouble(good) as double:

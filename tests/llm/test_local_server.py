@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from babylon_assets.db.schema import LlmCallLog
 from babylon_assets.db.store import Store
+from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.definitions import build_definitions
 from babylon_assets.gateway.server import free_port
 from babylon_assets.llm import local_server
@@ -60,11 +61,11 @@ def test_ruler_scores_a_window_with_the_local_judge(tmp_path, llm_url):
     with DagsterInstance.ephemeral() as instance:
         (run,) = materialize_windows(build_definitions(settings), ["2025-01-15T10:00"], instance)
         assert run.success
-    members = store.group_members("2025-01-15T10:00")
+    members = WindowRecords(store).group_members("2025-01-15T10:00")
     assert len(members) == 3 and all(m["kept"] for m in members)
     assert all(m["score"] is not None and 0.0 <= m["score"] <= 1.0 for m in members)
     assert {m["judge_version"] for m in members} == {"ruler:openai/smollm2:trading-v1:pinned"}
-    verdicts = store.verdicts("scores_valid", window_ids=["2025-01-15T10:00"])
+    verdicts = WindowRecords(store).verdicts("scores_valid", window_ids=["2025-01-15T10:00"])
     assert [v["passed"] for v in verdicts] == [True]
     store.dispose()
 

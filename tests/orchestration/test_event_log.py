@@ -69,7 +69,7 @@ def test_the_batching_event_log_stores_what_dagsters_sqlite_event_log_stores(
     monkeypatch, tmp_path: Path, simulated_store, failing_window
 ):
     url = simulated_store.target.url.render_as_string(hide_password=False)
-    judge = FlakyJudgeResource(failing_window=failing_window)
+    judge = FlakyJudgeResource.failing(failing_window)
     monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "1000")  # Dagster's own storage gets the same batches
     (tmp_path / "dagster_default").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "dagster_default")) as instance:
