@@ -26,9 +26,9 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from babylon_assets.assets.scores import rank_group
 from babylon_assets.core.dropout import assign_groups, dropout_rate
 from babylon_assets.core.judging import JudgeGroup, OutcomeJudge, validate_result
+from babylon_assets.core.ranking import rank_members
 from babylon_assets.core.sensing import rows_fingerprint
 from babylon_assets.core.window_time import window_id_of
 from babylon_assets.db.engine import naive_utc
@@ -105,7 +105,12 @@ def direct_backfill(store: Store, window_ids: list[str]) -> int:
         validate_result(groups, result)
         judged = []
         for group in groups:
-            ranks = rank_group({aw.agent_window_id: result.scores[aw.agent_window_id].score for aw in group.members})
+            ranks = {
+                r.member: (r.rank, r.normalized)
+                for r in rank_members(
+                    {aw.agent_window_id: result.scores[aw.agent_window_id].score for aw in group.members}
+                )
+            }
             for aw in group.members:
                 rank, normalized = ranks[aw.agent_window_id]
                 verdict = result.scores[aw.agent_window_id]

@@ -1,7 +1,6 @@
 """Judging the window's groups through the judge interface (DESIGN 6)."""
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +8,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, spearman, validate_result
+from babylon_assets.core.ranking import StoredScore, groups_to_judge, rank_members
 from babylon_assets.db.store import Store
 from babylon_assets.db.window_records import AgentWindowScore, WindowRecords
 from babylon_assets.partitions import WINDOW_PARTITIONS
@@ -21,13 +21,6 @@ from .ranges import WINDOW_BACKFILL_POLICY, WindowMetadata, for_each_window
 from .windows import market_outcomes, window_groups
 
 SCORES_CHECK = "scores_valid"
-
-
-def rank_group(scores: dict[str, float]) -> dict[str, tuple[int, float]]:
-    """Rank 1 = best score in the group, and the score min-max normalized within the group."""
-    ordered = sorted(scores, key=lambda k: (-scores[k], k))
-    low, high = min(scores.values()), max(scores.values())
-    return {k: (i + 1, (scores[k] - low) / (high - low) if high > low else 0.5) for i, k in enumerate(ordered)}
 
 
 def score_metadata(
@@ -145,10 +138,10 @@ def ruler_scores(
         validate_result(plan.groups, JudgeResult({k: v for k, v in result.scores.items() if k in members}))
         judged = []
         for group in plan.groups:
-            ranks = rank_group({aw.agent_window_id: result.scores[aw.agent_window_id].score for aw in group.members})
-            for aw in group.members:
-                verdict = result.scores[aw.agent_window_id]
-                rank, normalized = ranks[aw.agent_window_id]
+            by_member = {aw.agent_window_id: aw for aw in group.members}
+            for place in rank_members({member: result.scores[member].score for member in by_member}):
+                aw, verdict = by_member[place.member], result.scores[place.member]
+                rank, normalized = place.rank, place.normalized
                 judged.append(
                     (
                         AgentWindowScore(
@@ -191,17 +184,11 @@ def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_ve
     kept = [m for m in WindowRecords(db).group_members(window_id) if m["kept"]]
     if not kept:
         return None
-    stale: dict[str, list[str]] = defaultdict(list)
-    for m in kept:
-        stale[m["group_id"]].append(m["agent_window_id"])
-    fresh = {
-        g
-        for g, ids in stale.items()
-        if all(m["score"] is not None and m["judge_version"] == judge_version for m in kept if m["group_id"] == g)
-    }
     outcomes = db.window_outcomes(window_id)
     groups: list[JudgeGroup] = []
-    needed = {g: ids for g, ids in stale.items() if g not in fresh}
+    needed = groups_to_judge(
+        [StoredScore(m["group_id"], m["agent_window_id"], m["score"], m["judge_version"]) for m in kept], judge_version
+    )
     if needed:
         read = db.read_window(window_id, rules.eligibility())
         by_id = {aw.agent_window_id: aw for aw in read.eligible}

@@ -7,6 +7,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from babylon_assets.core.ranking import rank_groups
+
 
 def sample_windows(window_ids: Sequence[str], per_iteration: int, seed: int, iteration: int) -> list[str]:
     """Up to `per_iteration` windows for one iteration (all of them when fewer exist), in time order.
@@ -30,15 +32,6 @@ def sample_decisions(count: int, per_trajectory: int, seed: int, iteration: int,
     return sorted(random.Random(digest).sample(range(count), per_trajectory))
 
 
-def _ranked_groups(rewards: Sequence[tuple[str, str, float]]) -> list[tuple[str, list[tuple[str, float]]]]:
-    """(group, member, reward) -> each group's (member, reward) pairs, best first (ties: the member that
-    sorts first), groups in order."""
-    by_group: dict[str, list[tuple[str, float]]] = {}
-    for group, member, reward in rewards:
-        by_group.setdefault(group, []).append((member, reward))
-    return [(group, sorted(by_group[group], key=lambda m: (-m[1], m[0]))) for group in sorted(by_group)]
-
-
 def best_of_groups(rewards: Sequence[tuple[str, str, float]], per_group: int = 1) -> list[str]:
     """(group, member, reward) -> the `per_group` best-rewarded members of every group, group by group.
 
@@ -49,9 +42,9 @@ def best_of_groups(rewards: Sequence[tuple[str, str, float]], per_group: int = 1
     if per_group < 1:
         raise ValueError(f"per_group must be at least 1, got {per_group}")
     chosen: list[str] = []
-    for _, members in _ranked_groups(rewards):
-        if len({reward for _, reward in members}) >= 2:
-            chosen.extend(member for member, _ in members[:per_group])
+    for _, members in rank_groups(rewards):
+        if len({m.score for m in members}) >= 2:
+            chosen.extend(m.member for m in members[:per_group])
     return chosen
 
 
@@ -76,10 +69,9 @@ class Spread:
 
 
 def ranks_within_groups(rewards: Sequence[tuple[str, str, float]]) -> list[dict[str, object]]:
-    """(group, member, reward) -> each member's rank in its group (1 = best; ties share the better rank)."""
+    """(group, member, reward) -> each member's rank in its group, by the one ranking rule (core.ranking)."""
     ranked: list[dict[str, object]] = []
-    for group, members in _ranked_groups(rewards):
-        for member, reward in members:
-            rank = 1 + sum(1 for _, other in members if other > reward)
-            ranked.append({"group_id": group, "agent_window_id": member, "reward": reward, "rank": rank})
+    for group, members in rank_groups(rewards):
+        for m in members:
+            ranked.append({"group_id": group, "agent_window_id": m.member, "reward": m.score, "rank": m.rank})
     return ranked
