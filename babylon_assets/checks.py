@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from babylon_assets.assets.datasets import training_dataset
-from babylon_assets.assets.presentation import markdown_table
+from babylon_assets.assets.presentation import metadata_table
 from babylon_assets.assets.promotion import checkpoint_evaluation, evaluated_version
 from babylon_assets.assets.scores import SCORES_CHECK, ruler_scores
 from babylon_assets.assets.windows import OUTCOMES_CHECK, READY_CHECK, market_outcomes, window_groups
@@ -38,7 +38,7 @@ def _report(
         metadata={
             "windows_checked": len(verdicts),
             "failing_windows": MetadataValue.json([v["window_id"] for v in failing]),
-            "verdicts": markdown_table(
+            "verdicts": metadata_table(
                 ["window", "passed", "detail"], [(v["window_id"], v["passed"], v["detail"]) for v in verdicts]
             ),
         },
@@ -100,7 +100,7 @@ def dataset_not_empty(context: AssetCheckExecutionContext, store: StoreResource)
 def promotion_gate(context: AssetCheckExecutionContext, store: StoreResource) -> AssetCheckResult:
     version = evaluated_version(context.instance, checkpoint_evaluation.key)
     records = EvaluationRecords(store.get_store())
-    metrics = records.model(version).get("evalMetrics") or {}
+    metrics = records.model(version).metrics
     gate = metrics.get("gate") if isinstance(metrics, dict) else None
     if not gate:
         status = records.set_gate_status(version, False)

@@ -14,3 +14,8 @@ def build_window_partitions(partition_start: str) -> HourlyPartitionsDefinition:
 
 
 WINDOW_PARTITIONS = build_window_partitions(get_settings().PARTITION_START)
+
+# The run tags that make one run cover a range of windows: the names Dagster documents for ranged runs and writes
+# itself for single-run backfills (spelled out here, not imported from Dagster's private modules).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"

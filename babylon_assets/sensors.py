@@ -17,7 +17,6 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests
@@ -26,6 +25,7 @@ from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.jobs import promotion_job, training_job, window_graph_job
+from babylon_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from babylon_assets.play.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
@@ -60,7 +60,7 @@ def evaluate_window_sensor(
         run_requests=[
             RunRequest(
                 run_key=request.run_key,
-                tags={ASSET_PARTITION_RANGE_START_TAG: request.first, ASSET_PARTITION_RANGE_END_TAG: request.last},
+                tags={RANGE_START_TAG: request.first, RANGE_END_TAG: request.last},
             )
             for request in plan.requests
         ],

@@ -139,7 +139,7 @@ def dagster_backfill(store: Store, window_ids: list[str], home: Path, per_run: i
             f"  dagster: {len(runs)} runs of {', '.join(str(r.windows) for r in runs)} windows "
             f"({type(instance.event_log_storage).__name__})"
         )
-    return sum(1 for w in window_ids for m in WindowRecords(store).group_members(w) if m["score"] is not None)
+    return sum(1 for w in window_ids for m in WindowRecords(store).group_members(w) if m.score is not None)
 
 
 def sensor_store(path: Path, windows: int, rows: int) -> Store:

@@ -310,7 +310,7 @@ def main() -> int:
     records = EvaluationRecords(store)
     newest = records.newest_checkpoint(settings.MODEL_NAME)
     warm_steps = warm_start_steps(folder, args)
-    trained = int(str(newest["modelId"]).rsplit("@", 1)[1]) - warm_steps if newest else 0
+    trained = int(str(newest.modelId).rsplit("@", 1)[1]) - warm_steps if newest else 0
     if trained < args.iterations:
         from dagster import DagsterInstance
 
@@ -347,7 +347,7 @@ def main() -> int:
     from babylon_assets.promotion.evaluation import local_policy_server, play_policy
 
     assert newest is not None
-    version = str(newest["modelId"])
+    version = str(newest.modelId)
     policies = [
         (
             base_policy(settings.BASE_MODEL),
@@ -356,11 +356,11 @@ def main() -> int:
         (
             version,
             local_policy_server(
-                folder / "eval" / "checkpoint", settings.BASE_MODEL, Path(str(newest["storagePath"])), version
+                folder / "eval" / "checkpoint", settings.BASE_MODEL, Path(str(newest.storagePath)), version
             ),
         ),
     ]
-    fingerprints = {policies[0][0]: "smollm2-q4_1", version: adapter_fingerprint(Path(str(newest["storagePath"])))}
+    fingerprints = {policies[0][0]: "smollm2-q4_1", version: adapter_fingerprint(Path(str(newest.storagePath)))}
     for policy, serve in policies:
         loaded = load_plays(records, plan.key, policy, fingerprints[policy])
         if loaded:
@@ -397,7 +397,7 @@ def report(store, settings, options, version: str | None = None) -> int:
         if newest is None:
             print("no checkpoint yet")
             return 1
-        version = str(newest["modelId"])
+        version = str(newest.modelId)
     base = records.plays(options.plan.key, base_policy(settings.BASE_MODEL))
     candidate = records.plays(options.plan.key, version)
     result = evaluate(

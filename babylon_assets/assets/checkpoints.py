@@ -1,16 +1,17 @@
 """The trained checkpoint: GRPO steps on the newest training dataset through ART's backend protocol."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetObservation, MaterializeResult, MetadataValue, asset
 
+from babylon_assets.orchestration.instance import TRAINING_POOL
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
 from babylon_assets.training.run import StepReport, run_training
 
 from .datasets import training_dataset
-from .presentation import markdown_table
+from .presentation import metadata_table
 
 
-@asset(group_name="training", deps=[training_dataset], kinds={"pytorch"})
+@asset(group_name="training", deps=[training_dataset], kinds={"pytorch"}, pool=TRAINING_POOL)
 def trained_checkpoint(
     context: AssetExecutionContext, store: StoreResource, trainer: TrainerResource
 ) -> MaterializeResult:
@@ -24,6 +25,21 @@ def trained_checkpoint(
             f"{report.groups} groups, {report.trajectories} agent-windows, "
             f"{report.metrics.get('tokens_per_second', 0):.0f} tokens/s"
         )
+        # One observation per step: the asset's Plots tab draws loss and reward over steps, and the promotion
+        # sensor, which fires on materializations, never sees them.
+        context.log_event(
+            AssetObservation(
+                asset_key=context.asset_key,
+                metadata={
+                    "step": report.step,
+                    "loss": float(loss),
+                    "reward_mean": float(report.metrics.get("reward_mean", 0.0)),
+                    "reward_std": float(report.metrics.get("reward_std", 0.0)),
+                    "groups": report.groups,
+                    "agent_windows": report.trajectories,
+                },
+            )
+        )
 
     outcome = run_training(
         db,
@@ -36,12 +52,12 @@ def trained_checkpoint(
     rows = [
         (
             r.step,
-            f"{r.metrics.get('loss', 0.0):.4f}",
-            f"{r.metrics.get('reward_mean', 0.0):.3f}",
+            round(float(r.metrics.get("loss", 0.0)), 4),
+            round(float(r.metrics.get("reward_mean", 0.0)), 3),
             int(r.metrics.get("groups_used", 0)),
             int(r.metrics.get("groups_skipped_zero_variance", 0)),
-            f"{r.metrics.get('tokens_per_second', 0.0):.0f}",
-            f"{r.metrics.get('seconds', 0.0):.1f}",
+            round(float(r.metrics.get("tokens_per_second", 0.0))),
+            round(float(r.metrics.get("seconds", 0.0)), 1),
         )
         for r in outcome.steps
     ]
@@ -58,7 +74,7 @@ def trained_checkpoint(
             "pnl_mean": outcome.pnl.mean,
             "wandb_run_id": outcome.wandb_run_id or "",
             "wandb_dir": outcome.wandb_dir or "",
-            "per_step": markdown_table(
+            "per_step": metadata_table(
                 ["step", "loss", "reward mean", "groups used", "groups skipped", "tokens/s", "seconds"], rows
             ),
         }

@@ -10,7 +10,7 @@ from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 
-from .presentation import counts_table, markdown_table
+from .presentation import counts_table, metadata_table
 from .scores import ruler_scores
 
 
@@ -69,6 +69,6 @@ def training_dataset(
             "trajectories": len(plan.members),
             "groups_kept": plan.groups,
             "groups_dropped": counts_table(plan.dropped_groups),
-            "trajectories_per_window": markdown_table(["window", "trajectories"], sorted(per_window.items())),
+            "trajectories_per_window": metadata_table(["window", "trajectories"], sorted(per_window.items())),
         }
     )

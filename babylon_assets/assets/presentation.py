@@ -1,30 +1,44 @@
-"""Metadata a person reads in the UI: markdown tables and a small inline plot."""
+"""Metadata a person reads in the UI: tables with their schema, and a small inline plot."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
 
-from dagster import MetadataValue
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def _column_type(values: Sequence[object]) -> str:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool"
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "int"
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return "float"
+    return "string"
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> MetadataValue:
-    """A markdown table (an em dash when there are no rows)."""
-    lines = [f"| {' | '.join(headers)} |", f"|{'---|' * len(headers)}"]
-    lines.extend(f"| {' | '.join(_cell(v) for v in row)} |" for row in rows)
-    if len(lines) == 2:
-        lines.append(f"| {' | '.join(['—'] * len(headers))} |")
-    return MetadataValue.md("\n".join(lines))
+def _table_value(value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def metadata_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> MetadataValue:
+    """A table the UI shows with its schema: one typed column per header (numbers stay numbers)."""
+    records = [[_table_value(v) for v in row] for row in rows]
+    columns = [TableColumn(name, _column_type([record[i] for record in records])) for i, name in enumerate(headers)]
+    return MetadataValue.table(
+        records=[TableRecord(dict(zip(headers, record, strict=True))) for record in records],
+        schema=TableSchema(columns=columns),
+    )
 
 
 def counts_table(counts: Mapping[str, int], label: str = "reason") -> MetadataValue:
     """Counts by reason, largest first."""
     ordered: list[tuple[str, int]] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return markdown_table([label, "count"], ordered)
+    return metadata_table([label, "count"], ordered)
 
 
 def scatter_svg(points: Sequence[tuple[float, float]], x_label: str, y_label: str) -> str:

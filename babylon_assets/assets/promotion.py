@@ -17,7 +17,7 @@ from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
 
 from .checkpoints import trained_checkpoint
-from .presentation import markdown_table
+from .presentation import metadata_table
 
 
 def _bound(value: float | None) -> float:
@@ -42,7 +42,7 @@ def checkpoint_evaluation(
         raise Failure(f"no checkpoint of {promotion.model_name} yet: materialize trained_checkpoint first")
     options = promotion.evaluation_options()
     context.log.info(
-        f"evaluating {model['modelId']} against {options.base_model} on "
+        f"evaluating {model.modelId} against {options.base_model} on "
         f"{options.plan.agent_windows} paired agent-windows (plan {options.plan.key[:8]})"
     )
     outcome = evaluate_checkpoint(
@@ -56,7 +56,7 @@ def checkpoint_evaluation(
     report = outcome.report
     tracker = trainer.tracker()
     if tracker is not None:
-        tracker.start(f"eval-{outcome.model_version}", {}, run_id=model.get("wandbRunId") or None)
+        tracker.start(f"eval-{outcome.model_version}", {}, run_id=model.wandbRunId or None)
         tracker.summarize(
             {
                 f"eval/{k}": v
@@ -76,15 +76,15 @@ def checkpoint_evaluation(
         tracker.finish()
     rows = []
     for label, metrics in (("base", report.base), ("checkpoint", report.candidate)):
-        judged = "—" if metrics.mean_judge_score is None else f"{metrics.mean_judge_score:.3f}"
+        judged = None if metrics.mean_judge_score is None else round(metrics.mean_judge_score, 3)
         rows.append(
             (
                 label,
                 metrics.agent_windows,
-                f"{metrics.mean_pnl:+,.2f}",
-                f"{metrics.win_rate:.1%}",
-                f"{metrics.mean_max_drawdown:,.2f}",
-                f"{metrics.unparseable_rate:.1%}",
+                round(metrics.mean_pnl, 2),
+                round(metrics.win_rate, 4),
+                round(metrics.mean_max_drawdown, 2),
+                round(metrics.unparseable_rate, 4),
                 judged,
             )
         )
@@ -104,7 +104,7 @@ def checkpoint_evaluation(
             "paired_pnl_low": _bound(report.paired.low),
             "paired_pnl_high": _bound(report.paired.high),
             "gate": report.verdict.describe(),
-            "policies": markdown_table(
+            "policies": metadata_table(
                 ["policy", "agent-windows", "mean P&L", "win rate", "mean max drawdown", "unparseable", "judge score"],
                 rows,
             ),

@@ -5,9 +5,17 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagster import AssetExecutionContext, BackfillPolicy, BetaWarning, Failure, MaterializeResult, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    AssetObservation,
+    BackfillPolicy,
+    BetaWarning,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+)
 
-from .presentation import markdown_table
+from .presentation import metadata_table
 
 # A week's backfill (168 windows) runs as one run, a year's as 53: Dagster's cost per run (run creation,
 # per-run event shard) is what a ranged run saves, and a window that fails costs the others nothing.
@@ -40,10 +48,15 @@ def combine(results: Mapping[str, WindowMetadata]) -> WindowMetadata:
         "windows": len(windows),
         "window_range": f"{windows[0]} .. {windows[-1]}",
         **totals,
-        "per_window": markdown_table(
-            ["window", *counts], [[w, *(results[w].get(k, "") for k in counts)] for w in windows]
-        ),
+        "per_window": metadata_table(["window", *counts], [[w, *(results[w].get(k) for k in counts)] for w in windows]),
     }
+
+
+def observe_window(context: AssetExecutionContext, window_id: str, figures: WindowMetadata) -> None:
+    """A ranged run's figures of one window as an observation of its own partition: Dagster copies the run's one
+    materialization onto every partition of the range, so without it a window would show the range's totals."""
+    scalars = {k: v for k, v in figures.items() if not callable(v)}
+    context.log_event(AssetObservation(asset_key=context.asset_key, partition=window_id, metadata=scalars))
 
 
 def for_each_window(
@@ -66,6 +79,8 @@ def for_each_window(
                 continue
             if produced is not None:
                 results[window_id] = produced
+                if len(context.partition_keys) > 1:
+                    observe_window(context, window_id, produced)
     finally:
         if finish is not None:
             finish()

@@ -3,29 +3,34 @@
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, spearman, validate_result
 from babylon_assets.core.ranking import StoredScore, groups_to_judge, rank_members
 from babylon_assets.db.store import Store
-from babylon_assets.db.window_records import AgentWindowScore, WindowRecords
+from babylon_assets.db.window_records import AgentWindowScore, GroupMemberRecord, WindowRecords
 from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 
-from .presentation import inline_image, markdown_table, scatter_svg
+from .presentation import inline_image, metadata_table, scatter_svg
 from .ranges import WINDOW_BACKFILL_POLICY, WindowMetadata, for_each_window
 from .windows import market_outcomes, window_groups
 
 SCORES_CHECK = "scores_valid"
 
 
+def _judged_score(member: GroupMemberRecord) -> float:
+    if member.score is None:
+        raise ValueError(f"agent-window {member.agent_window_id} has no stored score")
+    return member.score
+
+
 def score_metadata(
     window_id: str,
-    kept: list[dict[str, Any]],
+    kept: list[GroupMemberRecord],
     usage: JudgeUsage,
     judged_now: int,
     judge_name: str,
@@ -34,9 +39,9 @@ def score_metadata(
     outcomes_recorded: bool,
 ) -> WindowMetadata:
     """What a person wants to see about a window's scores, from the stored rows."""
-    rows = sorted(kept, key=lambda m: -m["score"])
-    scores = [m["score"] for m in rows]
-    pnls = [m["final_pnl"] or 0.0 for m in rows]
+    rows = sorted(kept, key=lambda m: -_judged_score(m))
+    scores = [_judged_score(m) for m in rows]
+    pnls = [m.final_pnl or 0.0 for m in rows]
     best, worst = rows[0], rows[-1]
     correlation = spearman(scores, pnls)
     return {
@@ -46,12 +51,12 @@ def score_metadata(
         "judge_is_llm": judge_is_llm,
         "scored": len(rows),
         "judged_now": judged_now,
-        "groups": len({m["group_id"] for m in rows}),
+        "groups": len({m.group_id for m in rows}),
         "score_min": MetadataValue.float(min(scores)),
         "score_mean": MetadataValue.float(round(sum(scores) / len(scores), 6)),
         "score_max": MetadataValue.float(max(scores)),
-        "best_agent": f"{best['agent_id']} (score {best['score']:.3f}, P&L {best['final_pnl']:+,.2f})",
-        "worst_agent": f"{worst['agent_id']} (score {worst['score']:.3f}, P&L {worst['final_pnl']:+,.2f})",
+        "best_agent": f"{best.agent_id} (score {_judged_score(best):.3f}, P&L {pnls[0]:+,.2f})",
+        "worst_agent": f"{worst.agent_id} (score {_judged_score(worst):.3f}, P&L {pnls[-1]:+,.2f})",
         "spearman_score_pnl": MetadataValue.float(round(correlation, 4))
         if correlation is not None
         else MetadataValue.text("undefined"),
@@ -60,16 +65,16 @@ def score_metadata(
         "judge_tokens_out": usage.tokens_out,
         "judge_dollars": MetadataValue.float(round(usage.dollars, 6)),
         "outcomes_recorded": outcomes_recorded,
-        "scores": lambda: markdown_table(
+        "scores": lambda: metadata_table(
             ["agent", "group", "P&L", "score", "rank", "reasoning"],
             [
                 (
-                    m["agent_id"],
-                    m["group_id"],
-                    f"{m['final_pnl']:+,.2f}",
-                    f"{m['score']:.3f}",
-                    m["rank"],
-                    m["reasoning"],
+                    m.agent_id,
+                    m.group_id,
+                    None if m.final_pnl is None else round(m.final_pnl, 2),
+                    round(_judged_score(m), 3),
+                    m.rank,
+                    m.reasoning,
                 )
                 for m in rows
             ],
@@ -82,7 +87,7 @@ def score_metadata(
 
 @dataclass
 class _WindowPlan:
-    kept: list[dict[str, Any]]
+    kept: list[GroupMemberRecord]
     groups: list[JudgeGroup]
     outcomes_recorded: bool
 
@@ -153,16 +158,15 @@ def ruler_scores(
         if judged:
             criteria = {"judge": chosen.name, "version": chosen.version, "is_llm": chosen.is_llm}
             WindowRecords(db).record_judgments(window_id, chosen.name, chosen.version, criteria, judged)
-        stored = [m for m in WindowRecords(db).group_members(window_id) if m["kept"]]
+        stored = [m for m in WindowRecords(db).group_members(window_id) if m.kept]
         valid = len(stored) == len(plan.kept) and all(
-            m["score"] is not None and 0.0 <= m["score"] <= 1.0 and m["judge_version"] == chosen.version for m in stored
+            m.score is not None and 0.0 <= m.score <= 1.0 and m.judge_version == chosen.version for m in stored
         )
         verdicts.append(
             (
                 window_id,
                 valid,
-                f"{sum(m['score'] is not None for m in stored)} of {len(plan.kept)} "
-                "kept agent-windows scored in [0, 1]",
+                f"{sum(m.score is not None for m in stored)} of {len(plan.kept)} kept agent-windows scored in [0, 1]",
             )
         )
         usage = result.usage_by_window.get(window_id) or (result.usage if len(plans) == 1 else JudgeUsage())
@@ -181,13 +185,13 @@ def ruler_scores(
 
 def _plan_window(db: Store, rules: WindowRulesResource, window_id: str, judge_version: str) -> _WindowPlan | None:
     """The window's kept members and the groups that still need this judge's scores."""
-    kept = [m for m in WindowRecords(db).group_members(window_id) if m["kept"]]
+    kept = [m for m in WindowRecords(db).group_members(window_id) if m.kept]
     if not kept:
         return None
     outcomes = db.window_outcomes(window_id)
     groups: list[JudgeGroup] = []
     needed = groups_to_judge(
-        [StoredScore(m["group_id"], m["agent_window_id"], m["score"], m["judge_version"]) for m in kept], judge_version
+        [StoredScore(str(m.group_id), m.agent_window_id, m.score, m.judge_version) for m in kept], judge_version
     )
     if needed:
         read = db.read_window(window_id, rules.eligibility())

@@ -13,7 +13,7 @@ from babylon_assets.partitions import WINDOW_PARTITIONS
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 
-from .presentation import counts_table, markdown_table
+from .presentation import counts_table, metadata_table
 from .ranges import WINDOW_BACKFILL_POLICY, WindowMetadata, for_each_window
 
 READY_CHECK = "window_ready"
@@ -53,7 +53,7 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
             "quarantined_total": sum(summary.quarantined.values()),
             "excluded": lambda: counts_table(summary.excluded),
             "quarantined": lambda: counts_table(summary.quarantined),
-            "quarantine_examples": lambda: markdown_table(["trajectory", "reason", "detail"], examples),
+            "quarantine_examples": lambda: metadata_table(["trajectory", "reason", "detail"], examples),
         }
 
     result = for_each_window(context, parse_window)
@@ -84,14 +84,14 @@ def market_outcomes(context: AssetExecutionContext, store: StoreResource) -> Mat
             "stocks": len(outcomes.stocks),
             "predictions": len(outcomes.predictions),
             "unrecognised_rows": outcomes.unrecognised_rows,
-            "stock_moves": lambda: markdown_table(
+            "stock_moves": lambda: metadata_table(
                 ["ticker", "start", "end", "change %", "sentiment", "news"],
                 [
                     (s.ticker, s.start_price, s.end_price, s.change_percent, s.sentiment, "; ".join(map(str, s.news)))
                     for s in outcomes.stocks
                 ],
             ),
-            "prediction_markets": lambda: markdown_table(
+            "prediction_markets": lambda: metadata_table(
                 ["market", "question", "outcome", "last price"],
                 [(p.market_id, p.question, p.outcome, p.final_probability) for p in outcomes.predictions],
             ),
@@ -169,7 +169,7 @@ def window_groups(
             "groups": len(sizes),
             "scores_kept": kept_scores,
             "dropped": lambda: counts_table(dropped),
-            "group_sizes": lambda: markdown_table(["group", "size"], sorted(sizes.items())),
+            "group_sizes": lambda: metadata_table(["group", "size"], sorted(sizes.items())),
         }
 
     result = for_each_window(

@@ -70,16 +70,6 @@ def row_progress(description: str) -> Iterator[Callable[[int], None]]:
         yield lambda count: progress.update(task, completed=count)
 
 
-@contextmanager
-def spinner(description: str) -> Iterator[None]:
-    """A spinner with the elapsed time on stderr, for work that cannot count its steps."""
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True
-    ) as progress:
-        progress.add_task(description, total=None)
-        yield
-
-
 def progress_bar() -> Progress:
     """A progress bar on stderr, shown only while the work runs."""
     return Progress(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from babylon_assets.cli.common import console, fail, spinner
+from babylon_assets.cli.common import console, fail, progress_bar
 from babylon_assets.cli.main import llm_app
 
 LLM_FOLDER = Path(".babylon") / "llm"
@@ -22,9 +22,18 @@ def llm_build() -> None:
     cached = server_binary().is_file()
     started = time.perf_counter()
     LLM_FOLDER.mkdir(parents=True, exist_ok=True)
+    # Stages by their share of a build's time: the compile is nearly all of it and counts itself.
+    starts = {"download": 0, "configure": 2, "compile": 5, "install": 99}
     try:
-        with spinner("Building llama-server (minutes; cached afterwards)" if not cached else "Reusing llama-server"):
-            binary = build_server(log=LLM_FOLDER.resolve() / "build.log")
+        with progress_bar() as progress:
+            task = progress.add_task("Reusing llama-server" if cached else "Building llama-server", total=100)
+
+            def show(stage: str, percent: int) -> None:
+                done = starts[stage] + (percent * 94 // 100 if stage == "compile" else 0)
+                progress.update(task, completed=done, description=f"Building llama-server: {stage}")
+
+            binary = build_server(log=LLM_FOLDER.resolve() / "build.log", on_progress=show)
+            progress.update(task, completed=100)
     except LocalLlmError as error:
         fail(error)
     verb = "reused" if cached else f"built in {time.perf_counter() - started:.0f} s"

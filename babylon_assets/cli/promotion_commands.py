@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from babylon_assets.cli.common import console, dagster_session, err_console, fail, open_store, spinner
+from babylon_assets.cli.common import console, dagster_session, err_console, fail, open_store, progress_bar
 from babylon_assets.cli.main import app
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.settings import get_settings
@@ -25,25 +25,28 @@ def evaluate(
     instance, and print the gate's verdict; with --deploy, a passing checkpoint is deployed."""
     from babylon_assets.db.evaluation_records import EvaluationRecords
     from babylon_assets.orchestration.pipeline import materialize_promotion
+    from babylon_assets.promotion.evaluation import EvaluationPlan, listening
 
     settings = get_settings()
+    markets = 2 * len(EvaluationPlan.from_settings(settings).seeds)  # the base's and the checkpoint's
     with open_store(settings) as store:
         newest = EvaluationRecords(store).newest_checkpoint(settings.MODEL_NAME)
         if newest is None:
             err_console.print(f"no checkpoint of {settings.MODEL_NAME} yet: `babylon train` makes one")
             raise typer.Exit(1)
-        with (
-            spinner(f"Evaluating {newest['modelId']} against {settings.BASE_MODEL}"),
-            dagster_session(settings) as (defs, instance),
-        ):
-            run = materialize_promotion(defs, instance, deploy=deploy)
-        row = EvaluationRecords(store).model(str(newest["modelId"]))
-    metrics = row.get("evalMetrics") or {}
+        with progress_bar() as progress, dagster_session(settings) as (defs, instance):
+            task = progress.add_task(
+                f"Evaluating {newest.modelId} against {settings.BASE_MODEL} (markets played)", total=markets
+            )
+            with listening(lambda policy, seed, plays: progress.advance(task)):
+                run = materialize_promotion(defs, instance, deploy=deploy)
+        row = EvaluationRecords(store).model(str(newest.modelId))
+    metrics = row.metrics
     if not run.evaluated or not metrics:
         err_console.print(f"[red]evaluation run {run.run_id} failed[/red]: see it in the UI (make ui)")
         raise typer.Exit(1)
-    _print_evaluation(row["modelId"], row["status"], metrics)
-    raise typer.Exit(0 if row["status"] in ("ready", "deployed") else 1)
+    _print_evaluation(row.modelId, row.status, metrics)
+    raise typer.Exit(0 if row.status in ("ready", "deployed") else 1)
 
 
 def _print_evaluation(model_id: str, status: str, metrics: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from babylon_assets.cli.main import app
 from babylon_assets.core.eligibility import EligibilityRules, ReadinessVerdict, WindowSummary, readiness_verdict
 from babylon_assets.core.window_time import lookback_window_ids, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError
-from babylon_assets.db.window_records import WindowRecords
+from babylon_assets.db.window_records import GroupMemberRecord, WindowRecords
 from babylon_assets.settings import Settings, get_settings
 
 
@@ -112,17 +112,17 @@ def print_graph_results(store: Store, window_ids: list[str]) -> None:
         table.add_column(header)
     for window_id in window_ids:
         members = WindowRecords(store).group_members(window_id)
-        scored = sorted((m for m in members if m["score"] is not None), key=lambda m: m["score"])
-        dropped = [m for m in members if not m["kept"]]
-        reasons = ", ".join(sorted({m["reason"] for m in dropped}))
+        scored = sorted((m for m in members if m.score is not None), key=lambda m: m.score or 0.0)
+        dropped = [m for m in members if not m.kept]
+        reasons = ", ".join(sorted({m.reason for m in dropped}))
 
-        def line(m: dict[str, object]) -> str:
-            return f"{m['agent_id']} ({m['score']:.3f}, {m['final_pnl']:+,.2f})"
+        def line(m: GroupMemberRecord) -> str:
+            return f"{m.agent_id} ({m.score or 0.0:.3f}, {m.final_pnl or 0.0:+,.2f})"
 
         table.add_row(
             window_id,
-            str(len({m["group_id"] for m in members if m["kept"]})),
-            str(sum(1 for m in members if m["kept"])),
+            str(len({m.group_id for m in members if m.kept})),
+            str(sum(1 for m in members if m.kept)),
             f"{len(dropped)} {reasons}".strip(),
             line(scored[-1]) if scored else "not judged",
             line(scored[0]) if scored else "-",

@@ -31,6 +31,16 @@ class Judgment:
     reasoning: str
 
 
+@dataclass(frozen=True, slots=True)
+class CachedJudgment:
+    """A group's remembered judgment: each member's (score, reasoning) and what the call that made it cost."""
+
+    scores: dict[str, tuple[float, str]]
+    tokens_in: int
+    tokens_out: int
+    dollars: float
+
+
 @dataclass(slots=True)
 class JudgeUsage:
     """What judging cost."""

@@ -20,6 +20,7 @@ from babylon_assets.core.paired_stats import PlayResult
 from babylon_assets.db.engine import insert_many
 from babylon_assets.db.schema import EvaluationPlay, TrainedModel, table_of
 from babylon_assets.db.store import Store, StoreError
+from babylon_assets.db.training_records import TrainedModelRecord
 
 GATE_STATUSES = ("ready", "rejected")
 
@@ -96,7 +97,7 @@ class EvaluationRecords:
 
     # --- trained_models -----------------------------------------------------------------------------------
 
-    def model(self, model_id: str) -> dict[str, Any]:
+    def model(self, model_id: str) -> TrainedModelRecord:
         """A trained_models row by modelId (or version); a clear error when there is none."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
@@ -109,15 +110,15 @@ class EvaluationRecords:
             )
         if row is None:
             raise StoreError(f"no trained model {model_id!r} in trained_models")
-        return dict(row)
+        return TrainedModelRecord.from_row(row)
 
-    def newest_checkpoint(self, model_name: str) -> dict[str, Any] | None:
+    def newest_checkpoint(self, model_name: str) -> TrainedModelRecord | None:
         """The newest trained_models row of a model (by step), whatever its status."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
             rows = connection.execute(select(models).where(models.c.modelId.like(f"{model_name}@%"))).mappings().all()
         steps = [
-            (int(row["modelId"].rsplit("@", 1)[1]), dict(row))
+            (int(row["modelId"].rsplit("@", 1)[1]), TrainedModelRecord.from_row(row))
             for row in rows
             if row["modelId"].rsplit("@", 1)[1].isdigit()
         ]
@@ -173,7 +174,7 @@ class EvaluationRecords:
             )
         return previous[-1] if previous else None
 
-    def deployed(self) -> dict[str, Any] | None:
+    def deployed(self) -> TrainedModelRecord | None:
         """The deployed model's row, if any."""
         models = table_of(TrainedModel)
         with self.store.engine.connect() as connection:
@@ -184,15 +185,15 @@ class EvaluationRecords:
                 .mappings()
                 .first()
             )
-        return None if row is None else dict(row)
+        return None if row is None else TrainedModelRecord.from_row(row)
 
-    def rollback_target(self) -> dict[str, Any] | None:
+    def rollback_target(self) -> TrainedModelRecord | None:
         """The model deployed before the current one: the most recently deployed of the others."""
         current = self.deployed()
         models = table_of(TrainedModel)
         query = select(models).where(models.c.deployedAt.is_not(None)).order_by(models.c.deployedAt.desc())
         if current is not None:
-            query = query.where(models.c.modelId != current["modelId"])
+            query = query.where(models.c.modelId != current.modelId)
         with self.store.engine.connect() as connection:
             row = connection.execute(query).mappings().first()
-        return None if row is None else dict(row)
+        return None if row is None else TrainedModelRecord.from_row(row)

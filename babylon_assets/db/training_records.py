@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,41 @@ from babylon_assets.db.schema import (
     table_of,
 )
 from babylon_assets.db.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedModelRecord:
+    """One `trained_models` row, named as the game names its columns (DESIGN 2, 6)."""
+
+    id: str
+    modelId: str
+    version: str
+    baseModel: str
+    trainingBatch: str | None
+    status: str
+    deployedAt: datetime | None
+    archivedAt: datetime | None
+    storagePath: str
+    benchmarkScore: float | None
+    accuracy: float | None
+    avgReward: float | None
+    evalMetrics: Any
+    wandbRunId: str | None
+    wandbArtifactId: str | None
+    agentsUsing: int
+    totalInferences: int
+    createdAt: datetime
+    updatedAt: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> TrainedModelRecord:
+        """The record of a selected row (columns the game may add are left out)."""
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """evalMetrics as a dict (empty before the evaluation)."""
+        return self.evalMetrics if isinstance(self.evalMetrics, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -196,14 +231,14 @@ class TrainingRecords:
                     ],
                 )
 
-    def checkpoints(self, batch_id: str | None = None) -> list[dict[str, Any]]:
+    def checkpoints(self, batch_id: str | None = None) -> list[TrainedModelRecord]:
         """trained_models rows (of one batch), oldest first."""
         models = table_of(TrainedModel)
         query = select(models).order_by(models.c.createdAt, models.c.modelId)
         if batch_id is not None:
             query = query.where(models.c.trainingBatch == batch_id)
         with self.store.engine.connect() as connection:
-            return [dict(row) for row in connection.execute(query).mappings()]
+            return [TrainedModelRecord.from_row(row) for row in connection.execute(query).mappings()]
 
     def scored_windows(self, window_ids: Sequence[str]) -> dict[str, datetime]:
         """Windows among these with judgments, and when each was last judged (UTC, naive)."""

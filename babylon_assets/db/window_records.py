@@ -3,17 +3,19 @@ columns), the judge cache, per-window verdicts and training datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select
 
 from babylon_assets.core.eligibility import EligibilityRules, WindowSummary
+from babylon_assets.core.judging import CachedJudgment
 from babylon_assets.core.window_time import lookback_window_ids, parse_window_id, window_bounds
 from babylon_assets.db.engine import insert_many, naive_utc, new_id, upsert
 from babylon_assets.db.schema import (
@@ -41,6 +43,34 @@ class AgentWindowScore:
     rank: int
     normalized: float
     reasoning: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMemberRecord:
+    """One eligible agent-window of a window as stored: kept in a group or dropped (with the reason), with its
+    dropout draw and, once judged, its score, rank and the judge that gave them."""
+
+    window_id: str
+    agent_window_id: str
+    agent_id: str
+    trajectory_ids_json: str
+    kept: bool
+    reason: str
+    group_id: str | None
+    dropout_rate: float
+    dropout_draw: float
+    final_pnl: float | None
+    score: float | None
+    rank: int | None
+    reasoning: str | None
+    judge_name: str | None
+    judge_version: str | None
+    judged_at: datetime | None
+
+    @property
+    def trajectory_ids(self) -> list[str]:
+        """The game rows this agent-window was stitched from."""
+        return list(json.loads(self.trajectory_ids_json))
 
 
 _SCORE_FIELDS = ("score", "rank", "reasoning", "judge_name", "judge_version", "judged_at")
@@ -147,7 +177,7 @@ class WindowRecords:
     def replace_group_members(self, window_id: str, rows: Sequence[dict[str, Any]]) -> int:
         """Set a window's membership (idempotent). A group whose members and rows are unchanged keeps its
         scores, so re-cutting the same groups never pays the judge twice; returns how many scores were kept."""
-        previous = self.group_members(window_id)
+        previous = [dataclasses.asdict(m) for m in self.group_members(window_id)]
         old_groups = _group_signatures(previous)
         new_groups = _group_signatures(rows)
         unchanged = {g for g, signature in new_groups.items() if old_groups.get(g) == signature}
@@ -171,7 +201,7 @@ class WindowRecords:
             insert_many(connection, members, values)
         return len(carried)
 
-    def group_members(self, window_id: str) -> list[dict[str, Any]]:
+    def group_members(self, window_id: str) -> list[GroupMemberRecord]:
         """A window's membership rows, kept and dropped."""
         members = table_of(GroupMember)
         statement = (
@@ -180,7 +210,7 @@ class WindowRecords:
             .order_by(members.c.group_id, members.c.agent_window_id)
         )
         with self.store.engine.connect() as connection:
-            return [dict(row) for row in connection.execute(statement, {"w": window_id}).mappings()]
+            return [GroupMemberRecord(**row) for row in connection.execute(statement, {"w": window_id}).mappings()]
 
     def record_judgments(
         self,
@@ -293,8 +323,8 @@ class WindowRecords:
             ],
         )
 
-    def cached_judgment(self, cache_key: str) -> dict[str, Any] | None:
-        """A cached group judgment: {"scores": {agent_window_id: [score, reasoning]}, usage...}, or None."""
+    def cached_judgment(self, cache_key: str) -> CachedJudgment | None:
+        """A cached group judgment (each member's score and reasoning, and the call's cost), or None."""
         cache = table_of(JudgeCacheEntry)
         with self.store.engine.connect() as connection:
             row = (
@@ -304,12 +334,15 @@ class WindowRecords:
             )
         if row is None:
             return None
-        return {
-            "scores": json.loads(row["scores_json"]),
-            "tokens_in": row["tokens_in"],
-            "tokens_out": row["tokens_out"],
-            "dollars": row["dollars"],
-        }
+        return CachedJudgment(
+            scores={
+                member: (float(score), str(reasoning))
+                for member, (score, reasoning) in json.loads(row["scores_json"]).items()
+            },
+            tokens_in=int(row["tokens_in"]),
+            tokens_out=int(row["tokens_out"]),
+            dollars=float(row["dollars"]),
+        )
 
     def cache_judgment(
         self,

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from babylon_assets.core.judging import JudgeGroup, JudgeResult, JudgeUsage, Judgment
+from babylon_assets.core.judging import CachedJudgment, JudgeGroup, JudgeResult, JudgeUsage, Judgment
 from babylon_assets.core.rubric import rubric_text
 from babylon_assets.core.views import decision_conversations, judge_messages
 from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
@@ -35,7 +35,7 @@ Mode = Literal["art", "pinned"]
 class JudgeCache(Protocol):
     """Where judged groups are remembered (the store implements it)."""
 
-    def cached_judgment(self, cache_key: str) -> dict[str, Any] | None: ...
+    def cached_judgment(self, cache_key: str) -> CachedJudgment | None: ...
 
     def cache_judgment(
         self,
@@ -440,8 +440,8 @@ class RulerJudge:
         if cached is not None:
             self.stats.cache_hits += 1
             for aw in members:
-                score, reasoning = cached["scores"][aw.agent_window_id]
-                result.scores[aw.agent_window_id] = Judgment(float(score), str(reasoning))
+                score, reasoning = cached.scores[aw.agent_window_id]
+                result.scores[aw.agent_window_id] = Judgment(score, reasoning)
             return
         async with semaphore:
             call = await self._judge_with_retries(group, message_lists)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,9 +22,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 MODEL_ALIAS = "smollm2"
@@ -68,19 +70,51 @@ def model_file() -> Path:
     return files[0]
 
 
-def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = None, log: Path | None = None) -> Path:
-    """Build llama-server from the llama.cpp source in the llama-cpp-python sdist, or reuse the cached binary."""
+# cmake's build prints "[ 42%] Building CXX object ..." as it goes.
+_BUILD_PERCENT = re.compile(rb"^\[\s*(\d+)%\]")
+
+
+def _run_logged(command: list[str], output: IO[bytes] | None, on_percent: Callable[[int], None] | None = None) -> None:
+    """Run a build command, its output appended to the log; cmake's percentages reported as they come."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if output is not None:
+                output.write(line)
+            match = _BUILD_PERCENT.match(line)
+            if match and on_percent is not None:
+                on_percent(int(match.group(1)))
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+
+
+def build_server(
+    version: str = LLAMA_CPP_PYTHON_VERSION,
+    jobs: int | None = None,
+    log: Path | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> Path:
+    """Build llama-server from the llama.cpp source in the llama-cpp-python sdist, or reuse the cached binary.
+
+    `on_progress(stage, percent)` hears each stage (download, configure, compile with cmake's own percentage,
+    install) as it starts and the compile as it goes."""
     target = server_binary(version)
     if target.is_file() and os.access(target, os.X_OK):
         return target
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise LocalLlmError(f"{tool} is needed to build llama-server (apt-get install cmake g++)")
-    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
+
+    def report(stage: str, percent: int = 0) -> None:
+        if on_progress is not None:
+            on_progress(stage, percent)
+
+    output = open(log, "ab") if log is not None else None  # noqa: SIM115 - closed below
     try:
         with tempfile.TemporaryDirectory(prefix="llama-build-") as tmp:
             work = Path(tmp)
-            subprocess.run(
+            report("download")
+            _run_logged(
                 [
                     sys.executable,
                     "-m",
@@ -93,28 +127,23 @@ def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = Non
                     "-d",
                     str(work),
                 ],
-                check=True,
-                stdout=output,
-                stderr=subprocess.STDOUT,
+                output,
             )
             (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
             with tarfile.open(sdist) as archive:
                 archive.extractall(work, filter="data")
             source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
             build = work / "build"
-            subprocess.run(
-                ["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS],
-                check=True,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
+            report("configure")
+            _run_logged(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], output)
             parallel = str(jobs or os.cpu_count() or 2)
-            subprocess.run(
+            report("compile")
+            _run_logged(
                 ["cmake", "--build", str(build), "--target", "llama-server", "-j", parallel],
-                check=True,
-                stdout=output,
-                stderr=subprocess.STDOUT,
+                output,
+                lambda percent: report("compile", percent),
             )
+            report("install")
             built = next(build.rglob("llama-server"))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial")
@@ -125,8 +154,8 @@ def build_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = Non
             f"building llama-server failed ({error.cmd[0]} exited {error.returncode})" + (f"; see {log}" if log else "")
         ) from None
     finally:
-        if log is not None and output is not subprocess.DEVNULL:
-            output.close()  # type: ignore[union-attr]
+        if output is not None:
+            output.close()
     return target
 
 

@@ -12,11 +12,15 @@ SQLITE_INSTANCE_FILE = "dagster.yaml"
 POSTGRES_INSTANCE_FILE = "dagster.postgres.yaml"
 # dagster.postgres.yaml reads these; setting DAGSTER_PG_HOST chooses it.
 POSTGRES_INSTANCE_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
+# The concurrency pool of trained_checkpoint and its one slot: one training run at a time on the instance, whether
+# the UI, a sensor or the CLI started it (the in-process executor claims pool slots too).
+TRAINING_POOL = "training"
+TRAINING_POOL_SLOTS = 1
 
 
 def project_root() -> Path:
     """The folder holding the top-level instance files: the working directory, else the checkout."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (candidate / SQLITE_INSTANCE_FILE).is_file():
             return candidate
     raise FileNotFoundError(
@@ -39,4 +43,17 @@ def prepare_dagster_home(settings: Settings, environ: dict[str, str] | None = No
     if not target.exists() or target.read_bytes() != source.read_bytes():
         shutil.copyfile(source, target)
     os.environ["DAGSTER_HOME"] = str(home)
+    set_pool_limits(home)
     return home
+
+
+def set_pool_limits(home: Path) -> None:
+    """Give the instance's concurrency pools their limits (a dagster.yaml can only set one default for all)."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        if storage.supports_global_concurrency_limits:
+            info = storage.get_concurrency_info(TRAINING_POOL)
+            if info.slot_count != TRAINING_POOL_SLOTS:
+                storage.set_concurrency_slots(TRAINING_POOL, TRAINING_POOL_SLOTS)

@@ -9,10 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 from dagster import AssetKey, DagsterInstance, Definitions
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from babylon_assets.assets.ranges import MAX_WINDOWS_PER_RUN
 from babylon_assets.core.window_time import parse_window_id
+from babylon_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 
 # In-process runs log to the console at DEBUG by default; the CLI prints its own summary instead.
 QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -64,7 +64,7 @@ def materialize_windows(
             instance=instance,
             raise_on_error=False,
             run_config=QUIET,
-            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+            tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
         )
         run = GraphRun(result.run_id, first if first == last else f"{first} .. {last}", result.success, count)
         runs.append(run)

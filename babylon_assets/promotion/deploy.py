@@ -73,20 +73,20 @@ def deploy_model(store: Store, options: DeployOptions, model_id: str, *, force: 
     """Serve the model and switch every agent to it; `force` deploys a model the gate has not passed."""
     records = EvaluationRecords(store)
     row = records.model(model_id)
-    model_id = str(row["modelId"])
-    status = str(row["status"])
-    if status == "archived" and row.get("deployedAt") is None and not force:
+    model_id = str(row.modelId)
+    status = str(row.status)
+    if status == "archived" and row.deployedAt is None and not force:
         raise DeployError(f"{model_id} is archived and was never deployed: its checkpoint may be pruned")
     if status not in DEPLOYABLE and not force:
         why = ""
-        gate = (row.get("evalMetrics") or {}).get("gate") if isinstance(row.get("evalMetrics"), dict) else None
+        gate = (row.metrics).get("gate") if isinstance(row.evalMetrics, dict) else None
         if gate:
             why = ": " + "; ".join(gate.get("reasons", []))
         raise DeployError(
             f"{model_id} is {status!r}, not ready: the promotion gate has not passed it{why} "
             "(--force deploys it anyway)"
         )
-    checkpoint = Path(str(row["storagePath"]))
+    checkpoint = Path(str(row.storagePath))
     adapter_gguf: str | None = None
     pid: int | None = None
     if options.policy_api_base:
@@ -99,7 +99,7 @@ def deploy_model(store: Store, options: DeployOptions, model_id: str, *, force: 
             raise DeployError(f"{model_id}'s checkpoint {checkpoint} has no adapter (pruned, or never written)")
         adapter = export_adapter_gguf(checkpoint, checkpoint / "adapter.gguf")
         adapter_gguf = str(adapter)
-        base = base_model_gguf(str(row["baseModel"]))
+        base = base_model_gguf(str(row.baseModel))
         local_server.stop(options.llm_folder)
         state = local_server.serve(
             options.llm_folder, port=options.local_llm_port, model=base, lora=[adapter], alias=model_id
@@ -116,4 +116,4 @@ def rollback(store: Store, options: DeployOptions) -> Deployment:
     target = EvaluationRecords(store).rollback_target()
     if target is None:
         raise DeployError("nothing to roll back to: no other model was ever deployed")
-    return deploy_model(store, options, str(target["modelId"]))
+    return deploy_model(store, options, str(target.modelId))

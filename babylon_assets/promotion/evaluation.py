@@ -31,6 +31,7 @@ from babylon_assets.core.window_time import WINDOW, parse_window_id, window_id_o
 from babylon_assets.db.evaluation_records import EvaluationRecords
 from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
+from babylon_assets.db.training_records import TrainedModelRecord
 from babylon_assets.gateway.app import Upstream
 from babylon_assets.gateway.server import free_port, gateway_in_thread
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint
@@ -136,6 +137,26 @@ class PolicyPlay:
     played_markets: int = 0
 
 
+# `babylon evaluate` runs the promotion job in-process and counts the markets from here; the asset only logs.
+_market_listeners: list[Callable[[str, int, int], None]] = []
+
+
+@contextmanager
+def listening(on_market: Callable[[str, int, int], None]) -> Iterator[None]:
+    """Hear every evaluation market of this process (policy, seed, plays) while the block runs, the markets
+    reused from stored play included."""
+    _market_listeners.append(on_market)
+    try:
+        yield
+    finally:
+        _market_listeners.remove(on_market)
+
+
+def _heard(policy: str, seed: int, plays: int) -> None:
+    for listener in list(_market_listeners):
+        listener(policy, seed, plays)
+
+
 def play_policy(
     store: Store,
     plan: EvaluationPlan,
@@ -159,6 +180,8 @@ def play_policy(
     per_market = plan.windows * plan.agents
     done = {seed for seed in plan.seeds if sum(1 for p in stored if p.seed == seed) >= per_market}
     result = PolicyPlay(policy, [p for p in stored if p.seed in done], reused_markets=len(done))
+    for seed in sorted(done):
+        _heard(policy, seed, sum(1 for p in stored if p.seed == seed))
     todo = [(seed, first) for seed, first in plan.markets() if seed not in done][:max_markets]
     if not todo:
         return result
@@ -227,6 +250,7 @@ def play_policy(
             result.played_markets += 1
             if on_market is not None:
                 on_market(policy, seed, len(plays))
+            _heard(policy, seed, len(plays))
     result.plays.sort(key=lambda p: p.pair_key)
     return result
 
@@ -329,14 +353,14 @@ def evaluate_checkpoint(
     store: Store,
     options: EvaluationOptions,
     judge: Judge,
-    model: dict[str, Any],
+    model: TrainedModelRecord,
     *,
     now: datetime,
     on_market: Callable[[str, int, int], None] | None = None,
 ) -> CheckpointEvaluation:
     """Play the base and the checkpoint on the evaluation markets (reusing stored play), judge both, compare
     them paired, and store the results on the checkpoint's trained_models row."""
-    version = str(model["modelId"])
+    version = str(model.modelId)
     base_name = base_policy(options.base_model)
     if options.policy_api_base:
         serve_base = remote_policy_server(options.policy_api_base, options.base_model, base_name)
@@ -345,10 +369,10 @@ def evaluate_checkpoint(
         folder = options.work_folder.resolve()
         serve_base = local_policy_server(folder / "base", options.base_model, None, "base")
         serve_candidate = local_policy_server(
-            folder / "checkpoint", options.base_model, Path(str(model["storagePath"])), version
+            folder / "checkpoint", options.base_model, Path(str(model.storagePath)), version
         )
-        if not Path(str(model["storagePath"])).is_dir():
-            raise FileNotFoundError(f"checkpoint {version}'s folder {model['storagePath']} is gone (pruned?)")
+        if not Path(str(model.storagePath)).is_dir():
+            raise FileNotFoundError(f"checkpoint {version}'s folder {model.storagePath} is gone (pruned?)")
     plan = options.plan
     base = play_policy(store, plan, base_name, serve_base, now=now, on_market=on_market)
     candidate = play_policy(store, plan, version, serve_candidate, now=now, on_market=on_market)

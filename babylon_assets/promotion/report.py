@@ -41,19 +41,19 @@ def history(store: Store, model_name: str) -> list[CheckpointLine]:
     records = TrainingRecords(store)
     lines = []
     for row in records.checkpoints():
-        version = str(row["modelId"])
+        version = str(row.modelId)
         name, _, step = version.rpartition("@")
         if name != model_name or not step.isdigit():
             continue
         lineage = records.lineage(version)
-        metrics = row.get("evalMetrics")
+        metrics = row.evalMetrics
         lines.append(
             CheckpointLine(
                 version,
                 int(step),
-                str(row["status"]),
-                str(row.get("createdAt") or ""),
-                row.get("avgReward"),
+                str(row.status),
+                str(row.createdAt or ""),
+                row.avgReward,
                 metrics if isinstance(metrics, dict) else None,
                 lineage.windows,
                 len(lineage.trajectory_ids),

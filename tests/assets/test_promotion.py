@@ -24,6 +24,7 @@ from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.definitions import build_definitions
 from babylon_assets.orchestration.pipeline import materialize_promotion
 from babylon_assets.promotion.deploy import DeployError, DeployOptions, deploy_model, rollback
+from babylon_assets.promotion.evaluation import listening
 from babylon_assets.settings import Settings
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply
 
@@ -107,18 +108,27 @@ def test_both_policies_face_identical_markets_and_a_passing_checkpoint_is_deploy
     store = with_checkpoint(database_url)
     with policy_double("long") as double:
         settings = settings_for(tmp_path, database_url, double.base_url, GATE_MIN_PNL_DELTA=-1e9)
-        run, checks, materialized = promote(settings)
+        heard: list[tuple[str, int, int]] = []
+        with listening(lambda policy, seed, plays: heard.append((policy, seed, plays))):
+            run, checks, materialized = promote(settings)
         calls = len(double.requests)
+        # what `babylon evaluate` counts: each policy's markets, as they are played
+        assert heard == [
+            (f"base:{BASE}", 5, 3),
+            (f"base:{BASE}", 6, 3),
+            ("babylon-mmo@2", 5, 3),
+            ("babylon-mmo@2", 6, 3),
+        ]
         assert run.success and materialized == {"checkpoint_evaluation", "deployed_model"}
         assert [c.passed for c in checks] == [True]
         assert calls == 2 * 2 * 3 * 3  # 2 policies x 2 seeds x 3 agents x 3 decisions
 
         row = EvaluationRecords(store).model("babylon-mmo@2")
-        assert row["status"] == "deployed" and row["deployedAt"] is not None
-        metrics = row["evalMetrics"]
+        assert row.status == "deployed" and row.deployedAt is not None
+        metrics = row.evalMetrics
         assert metrics["paired_pnl_difference"]["pairs"] == 6 and metrics["gate"]["passed"]
         assert metrics["base_policy"] == f"base:{BASE}" and metrics["candidate_policy"] == "babylon-mmo@2"
-        assert row["benchmarkScore"] == pytest.approx(metrics["candidate"]["mean_pnl"])
+        assert row.benchmarkScore == pytest.approx(metrics["candidate"]["mean_pnl"])
         assert metrics["base"]["mean_pnl"] == 0.0  # holding all hour makes nothing
         assert metrics["candidate"]["mean_pnl"] != 0.0 and metrics["candidate"]["mean_judge_score"] is not None
         logged = b"".join(p.read_bytes() for p in Path(settings.WANDB_DIR).rglob("*.wandb"))
@@ -161,7 +171,10 @@ def test_both_policies_face_identical_markets_and_a_passing_checkpoint_is_deploy
         assert any(a != b for a, b in pairs.values())  # and the policies did play differently
 
         # A second evaluation reuses the stored play: no call is made again, nothing is duplicated.
-        run, checks, _ = promote(settings, deploy=False)
+        heard.clear()
+        with listening(lambda policy, seed, plays: heard.append((policy, seed, plays))):
+            run, checks, _ = promote(settings, deploy=False)
+        assert len(heard) == 4  # reused markets count as played
         assert run.success and len(double.requests) == calls
         with store.engine.connect() as connection:
             assert len(connection.execute(select(table_of(EvaluationPlay))).all()) == 12
@@ -178,7 +191,7 @@ def test_the_gate_blocks_a_checkpoint_whose_responses_stop_parsing(tmp_path):
     assert [c.passed for c in checks] == [False]
     assert "unparseable responses rose from 0.0% to 100.0%" in checks[0].description
     row = EvaluationRecords(store).model("babylon-mmo@2")
-    assert row["status"] == "rejected" and row["deployedAt"] is None
+    assert row.status == "rejected" and row.deployedAt is None
     assert not Path(settings.SERVING_FILE).exists()
     with pytest.raises(DeployError, match="rejected.*unparseable responses rose"):
         deploy_model(store, DeployOptions.from_settings(settings), "babylon-mmo@2")
@@ -193,7 +206,7 @@ def test_the_gate_blocks_when_the_interval_does_not_clear_the_threshold(tmp_path
         run, checks, materialized = promote(settings)
     assert materialized == {"checkpoint_evaluation"} and [c.passed for c in checks] == [False]
     assert "lower bound not above +0.00" in checks[0].description
-    assert EvaluationRecords(store).model("babylon-mmo@2")["status"] == "rejected"
+    assert EvaluationRecords(store).model("babylon-mmo@2").status == "rejected"
     store.dispose()
 
 
@@ -232,7 +245,7 @@ def test_deploy_and_rollback_update_trained_models_and_the_serving_file(database
     back = rollback(store, options)
     assert back.model_id == "babylon-mmo@1" and back.previous == "babylon-mmo@2" and serving() == "babylon-mmo@1"
     assert statuses() == {"babylon-mmo@1": "deployed", "babylon-mmo@2": "archived"}
-    assert evaluations.rollback_target()["modelId"] == "babylon-mmo@2"
+    assert evaluations.rollback_target().modelId == "babylon-mmo@2"
     assert back.agent_settings(8787) == {
         "AGENT_MODEL": "openai/babylon-mmo@1",
         "AGENT_API_BASE": "http://127.0.0.1:8787/v1",

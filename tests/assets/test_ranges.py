@@ -4,7 +4,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from typer.testing import CliRunner
 
 from babylon_assets.cli import app
@@ -89,7 +89,12 @@ def test_a_24_window_backfill_runs_as_one_run(tmp_path, monkeypatch):
         assert run.tags["dagster/asset_partition_range_end"] == "2025-01-16T23:00"
         materialized = instance.get_materialized_partitions(__import__("dagster").AssetKey("ruler_scores"))
         assert len(materialized) == 24
-    assert all(m["score"] is not None for m in WindowRecords(store).group_members("2025-01-16T13:00"))
+        # each window's own figures, observed on its own partition (the materialization holds the range's totals)
+        observed = instance.fetch_observations(AssetKey("trajectories"), limit=100).records
+        by_partition = {r.partition_key: r.asset_observation.metadata for r in observed}
+        assert len(by_partition) == 24 and by_partition["2025-01-16T13:00"]["window_id"].value == "2025-01-16T13:00"
+        assert {m["agents"].value for m in by_partition.values()} == {5}
+    assert all(m.score is not None for m in WindowRecords(store).group_members("2025-01-16T13:00"))
     store.dispose()
 
 
@@ -106,7 +111,7 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
         assert not run.success
         failure = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
         assert "1 of 3 window(s) failed (2025-01-15T11:00)" in str(failure[0].dagster_event.event_specific_data)
-    scored = {w: all(m["score"] is not None for m in WindowRecords(simulated_store).group_members(w)) for w in windows}
+    scored = {w: all(m.score is not None for m in WindowRecords(simulated_store).group_members(w)) for w in windows}
     assert scored == {"2025-01-15T10:00": True, broken: False, "2025-01-15T12:00": True}
     assert Counter(windows) == JUDGED
     # the retry, with the judge back, judges only the window that failed
@@ -118,7 +123,7 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
         (run,) = materialize_windows(defs, windows, instance)
         assert run.success
     assert Counter({broken: 1}) == JUDGED
-    assert all(m["score"] is not None for w in windows for m in WindowRecords(simulated_store).group_members(w))
+    assert all(m.score is not None for w in windows for m in WindowRecords(simulated_store).group_members(w))
 
 
 def test_the_window_graph_runs_on_the_postgres_instance(monkeypatch, tmp_path, postgres_instance_env, simulated_store):

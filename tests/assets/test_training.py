@@ -71,6 +71,10 @@ def test_a_checkpoint_with_its_records_lineage_and_wandb_run(database_url, insta
     (materialization,) = result.asset_materializations_for_node("trained_checkpoint")
     meta = {k: v.value for k, v in materialization.metadata.items()}
     assert meta["model_version"] == "babylon-mmo@2" and meta["steps"] == 2
+    # one observation per step for the Plots tab, and still one materialization (the promotion sensor's trigger)
+    steps = [o.metadata for o in result.asset_observations_for_node("trained_checkpoint")]
+    assert [m["step"].value for m in steps] == [1, 2] and all(isinstance(m["loss"].value, float) for m in steps)
+    assert {c.name: c.type for c in meta["per_step"].schema.columns}["loss"] == "float"
     assert Path(meta["checkpoint_path"], "adapter_model.safetensors").is_file()
 
     with store.engine.connect() as connection:

@@ -70,14 +70,16 @@ def test_each_window_asset_materializes_with_its_metadata(database_url, instance
     assert truth["recorded"] is True and (truth["stocks"], truth["predictions"]) == (5, 3)
     groups = metadata(result, "window_groups")
     assert groups["dropout_rate"] == 0.0 and groups["kept"] == 6 and groups["groups"] == 1
-    assert "| 2025-01-15T10:00#g1 | 6 |" in groups["group_sizes"]
+    assert [(r.data["group"], r.data["size"]) for r in groups["group_sizes"].records] == [("2025-01-15T10:00#g1", 6)]
+    assert [(c.name, c.type) for c in groups["group_sizes"].schema.columns] == [("group", "string"), ("size", "int")]
     scores = metadata(result, "ruler_scores")
     assert scores["judge"] == "outcome" and scores["judge_is_llm"] is False
     assert "not an LLM" in scores["judge_version"]
     assert 0.0 <= scores["score_min"] <= scores["score_mean"] <= scores["score_max"] <= 1.0
     assert scores["scored"] == 6 and scores["judge_calls"] == 0
     assert scores["spearman_score_pnl"] > 0.5  # the outcome judge mostly follows risk-adjusted P&L
-    assert "P&L" in scores["best_agent"] and scores["scores"].count("\n") == 7
+    assert "P&L" in scores["best_agent"] and len(scores["scores"].records) == 6
+    assert {c.name: c.type for c in scores["scores"].schema.columns}["score"] == "float"
     assert scores["score_vs_pnl"].startswith("![score against P&L](data:image/svg+xml;base64,")
     assert {name: e.passed for name, e in checks(result).items()} == {
         "window_ready": True,
@@ -127,9 +129,9 @@ def test_ticks_of_one_agent_are_stitched_into_one_agent_window(tmp_path, instanc
     assert result.success
     parsed = metadata(result, "trajectories")
     assert (parsed["rows"], parsed["agents"], parsed["eligible"], parsed["stitched_agent_windows"]) == (8, 6, 6, 1)
-    stitched = next(m for m in WindowRecords(store).group_members(W) if m["agent_id"] == "agent-ticks")
-    assert stitched["agent_window_id"] == "agent-ticks@2025-01-15T10:00"
-    assert stitched["trajectory_ids_json"] == '["tick-0", "tick-1", "tick-2"]' and stitched["final_pnl"] == 2.0
+    stitched = next(m for m in WindowRecords(store).group_members(W) if m.agent_id == "agent-ticks")
+    assert stitched.agent_window_id == "agent-ticks@2025-01-15T10:00"
+    assert stitched.trajectory_ids_json == '["tick-0", "tick-1", "tick-2"]' and stitched.final_pnl == 2.0
     # the stitched score is written back to each of its rows
     with store.engine.connect() as connection:
         rewards = (
@@ -154,7 +156,7 @@ def test_a_window_that_is_not_ready_stops_at_its_groups_and_is_never_judged(tmp_
     groups = metadata(result, "window_groups")
     assert groups["ready"] is False and "has 1 eligible agent(s); need >= 5" in groups["why_not_ready"]
     assert result.asset_materializations_for_node("ruler_scores") == []
-    assert [m["reason"] for m in WindowRecords(store).group_members(W)] == ["window_not_ready"]
+    assert [m.reason for m in WindowRecords(store).group_members(W)] == ["window_not_ready"]
     assert count(store, JudgmentRecord) == 0 and count(store, RewardJudgment) == 0
     evaluations = checks(result)
     assert evaluations["window_ready"].passed is False
@@ -174,7 +176,9 @@ def test_missing_outcomes_are_flagged_not_failed(simulated_store, instance):
     evaluation = checks(result)["outcomes_present"]
     assert evaluation.passed is False and W in evaluation.description
     scores = metadata(result, "ruler_scores")
-    assert scores["outcomes_recorded"] is False and "timing counted as neutral" in scores["scores"]
+    assert scores["outcomes_recorded"] is False and any(
+        "timing counted as neutral" in r.data["reasoning"] for r in scores["scores"].records
+    )
 
 
 def test_game_read_only_writes_only_our_tables(simulated_store, instance):
@@ -183,7 +187,7 @@ def test_game_read_only_writes_only_our_tables(simulated_store, instance):
     assert count(simulated_store, RewardJudgment) == 0 and count(simulated_store, JudgmentRecord) == 6
     with simulated_store.engine.connect() as connection:
         assert connection.execute(select(func.count()).where(Trajectory.aiJudgeReward.is_not(None))).scalar_one() == 0
-    assert all(m["score"] is not None for m in WindowRecords(simulated_store).group_members(W))
+    assert all(m.score is not None for m in WindowRecords(simulated_store).group_members(W))
 
 
 def test_the_training_dataset_unions_scored_groups_and_never_rescores(simulated_store, instance):
@@ -254,10 +258,8 @@ def test_ruler_scores_through_the_ruler_judge_with_one_failing_window(simulated_
         first_requests = len(double.requests)
         assert first_requests == 3  # one for the good window, two tries for the bad one
         scored = WindowRecords(simulated_store).group_members(W)
-        assert all(
-            m["judge_name"] == "ruler" and m["judge_version"].startswith("ruler:openai/judge-double") for m in scored
-        )
-        assert all(m["score"] is None for m in WindowRecords(simulated_store).group_members("2025-01-15T11:00"))
+        assert all(m.judge_name == "ruler" and m.judge_version.startswith("ruler:openai/judge-double") for m in scored)
+        assert all(m.score is None for m in WindowRecords(simulated_store).group_members("2025-01-15T11:00"))
         # W alone again: its scores are current, nothing is sent
         (again,) = materialize_windows(defs, [W], instance)
         assert again.success and len(double.requests) == first_requests

@@ -57,7 +57,7 @@ def test_evaluate_prints_both_policies_the_interval_and_the_verdict(monkeypatch,
         "unparseable responses rose",
     ):
         assert expected in result.output, expected
-    assert EvaluationRecords(store).model("babylon-mmo@1")["status"] == "rejected"
+    assert EvaluationRecords(store).model("babylon-mmo@1").status == "rejected"
     store.dispose()
 
 

@@ -97,7 +97,7 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
         (run,) = materialize_windows(defs, ["2025-01-15T10:00"], instance)
         assert run.success
     members = WindowRecords(store).group_members("2025-01-15T10:00")
-    assert len(members) == 6 and all(m["score"] is not None for m in members)
+    assert len(members) == 6 and all(m.score is not None for m in members)
     with psycopg2.connect(fresh_pg_url) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM reward_judgments")
         assert cursor.fetchone() == (6,)

@@ -62,9 +62,9 @@ def test_ruler_scores_a_window_with_the_local_judge(tmp_path, llm_url):
         (run,) = materialize_windows(build_definitions(settings), ["2025-01-15T10:00"], instance)
         assert run.success
     members = WindowRecords(store).group_members("2025-01-15T10:00")
-    assert len(members) == 3 and all(m["kept"] for m in members)
-    assert all(m["score"] is not None and 0.0 <= m["score"] <= 1.0 for m in members)
-    assert {m["judge_version"] for m in members} == {"ruler:openai/smollm2:trading-v1:pinned"}
+    assert len(members) == 3 and all(m.kept for m in members)
+    assert all(m.score is not None and 0.0 <= m.score <= 1.0 for m in members)
+    assert {m.judge_version for m in members} == {"ruler:openai/smollm2:trading-v1:pinned"}
     verdicts = WindowRecords(store).verdicts("scores_valid", window_ids=["2025-01-15T10:00"])
     assert [v["passed"] for v in verdicts] == [True]
     store.dispose()
@@ -114,3 +114,19 @@ def test_the_gateway_records_the_local_models_logprobs(tmp_path, llm_url):
     data = json.loads(metadata)
     assert data["logprobs"] and data["modelVersion"] == "smollm2@base"
     store.dispose()
+
+
+def test_a_build_step_reports_cmakes_percentages_and_keeps_its_log(tmp_path):
+    import subprocess
+    import sys
+
+    from babylon_assets.llm.local_server import _run_logged
+
+    script = "print('-- Configuring'); print('[ 12%] Building C object a.o'); print('[100%] Linking CXX executable')"
+    heard: list[int] = []
+    with open(tmp_path / "build.log", "wb") as log:
+        _run_logged([sys.executable, "-c", script], log, heard.append)
+    assert heard == [12, 100]
+    assert b"[ 12%] Building C object a.o" in (tmp_path / "build.log").read_bytes()
+    with pytest.raises(subprocess.CalledProcessError):
+        _run_logged([sys.executable, "-c", "raise SystemExit(3)"], None)

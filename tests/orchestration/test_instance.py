@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, asset, materialize
 
-from babylon_assets.orchestration.instance import prepare_dagster_home
+from babylon_assets.orchestration.instance import TRAINING_POOL, prepare_dagster_home
 from babylon_assets.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +27,8 @@ def test_dagster_home_is_made_absolute_and_holds_the_top_level_file(monkeypatch,
         assert "Sqlite" in type(instance.run_storage).__name__
         assert materialize([probe], instance=instance).success
         assert len(instance.get_runs()) == 1
+        # one training run at a time: trained_checkpoint's pool has one slot on the instance
+        assert instance.event_log_storage.get_concurrency_info(TRAINING_POOL).slot_count == 1
 
 
 @pytest.mark.postgres

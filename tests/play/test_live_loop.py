@@ -112,7 +112,7 @@ def test_one_full_cycle_of_the_live_loop_on_the_tiny_model(tmp_path, tiny_model,
                 assert promote.run_requests[0].tags["babylon/model_version"] == "babylon-mmo@1"
                 run = materialize_promotion(defs, instance)
                 assert run.evaluated and run.deployed
-            assert EvaluationRecords(store).model("babylon-mmo@1")["status"] == "deployed"
+            assert EvaluationRecords(store).model("babylon-mmo@1").status == "deployed"
             assert json.loads(serving.read_text())["version"] == "babylon-mmo@1"
 
             # 5. the next hour is played by the deployed checkpoint, recorded with its version

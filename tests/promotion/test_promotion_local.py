@@ -72,9 +72,9 @@ def test_the_tiny_model_is_evaluated_on_llama_cpp_and_deployed_with_its_adapter(
             run = materialize_promotion(build_definitions(settings), instance)
         assert run.success
         row = EvaluationRecords(store).model("babylon-mmo@1")
-        assert row["status"] == "deployed"
-        assert row["evalMetrics"]["paired_pnl_difference"]["pairs"] == 2
-        assert row["evalMetrics"]["candidate"]["decisions"] == 4
+        assert row.status == "deployed"
+        assert row.evalMetrics["paired_pnl_difference"]["pairs"] == 2
+        assert row.evalMetrics["candidate"]["decisions"] == 4
         assert (checkpoint / "adapter.gguf").is_file()
         # the evaluation servers are gone; the deployed one serves the base GGUF with the adapter under its version
         assert local_server.status(tmp_path / "serving" / "eval" / "base") is None
