@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from dagster import ConfigurableResource
 
@@ -10,6 +10,9 @@ from babylon_assets.db.store import Store
 from babylon_assets.settings import BuiltFromSettings, lower_case_fields
 from babylon_assets.training.run import TrainingOptions
 from babylon_assets.training.tracking import WandbTracker
+
+if TYPE_CHECKING:
+    import art
 
 # Every setting a training run reads (DESIGN 7). The resource carries each as the field of the same name in
 # lower case, so the launchpad shows them all and none can be dropped on the way to the backend.
@@ -82,7 +85,7 @@ class TrainerResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[
             seed=self.train_seed,
         )
 
-    def backend(self, store: Store) -> Any:
+    def backend(self, store: Store) -> art.Backend:
         """A fresh backend for one run, its checkpoint retention tied to the store's trained_models rows."""
         from babylon_assets.db.checkpoint_records import CheckpointRecords
         from babylon_assets.training.torch_backend import make_backend

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from babylon_assets.core.eligibility import AgentWindow
 from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_decisions, sample_windows
@@ -21,6 +21,9 @@ from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.training.art_trajectories import to_art_trajectory
 from babylon_assets.training.dataset_export import agent_windows_of
 from babylon_assets.training.tracking import WandbTracker
+
+if TYPE_CHECKING:
+    import art
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class NothingToTrainError(StoreError):
 
 def run_training(
     store: Store,
-    backend: Any,
+    backend: art.Backend,
     options: TrainingOptions,
     *,
     tracker: WandbTracker | None = None,
@@ -139,7 +142,7 @@ def run_training(
 
 async def _train(
     store: Store,
-    backend: Any,
+    backend: art.Backend,
     options: TrainingOptions,
     members: list[dict[str, Any]],
     records: TrainingRecords,

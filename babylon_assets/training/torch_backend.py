@@ -257,12 +257,16 @@ class TorchBackend:
         save_checkpoint: bool = True,
         data_position: dict[str, Any] | None = None,
         verbose: bool = False,
+        **unsupported: Any,
     ) -> TorchTrainResult:
         """One GRPO step on these groups, then a checkpoint (ART's `backend.train`).
 
         Zero-variance groups carry no signal and are skipped (counted in the metrics). `data_position`
-        is stored in the checkpoint so a caller that samples its data can resume its sampler too.
+        is stored in the checkpoint so a caller that samples its data can resume its sampler too. ART's
+        protocol takes a backend's options as keywords; one this backend does not know is refused, never ignored.
         """
+        if unsupported:
+            raise TypeError(f"the torch backend has no training option(s) {', '.join(sorted(unsupported))}")
         groups = list(trajectory_groups)
         step_config = StepConfig(
             clip_epsilon=self.config.clip_epsilon if epsilon is None else epsilon,
@@ -528,7 +532,7 @@ def _mean(values: Sequence[float]) -> float:
 
 def make_backend(
     settings: Settings, registry: CheckpointRegistry | None = None, inference_folder: Path | None = None
-) -> Any:
+) -> art.Backend:
     """The backend TRAIN_BACKEND names. ART's own ones are imported only when chosen (they need CUDA,
     unsloth and vLLM, or a W&B key) and are not verified on this project's machines."""
     if settings.TRAIN_BACKEND == "torch":

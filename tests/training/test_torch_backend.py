@@ -294,3 +294,12 @@ def test_one_real_step_on_smollm2(tmp_path):
     assert result.step == 1 and Path(result.checkpoint_path, "adapter_model.safetensors").is_file()
     assert result.metrics["grad_norm"] > 0 and result.metrics["trained_tokens"] > 20
     assert torch.isfinite(torch.tensor(result.metrics["loss"]))
+
+
+def test_an_option_the_torch_backend_does_not_know_is_refused(tmp_path):
+    from babylon_assets.settings import Settings
+    from babylon_assets.training.torch_backend import TorchBackend, TorchTrainerConfig
+
+    backend = TorchBackend(TorchTrainerConfig.from_settings(Settings()), path=str(tmp_path))
+    with pytest.raises(TypeError, match="loss_fn"):
+        asyncio.run(backend.train(None, [], learning_rate=1e-4, loss_fn="cispo"))  # type: ignore[arg-type]
