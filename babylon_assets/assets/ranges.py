@@ -7,6 +7,7 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetMaterialization,
     AssetObservation,
     BackfillPolicy,
     BetaWarning,
@@ -85,6 +86,10 @@ def for_each_window(
         if finish is not None:
             finish()
     if failures:
+        # The windows that were stored show materialized; only the failed ones show failed.
+        for window_id in sorted(results):
+            figures = {k: v for k, v in results[window_id].items() if not callable(v)}
+            context.log_event(AssetMaterialization(asset_key=context.asset_key, partition=window_id, metadata=figures))
         raise Failure(
             description=f"{len(failures)} of {len(context.partition_keys)} window(s) failed "
             f"({', '.join(sorted(failures))}); the other windows' results are stored and a retry "

@@ -5,6 +5,7 @@ not an LLM. No Dagster here.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -177,11 +178,26 @@ def timing_agreement(agent_window: AgentWindow, outcomes: WindowOutcomes) -> tup
     return agreed, judged
 
 
+# The game's agents start an hour with this much; the outcome judge falls back to it when the first step's
+# numbers cannot give a starting balance (zero or negative: e.g. agentBalance equal to agentPnL).
+DEFAULT_STARTING_BALANCE = 10_000.0
+
+
 def _starting_balance(agent_window: AgentWindow) -> float:
     steps = agent_window.steps
-    if steps and steps[0].environmentState.agentBalance > 0:
-        return steps[0].environmentState.agentBalance - steps[0].environmentState.agentPnL
-    return 10_000.0
+    if steps:
+        state = steps[0].environmentState
+        start = state.agentBalance - state.agentPnL
+        if math.isfinite(start) and start > 0:
+            return start
+    return DEFAULT_STARTING_BALANCE
+
+
+def _finite(value: float) -> float:
+    """The value itself, or the nearest finite one (huge P&L over a tiny balance overflows)."""
+    if math.isnan(value):
+        return 0.0
+    return max(-sys.float_info.max, min(sys.float_info.max, value))
 
 
 def max_drawdown(agent_window: AgentWindow) -> float:
@@ -211,7 +227,7 @@ class OutcomeJudge:
         """P&L as a fraction of the starting balance, less a penalty for drawdown."""
         balance = _starting_balance(agent_window)
         pnl = agent_window.final_pnl or 0.0
-        return pnl / balance - self.drawdown_penalty * max_drawdown(agent_window) / balance
+        return _finite(_finite(pnl / balance) - _finite(self.drawdown_penalty * max_drawdown(agent_window) / balance))
 
     def judge_group(self, group: JudgeGroup) -> dict[str, Judgment]:
         """Score one group; ranks are within the group (its peers faced the same market)."""
@@ -237,8 +253,11 @@ class OutcomeJudge:
         return results
 
     async def score(self, groups: Sequence[JudgeGroup]) -> JudgeResult:
-        """Score every group (no calls, no tokens, no cost)."""
-        scores: dict[str, Judgment] = {}
+        """Score every group (no calls, no tokens, no cost); a group that cannot be scored fails alone."""
+        result = JudgeResult(scores={}, usage=JudgeUsage())
         for group in groups:
-            scores.update(self.judge_group(group))
-        return JudgeResult(scores=scores, usage=JudgeUsage())
+            try:
+                result.scores.update(self.judge_group(group))
+            except Exception as error:  # noqa: BLE001 - one group's failure is its own, never its run's
+                result.failures[group.group_id] = f"{type(error).__name__}: {error}"
+        return result

@@ -111,6 +111,11 @@ def test_a_failing_window_leaves_the_others_stored_and_the_retry_redoes_only_it(
         assert not run.success
         failure = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
         assert "1 of 3 window(s) failed (2025-01-15T11:00)" in str(failure[0].dagster_event.event_specific_data)
+        # the stored windows show materialized, the failed one does not
+        assert instance.get_materialized_partitions(AssetKey("ruler_scores")) == {
+            "2025-01-15T10:00",
+            "2025-01-15T12:00",
+        }
     scored = {w: all(m.score is not None for m in WindowRecords(simulated_store).group_members(w)) for w in windows}
     assert scored == {"2025-01-15T10:00": True, broken: False, "2025-01-15T12:00": True}
     assert Counter(windows) == JUDGED

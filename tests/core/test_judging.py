@@ -5,6 +5,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from babylon_assets.core.eligibility import stitch_agent_windows
 from babylon_assets.core.judging import (
@@ -103,3 +105,53 @@ def test_ranks_and_spearman():
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+member = st.tuples(finite, finite, finite, st.one_of(st.none(), finite))  # balance, step P&L, later P&L, final
+
+
+def agent_windows(members: list[tuple[float, float, float, float | None]]):
+    rows = []
+    for n, (balance, first_pnl, later_pnl, final_pnl) in enumerate(members):
+        steps = [step(0, pnl=first_pnl, agent=f"a{n}"), step(1, pnl=later_pnl, agent=f"a{n}")]
+        steps[0]["environmentState"]["agentBalance"] = balance
+        steps[0]["action"] = {"actionType": "OPEN_SHORT", "parameters": {"ticker": "NVDX"}, "success": True}
+        steps[1]["action"] = {"actionType": "BUY_YES", "parameters": {"marketId": "pm-1"}, "success": True}
+        rows.append(game_row(f"t-{n}", f"a{n}", W + timedelta(minutes=1), steps=json.dumps(steps), final_pnl=final_pnl))
+    parsed = list(parse_trajectory_rows([as_trajectory_row(r) for r in rows], now=NOW))
+    return stitch_agent_windows([p for p in parsed if not hasattr(p, "reason")])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    members=st.lists(member, min_size=1, max_size=5),
+    prices=st.tuples(finite, finite, finite),
+    outcome=st.sampled_from(["YES", "NO"]),
+)
+def test_the_outcome_judge_is_total_over_every_finite_input(members, prices, outcome):
+    start, end, change = prices
+    truth = WindowOutcomes(
+        "2025-01-15T10:00",
+        stocks=[StockOutcome("NVDX", start, end, change, "neutral", [])],
+        predictions=[PredictionOutcome("pm-1", "Will NVDX fall?", outcome, 0.5, 1.0)],
+    )
+    windows = agent_windows(members)
+    group = JudgeGroup("g1", "2025-01-15T10:00", windows, truth)
+    result = asyncio.run(OutcomeJudge().score([group]))
+    assert result.failures == {}
+    validate_result([group], result)  # one score in [0, 1] for every member, nothing else
+
+
+def test_a_first_step_whose_balance_equals_its_pnl_is_scored_not_a_division_by_zero():
+    windows = agent_windows([(250.0, 250.0, 300.0, 300.0), (10_000.0, 0.0, -5.0, -5.0)])
+    group = JudgeGroup("g1", "2025-01-15T10:00", windows, CRASH)
+    result = asyncio.run(OutcomeJudge().score([group]))
+    assert result.failures == {} and len(result.scores) == 2
+
+
+def test_a_group_that_cannot_be_scored_fails_alone():
+    good = constructed_window()
+    broken = JudgeGroup("g2", good.window_id, [None], CRASH)  # type: ignore[list-item]
+    result = asyncio.run(OutcomeJudge().score([good, broken]))
+    assert set(result.failures) == {"g2"} and len(result.scores) == 3
