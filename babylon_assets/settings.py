@@ -3,6 +3,7 @@ embedded SQLite store."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, Literal, Self
@@ -163,6 +164,10 @@ class Settings(BaseSettings):
         return Path(self.DAGSTER_HOME).expanduser().resolve()
 
 
+# Settings that are or may hold secrets (DATABASE_URL may carry a password): Dagster sees them only as EnvVar.
+SECRET_SETTINGS = frozenset({"DATABASE_URL", "JUDGE_API_KEY", "AGENT_API_KEY", "WANDB_API_KEY"})
+
+
 class BuiltFromSettings:
     """A resource whose every field is a setting: `SETTING_FIELDS` maps each field to its setting's name, so
     the setting's one default (above) is the only one, and the launchpad shows what a run will use."""
@@ -171,8 +176,17 @@ class BuiltFromSettings:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        """The resource for these settings."""
-        return cls(**{field: getattr(settings, name) for field, name in cls.SETTING_FIELDS.items()})
+        """The resource for these settings; a secret the environment holds reaches Dagster as `EnvVar`, so its
+        value is read when a run starts and never written into the instance's run storage or the UI."""
+        from dagster import EnvVar
+
+        values: dict[str, object] = {}
+        for field, name in cls.SETTING_FIELDS.items():
+            value = getattr(settings, name)
+            if name in SECRET_SETTINGS and value is not None and os.environ.get(name) == value:
+                value = EnvVar(name)
+            values[field] = value
+        return cls(**values)
 
     def settings(self) -> Settings:
         """The settings this resource carries (the others at their defaults), validated as the environment's."""
