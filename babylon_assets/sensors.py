@@ -3,6 +3,7 @@ training sensor retrains when enough new windows are scored; the promotion senso
 gate, deploys) each new checkpoint."""
 
 # Dagster reads the context's annotation at definition time, so annotations stay real (no __future__).
+from collections.abc import Collection
 from datetime import datetime
 
 from dagster import (
@@ -19,7 +20,8 @@ from dagster import (
 )
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
-from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests
+from babylon_assets.assets.scores import ruler_scores
+from babylon_assets.core.sensing import parse_cursor, plan_retraining, plan_window_requests, rows_fingerprint
 from babylon_assets.core.window_time import lookback_window_ids
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
@@ -39,12 +41,26 @@ SENSOR_WINDOWS_PER_RUN = 24
 
 
 def evaluate_window_sensor(
-    db: Store, rules: WindowRulesResource, cursor: str | None, now: datetime, partition_start: str
+    db: Store,
+    rules: WindowRulesResource,
+    cursor: str | None,
+    now: datetime,
+    partition_start: str,
+    materialized: Collection[str] = frozenset(),
 ) -> SensorResult | SkipReason:
-    """One tick: run requests for closed windows with new rows, and the new cursor (or why nothing)."""
+    """One tick: run requests for closed windows with new rows, and the new cursor (or why nothing). Windows in
+    `materialized` (the window graph's last asset has them) whose stored state has the rows they have now were
+    materialized elsewhere (the CLI, a backfill from the UI) and are not requested again."""
     requested = parse_cursor(cursor)
+    row_counts = db.window_row_counts(partition_start)
+    unrequested = [
+        w for w, count in row_counts.items() if w in materialized and requested.get(w) != rows_fingerprint(count)
+    ]
+    for window_id, state in WindowRecords(db).window_states(unrequested).items():
+        if state["rows"] == row_counts[window_id]:
+            requested[window_id] = rows_fingerprint(row_counts[window_id])
     plan = plan_window_requests(
-        db.window_row_counts(partition_start),
+        row_counts,
         db.all_windows_with_outcomes(partition_start),
         requested,
         now=now,
@@ -78,7 +94,12 @@ def evaluate_window_sensor(
 def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
     settings = get_settings()
     return evaluate_window_sensor(
-        store.get_store(), rules, context.cursor, platform_now(settings.LIVE_CLOCK_FILE), settings.PARTITION_START
+        store.get_store(),
+        rules,
+        context.cursor,
+        platform_now(settings.LIVE_CLOCK_FILE),
+        settings.PARTITION_START,
+        materialized=context.instance.get_materialized_partitions(ruler_scores.key),
     )
 
 
@@ -142,9 +163,13 @@ def training_sensor(context: SensorEvaluationContext, store: StoreResource, rule
     )
 
 
-def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> SensorResult | SkipReason:
+def evaluate_promotion_sensor(
+    instance: DagsterInstance, cursor: str | None, no_server: str | None = None
+) -> SensorResult | SkipReason:
     """One tick: a promotion run for the newest trained_checkpoint materialization after the cursor (a storage
-    id). Older new ones are passed over: only the newest checkpoint is worth evaluating."""
+    id). Older new ones are passed over: only the newest checkpoint is worth evaluating. While no policy can be
+    served (`no_server` says why), the tick skips with that reason and keeps its cursor, so the checkpoint is
+    evaluated once a server can be had, instead of a run failing red."""
     after = int(cursor) if cursor else None
     found = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=trained_checkpoint.key, after_storage_id=after), limit=1, ascending=False
@@ -160,6 +185,8 @@ def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> 
             skip_reason=SkipReason("the newest trained_checkpoint made no checkpoint (every group had equal rewards)"),
             cursor=str(newest.storage_id),
         )
+    if no_server is not None:
+        return SkipReason(f"{version} waits: {no_server}")
     if len(instance.get_runs(RunsFilter(job_name=promotion_job.name, statuses=IN_FLIGHT), limit=1)):
         return SkipReason(f"{version} waits: a promotion run is in flight")
     return SensorResult(
@@ -178,4 +205,7 @@ def evaluate_promotion_sensor(instance: DagsterInstance, cursor: str | None) -> 
     "lets only a passing one be deployed. One run at a time, newest checkpoint first.",
 )
 def promotion_sensor(context: SensorEvaluationContext):
-    return evaluate_promotion_sensor(context.instance, context.cursor)
+    from babylon_assets.promotion.evaluation import why_no_policy_server
+
+    settings = get_settings()
+    return evaluate_promotion_sensor(context.instance, context.cursor, why_no_policy_server(settings.POLICY_API_BASE))

@@ -3,7 +3,7 @@
 import json
 from datetime import UTC, datetime, timedelta
 
-from dagster import RunRequest, SensorResult, SkipReason, build_sensor_context
+from dagster import AssetKey, RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from babylon_assets.core.sensing import parse_cursor, plan_window_requests
 from babylon_assets.core.window_time import parse_window_id, window_id_of
@@ -45,6 +45,27 @@ def test_new_windows_then_nothing_new_then_late_rows(simulated_store):
     assert again.run_requests[0].run_key != first.run_requests[0].run_key
     assert parse_cursor(again.cursor)["2025-01-15T11:00"] == "n7"
     assert isinstance(tick(simulated_store, again.cursor), SkipReason)
+
+
+def test_windows_the_cli_materialized_with_the_same_rows_are_not_requested_again(simulated_store):
+    from dagster import DagsterInstance
+
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.orchestration.pipeline import materialize_windows
+
+    url = simulated_store.target.url.render_as_string(hide_password=False)
+    with DagsterInstance.ephemeral() as instance:
+        (run,) = materialize_windows(build_definitions(Settings(DATABASE_URL=url)), ["2025-01-15T11:00"], instance)
+        assert run.success
+        materialized = instance.get_materialized_partitions(AssetKey("ruler_scores"))
+    assert materialized == {"2025-01-15T11:00"}
+    first = evaluate_window_sensor(simulated_store, RULES, None, NOW, START, materialized)
+    assert isinstance(first, SensorResult)
+    assert ranges(first) == [("2025-01-15T10:00", "2025-01-15T10:00"), ("2025-01-15T12:00", "2025-01-15T12:00")]
+    late = game_row("late-row", "agent-late", parse_window_id("2025-01-15T11:00") + timedelta(minutes=50))
+    PlayRecords(simulated_store).record_play(RecordedPlay(trajectories=[late]))
+    again = evaluate_window_sensor(simulated_store, RULES, first.cursor, NOW, START, materialized)  # new rows
+    assert isinstance(again, SensorResult) and ranges(again) == [("2025-01-15T11:00", "2025-01-15T11:00")]
 
 
 def test_an_open_window_waits_for_its_outcomes_or_the_grace_period(tmp_path):
@@ -115,11 +136,14 @@ def test_the_sensor_definition_ticks_with_its_resources(simulated_store):
         "store": StoreResource.from_settings(Settings(DATABASE_URL=url)),
         "rules": WindowRulesResource.from_settings(Settings()),
     }
-    with build_sensor_context(cursor=None, resources=resources) as context:
-        result = window_sensor(context)
-    assert isinstance(result, SensorResult)
-    (request,) = result.run_requests
-    assert isinstance(request, RunRequest) and request.partition_key_range is not None
-    assert json.loads(result.cursor)["v"] == 1
-    with build_sensor_context(cursor=result.cursor, resources=resources) as context:
-        assert isinstance(window_sensor(context), SkipReason)
+    from dagster import DagsterInstance
+
+    with DagsterInstance.ephemeral() as instance:
+        with build_sensor_context(cursor=None, resources=resources, instance=instance) as context:
+            result = window_sensor(context)
+        assert isinstance(result, SensorResult)
+        (request,) = result.run_requests
+        assert isinstance(request, RunRequest) and request.partition_key_range is not None
+        assert json.loads(result.cursor)["v"] == 1
+        with build_sensor_context(cursor=result.cursor, resources=resources, instance=instance) as context:
+            assert isinstance(window_sensor(context), SkipReason)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import OperationalError
 
 from babylon_assets.core.window_time import as_utc, parse_window_id
 from babylon_assets.db.store import Store
@@ -26,16 +27,22 @@ err_console = Console(stderr=True)
 
 def fail(error: object, code: int = 2) -> NoReturn:
     """Print one error line and exit with `code` (2: a bad argument or store)."""
-    err_console.print(f"[red]error:[/red] {error}")
+    err_console.print(f"[red]error:[/red] {error}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
 @contextmanager
 def open_store(settings: Settings) -> Iterator[Store]:
-    """The settings' store with its schema in place, disposed when the command is done with it."""
+    """The settings' store with its schema in place, disposed when the command is done with it; one that cannot
+    be reached exits 2 with one line saying why."""
     store = Store.from_settings(settings)
     try:
-        store.ensure_schema()
+        try:
+            store.ensure_schema()
+        except OperationalError as error:
+            # A store that cannot be reached is a bad setting, said in one line (exit 2), not a traceback.
+            reason = str(error.orig or error).strip().splitlines()[0]
+            fail(f"cannot open the store at {store.target.redacted()}: {reason}")
         yield store
     finally:
         store.dispose()

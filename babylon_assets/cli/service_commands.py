@@ -13,6 +13,24 @@ from babylon_assets.db.store import StoreError
 from babylon_assets.settings import get_settings
 
 
+def relative_dagster_home_in_dotenv(folder: Path) -> str | None:
+    """What is wrong when `folder/.env` sets a relative DAGSTER_HOME: `dagster dev` loads .env over the
+    environment (so over the absolute path `babylon` prepared) and refuses a relative one."""
+    from dotenv import dotenv_values
+
+    dotenv = folder / ".env"
+    if not dotenv.is_file():
+        return None
+    home = dotenv_values(dotenv).get("DAGSTER_HOME")
+    if home and not Path(home).expanduser().is_absolute():
+        return (
+            f"{dotenv} sets DAGSTER_HOME={home}, a relative path: `dagster dev` reads .env over the environment and "
+            f"refuses it. Remove the line (the default is .dagster) or give an absolute path, e.g. "
+            f"DAGSTER_HOME={(folder / home).resolve()}"
+        )
+    return None
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port of the UI on 127.0.0.1.")] = 3000,
@@ -30,6 +48,9 @@ def ui(
         wait_until_ready,
     )
 
+    problem = relative_dagster_home_in_dotenv(Path.cwd())
+    if problem:
+        fail(problem)
     settings = get_settings()
     home = prepare_dagster_home(settings)
     url = f"http://127.0.0.1:{port}"

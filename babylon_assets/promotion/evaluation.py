@@ -319,6 +319,23 @@ class EvaluationOptions:
     work_folder: Path = Path(".babylon") / "eval"
 
 
+def why_no_policy_server(policy_api_base: str | None) -> str | None:
+    """Why no policy can be served for evaluation now, or None when one can: POLICY_API_BASE names a server,
+    or the local llama.cpp server is built and the base model's GGUF is installed."""
+    if policy_api_base:
+        return None
+    from babylon_assets.llm import local_server
+
+    binary = local_server.server_binary()
+    if not binary.is_file():
+        return f"llama-server is not built yet ({binary}): run `make llm-build`, or set POLICY_API_BASE"
+    try:
+        local_server.model_file()
+    except local_server.LocalLlmError as error:
+        return str(error)
+    return None
+
+
 def local_policy_server(folder: Path, base_model: str, adapter: Path | None, alias: str) -> Callable[[], Any]:
     """A llama.cpp server for one policy, started for its play and stopped after: the base model's GGUF,
     with the checkpoint's adapter (exported to GGUF beside it) when there is one."""

@@ -295,3 +295,28 @@ def test_the_promotion_sensor_requests_the_newest_checkpoint_once(tmp_path):
         instance.add_run(DagsterRun(job_name="promotion_job", run_id="r" * 32, status=DagsterRunStatus.STARTED))
         waiting = evaluate_promotion_sensor(instance, empty.cursor)
         assert isinstance(waiting, SkipReason) and "babylon-mmo@3 waits" in waiting.skip_message
+
+
+def test_the_promotion_sensor_skips_with_the_reason_while_no_policy_can_be_served(tmp_path, monkeypatch):
+    from dagster import AssetMaterialization, SensorResult, SkipReason, build_sensor_context
+
+    from babylon_assets.llm import local_server
+    from babylon_assets.promotion.evaluation import why_no_policy_server
+    from babylon_assets.sensors import evaluate_promotion_sensor, promotion_sensor
+
+    monkeypatch.setattr(local_server, "server_binary", lambda version=None: tmp_path / "not-built" / "llama-server")
+    reason = why_no_policy_server(None)
+    assert reason is not None and "make llm-build" in reason
+    assert why_no_policy_server("http://127.0.0.1:9/v1") is None  # a remote server needs nothing local
+    with DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(
+            AssetMaterialization("trained_checkpoint", metadata={"model_version": "babylon-mmo@1"})
+        )
+        with build_sensor_context(instance=instance) as context:
+            skipped = promotion_sensor(context)
+        assert isinstance(skipped, SkipReason) and "babylon-mmo@1 waits: llama-server is not built" in str(
+            skipped.skip_message
+        )
+        # once a server can be had, the same checkpoint is requested (the skip kept the cursor)
+        ready = evaluate_promotion_sensor(instance, None, no_server=None)
+        assert isinstance(ready, SensorResult) and len(ready.run_requests) == 1

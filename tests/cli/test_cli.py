@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from babylon_assets.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
 
 runner = CliRunner()
 # The play `demo` simulates, without materializing the graph.
@@ -102,3 +105,26 @@ def test_export_dataset_writes_art_trajectories_with_rewards(tmp_path):
     assert len({t.metadata["group_id"] for t in trajectories}) == 4
     assert all(len(t.additional_histories) == 9 and t.messages_and_choices[0]["role"] == "system" for t in trajectories)
     assert runner.invoke(app, ["export-dataset", "--format", "csv"]).exit_code == 2
+
+
+def test_ui_refuses_a_relative_dagster_home_in_dotenv_and_the_example_sets_none(tmp_path, monkeypatch):
+    from babylon_assets.cli.service_commands import relative_dagster_home_in_dotenv
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("DAGSTER_HOME=.dagster\n")
+    result = CliRunner().invoke(app, ["ui", "--port", "3999"])
+    assert result.exit_code == 2 and "relative path" in result.output and "DAGSTER_HOME=" in result.output
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())  # cp .env.example .env
+    assert relative_dagster_home_in_dotenv(tmp_path) is None
+    (tmp_path / ".env").write_text(f"DAGSTER_HOME={tmp_path / 'home'}\n")
+    assert relative_dagster_home_in_dotenv(tmp_path) is None
+
+
+@pytest.mark.postgres
+def test_check_windows_on_a_missing_database_exits_2_with_one_line(monkeypatch, postgres_server):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:secret-pw@127.0.0.1:5432/babylon_no_such_database")
+    result = CliRunner().invoke(app, ["check-windows"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "cannot open the store" in line and 'database "babylon_no_such_database" does not exist' in line
+    assert "secret-pw" not in line
