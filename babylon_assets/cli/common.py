@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import OperationalError
 
-from babylon_assets.core.window_time import as_utc, parse_window_id
+from babylon_assets.core.window_time import as_utc, normalize_window_id, parse_window_id
 from babylon_assets.db.store import Store
 from babylon_assets.settings import Settings
 
@@ -75,6 +75,26 @@ def row_progress(description: str) -> Iterator[Callable[[int], None]]:
     ) as progress:
         task = progress.add_task(description, total=None)
         yield lambda count: progress.update(task, completed=count)
+
+
+def inside_partitions(settings: Settings, window_ids: list[str]) -> list[str]:
+    """The windows the hourly partitions hold. The rows of windows before PARTITION_START are quarantined as
+    `before_partition_start` and reported in one line: no partition reads them, and none is asked for."""
+    start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
+    outside = sorted(w for w in window_ids if w < start)  # canonical window ids sort as their hours do
+    if outside:
+        from babylon_assets.db.play_records import PlayRecords
+
+        detail = f"its window is before PARTITION_START={start}: no partition reads it"
+        with open_store(settings) as store:
+            rows = PlayRecords(store).quarantine_windows(outside, "before_partition_start", detail)
+        err_console.print(
+            f"{len(outside)} window(s) before PARTITION_START={start} ({outside[0]} .. {outside[-1]}) are outside the "
+            f"partitions: their {rows} row(s) are quarantined as before_partition_start",
+            soft_wrap=True,
+            highlight=False,
+        )
+    return [w for w in window_ids if w >= start]
 
 
 def progress_bar() -> Progress:

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from babylon_assets.cli.common import console, dagster_session, err_console, fail, open_store, progress_bar
+from babylon_assets.cli.common import (
+    console,
+    dagster_session,
+    err_console,
+    fail,
+    inside_partitions,
+    open_store,
+    progress_bar,
+)
 from babylon_assets.cli.main import app
 from babylon_assets.core.window_time import lookback_window_ids, utcnow
 from babylon_assets.db.store import StoreError
@@ -55,6 +63,7 @@ def train_graph(settings: Settings, window_ids: list[str]) -> TrainingOutcome | 
     from babylon_assets.training.run import listening
 
     outcomes: list[TrainingOutcome] = []
+    window_ids = inside_partitions(settings, window_ids)
     with dagster_session(settings) as (defs, instance):
         with progress_bar() as progress:
             task = progress.add_task("Scoring windows", total=len(window_ids))

@@ -13,6 +13,7 @@ from babylon_assets.cli.common import (
     dagster_session,
     err_console,
     fail,
+    inside_partitions,
     open_store,
     parse_hour,
     parse_until,
@@ -21,7 +22,7 @@ from babylon_assets.cli.common import (
 )
 from babylon_assets.cli.main import app
 from babylon_assets.core.eligibility import EligibilityRules, ReadinessVerdict, WindowSummary, readiness_verdict
-from babylon_assets.core.window_time import lookback_window_ids, utcnow, window_id_of
+from babylon_assets.core.window_time import lookback_window_ids, normalize_window_id, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.db.window_records import GroupMemberRecord, WindowRecords
 from babylon_assets.settings import Settings, get_settings
@@ -74,7 +75,9 @@ def readiness_report(
         summaries = store.window_summaries(
             rules, lookback_hours, until, grace_minutes=settings.GRACE_MINUTES, on_progress=update
         )
-    return summaries, readiness_verdict(summaries, rules)
+    # A window before the partitions can never be trained on: it does not count towards readiness.
+    start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
+    return summaries, readiness_verdict([s for s in summaries if s.window_id >= start], rules)
 
 
 @app.command("check-windows")
@@ -102,6 +105,14 @@ def check_windows(
         fail(error)
     title = f"Windows in the {hours} h before {(end or utcnow()):%Y-%m-%dT%H:%M}Z"
     render_readiness_report(summaries, verdict, rules, title)
+    start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
+    outside = [s for s in summaries if s.window_id < start]
+    if outside:
+        console.print(
+            f"{len(outside)} window(s) with {sum(s.rows for s in outside)} row(s) lie before PARTITION_START={start}: "
+            "no partition reads them; `babylon score` and `babylon train` quarantine them as before_partition_start.",
+            highlight=False,
+        )
     raise typer.Exit(0 if verdict.ready else 1)
 
 
@@ -144,6 +155,7 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
     """Materialize the window graph for these windows and then the training dataset, on the instance."""
     from babylon_assets.orchestration.pipeline import materialize_training_dataset, materialize_windows
 
+    window_ids = inside_partitions(settings, window_ids)
     with dagster_session(settings) as (defs, instance), progress_bar() as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids) + 1)
         runs = materialize_windows(
@@ -160,6 +172,7 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
 def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) -> None:
     from babylon_assets.orchestration.pipeline import materialize_windows
 
+    window_ids = inside_partitions(settings, window_ids)
     if not window_ids:
         console.print("No window with trajectories in that range: nothing to do.")
         return

@@ -48,12 +48,29 @@ def parse_window_id(window_id: str) -> datetime:
 def normalize_window_id(window_id: str | None) -> str | None:
     """The canonical form of a game windowId that names an hour, or None when it names none."""
     # Cached: a week's rows name only 168 distinct windows, and every row is normalized.
-    if window_id is None:
+    if window_id is None or window_id != window_id.strip():
+        # Surrounding blanks would sort outside `window_id_prefix_ranges`: such an id names no hour here.
         return None
     try:
         return parse_window_id(window_id).strftime(WINDOW_ID_FORMAT)
     except ValueError:
         return None
+
+
+def window_id_prefix_ranges(window_id: str) -> list[tuple[str, str]]:
+    """String ranges [low, high) that hold every spelling of this hour's id that `normalize_window_id` takes
+    ("2025-03-02T09:00", "2025-03-02 09:00:00+00:00", ...): a query on them reads every row assigned to the hour."""
+    start = parse_window_id(window_id)
+    day, hour = start.strftime("%Y-%m-%d"), start.hour
+    return [(f"{day}{separator}{hour:02d}:00", f"{day}{separator}{hour:02d}:01") for separator in (" ", "T")]
+
+
+def window_id_day_range(first: str, last: str) -> tuple[str, str]:
+    """One string range [low, high) that holds every spelling of every hour from `first` to `last` (and of the
+    other hours of their days: a caller keeps the windows it wants)."""
+    low = parse_window_id(first).strftime("%Y-%m-%d")
+    high = (parse_window_id(last) + timedelta(days=1)).strftime("%Y-%m-%d")
+    return low, high
 
 
 def window_bounds(window_id: str) -> tuple[datetime, datetime]:

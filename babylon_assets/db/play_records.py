@@ -281,6 +281,15 @@ class PlayRecords:
             insert_many(connection, table, [{"id": new_id(), **row, "windowId": window_id} for row in rows])
         return len(rows)
 
+    def quarantine_windows(self, window_ids: Iterable[str], reason: str, detail: str) -> int:
+        """Quarantine every row of these windows with one reason (windows no partition reads); returns how many."""
+        items = [
+            QuarantinedRow(item.row_id, item.trajectory_id, window_id, reason, detail)
+            for window_id in window_ids
+            for item in self.store.iter_window(window_id)
+        ]
+        return self.record_quarantine(items)
+
     def record_quarantine(self, items: Iterable[QuarantinedRow]) -> int:
         """Store quarantined rows with their reasons; seeing one again updates it, never duplicates."""
         now = self.store.now_utc()

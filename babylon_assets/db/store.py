@@ -52,7 +52,9 @@ from babylon_assets.core.window_time import (
     parse_window_id,
     utcnow,
     window_bounds,
+    window_id_day_range,
     window_id_of,
+    window_id_prefix_ranges,
 )
 from babylon_assets.db.engine import make_engine, naive_utc
 from babylon_assets.db.inspection import game_schema_of
@@ -94,6 +96,39 @@ def _float(value: Decimal | float | None) -> float | None:
 
 
 _ROW_COLUMNS = [table_of(Trajectory).c[name] for name in TRAJECTORY_COLUMNS]
+
+
+def rows_of_window(window_id: str) -> tuple[ColumnElement[bool], dict[str, Any]]:
+    """The candidate rows of one window: its windowId in any spelling of the hour, or no windowId and a start in
+    it (a row whose windowId names another hour is that hour's), with the query's parameters."""
+    start, end = window_bounds(window_id)
+    (space_lo, space_hi), (t_lo, t_hi) = window_id_prefix_ranges(window_id)
+    where = or_(
+        and_(Trajectory.windowId >= bindparam("s_lo"), Trajectory.windowId < bindparam("s_hi")),
+        and_(Trajectory.windowId >= bindparam("t_lo"), Trajectory.windowId < bindparam("t_hi")),
+        and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
+    )
+    params = {
+        "s_lo": space_lo,
+        "s_hi": space_hi,
+        "t_lo": t_lo,
+        "t_hi": t_hi,
+        "lo": naive_utc(start),
+        "hi": naive_utc(end),
+    }
+    return where, params
+
+
+def rows_of_windows(first: str, last: str) -> tuple[ColumnElement[bool], dict[str, Any]]:
+    """The candidate rows of the windows from `first` to `last` (and some of their days' other hours: the caller
+    keeps the rows whose window it wants), with the query's parameters."""
+    day_lo, day_hi = window_id_day_range(first, last)
+    where = or_(
+        and_(Trajectory.windowId >= bindparam("day_lo"), Trajectory.windowId < bindparam("day_hi")),
+        and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
+    )
+    lo, hi = parse_window_id(first), parse_window_id(last) + timedelta(hours=1)
+    return where, {"day_lo": day_lo, "day_hi": day_hi, "lo": naive_utc(lo), "hi": naive_utc(hi)}
 
 
 class Store:
@@ -197,12 +232,7 @@ class Store:
         self, window_id: str, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
         """Stream one window's rows, parsed or quarantined, in time order."""
-        start, end = window_bounds(window_id)
-        where = or_(
-            Trajectory.windowId == bindparam("window_id"),
-            and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
-        )
-        params = {"window_id": window_id, "lo": naive_utc(start), "hi": naive_utc(end)}
+        where, params = rows_of_window(window_id)
         yield from self._parse_stream(self._iter_rows(where, params, batch_size, True), {window_id})
 
     def iter_lookback(
@@ -210,13 +240,7 @@ class Store:
     ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
         """Stream every row of the windows in the lookback, parsed or quarantined (no order)."""
         window_ids = lookback_window_ids(lookback_hours, until or self.clock())
-        lo = parse_window_id(window_ids[0])
-        hi = parse_window_id(window_ids[-1]) + timedelta(hours=1)
-        where = or_(
-            Trajectory.windowId.in_(bindparam("window_ids", expanding=True)),
-            and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
-        )
-        params = {"window_ids": window_ids, "lo": naive_utc(lo), "hi": naive_utc(hi)}
+        where, params = rows_of_windows(window_ids[0], window_ids[-1])
         yield from self._parse_stream(self._iter_rows(where, params, batch_size, False), set(window_ids))
 
     def read_window(self, window_id: str, rules: EligibilityRules) -> WindowRead:
@@ -380,20 +404,12 @@ class Store:
         """Which of these windows have any candidate rows (one query, no JSON read)."""
         if not window_ids:
             return set()
-        lo = parse_window_id(min(window_ids))
-        hi = parse_window_id(max(window_ids)) + timedelta(hours=1)
-        statement = select(Trajectory.windowId, Trajectory.startTime).where(
-            or_(
-                Trajectory.windowId.in_(bindparam("ids", expanding=True)),
-                and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
-            )
-        )
+        where, params = rows_of_windows(min(window_ids), max(window_ids))
+        statement = select(Trajectory.windowId, Trajectory.startTime).where(where)
         wanted = set(window_ids)
         found: set[str] = set()
         with self.engine.connect() as connection:
-            for window, start in connection.execute(
-                statement, {"ids": list(window_ids), "lo": naive_utc(lo), "hi": naive_utc(hi)}
-            ):
+            for window, start in connection.execute(statement, params):
                 candidate = normalize_window_id(window) or window_id_of(start)
                 if candidate in wanted:
                     found.add(candidate)
@@ -412,9 +428,12 @@ class Store:
             and_(Trajectory.windowId.is_(None), Trajectory.startTime >= bindparam("lo"))
         )
         with self.engine.connect() as connection:
-            for window, count in connection.execute(by_window, {"since": since_window}):
+            # From the start of its day: every spelling of an hour sorts within its day's prefix.
+            for window, count in connection.execute(
+                by_window, {"since": window_id_day_range(since_window, since_window)[0]}
+            ):
                 normalized = normalize_window_id(window)
-                if normalized is not None:
+                if normalized is not None and normalized >= since_window:
                     counts[normalized] += count
             for (start,) in connection.execute(unassigned, {"lo": naive_utc(parse_window_id(since_window))}):
                 counts[window_id_of(start)] += 1

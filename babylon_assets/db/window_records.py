@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import and_, bindparam, select
 
 from babylon_assets.core.eligibility import EligibilityRules, WindowSummary
 from babylon_assets.core.judging import CachedJudgment
-from babylon_assets.core.window_time import lookback_window_ids, parse_window_id, window_bounds
+from babylon_assets.core.window_time import lookback_window_ids, parse_window_id
 from babylon_assets.db.engine import insert_many, naive_utc, new_id, upsert
 from babylon_assets.db.schema import (
     DatasetMember,
@@ -30,7 +30,7 @@ from babylon_assets.db.schema import (
     WindowVerdict,
     table_of,
 )
-from babylon_assets.db.store import Store
+from babylon_assets.db.store import Store, rows_of_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,22 +93,11 @@ class WindowRecords:
 
     def window_fingerprint(self, window_id: str) -> str:
         """A hash of the window's candidate rows (ids and update times): changes when late rows arrive."""
-        start, end = window_bounds(window_id)
-        statement = (
-            select(Trajectory.id, Trajectory.updatedAt)
-            .where(
-                or_(
-                    Trajectory.windowId == bindparam("window_id"),
-                    and_(Trajectory.startTime >= bindparam("lo"), Trajectory.startTime < bindparam("hi")),
-                )
-            )
-            .order_by(Trajectory.id)
-        )
+        where, params = rows_of_window(window_id)
+        statement = select(Trajectory.id, Trajectory.updatedAt).where(where).order_by(Trajectory.id)
         digest = hashlib.sha256()
         with self.store.engine.connect() as connection:
-            for row_id, updated in connection.execute(
-                statement, {"window_id": window_id, "lo": naive_utc(start), "hi": naive_utc(end)}
-            ):
+            for row_id, updated in connection.execute(statement, params):
                 digest.update(f"{row_id}|{updated}\n".encode())
         return digest.hexdigest()
 

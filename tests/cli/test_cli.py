@@ -128,3 +128,32 @@ def test_check_windows_on_a_missing_database_exits_2_with_one_line(monkeypatch, 
     (line,) = result.output.strip().splitlines()
     assert "cannot open the store" in line and 'database "babylon_no_such_database" does not exist' in line
     assert "secret-pw" not in line
+
+
+def test_rows_before_partition_start_are_reported_and_quarantined_never_a_crash(tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from babylon_assets.db.store import Store
+    from babylon_assets.play.simulator import SimulationPlan, simulate
+
+    url = f"sqlite:///{tmp_path / 'early.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    store = Store(url)
+    store.upgrade()
+    start = datetime(2024, 12, 31, 22, tzinfo=UTC)  # two hours before the default PARTITION_START
+    simulate(
+        store,
+        SimulationPlan(agents=5, windows=4, duration_minutes=5, seed=3, start=start),
+        now=datetime(2025, 1, 2, tzinfo=UTC),
+    )
+    runner = CliRunner()
+    report = runner.invoke(app, ["check-windows", "--until", "2025-01-01T02:00", "--lookback-hours", "4"])
+    assert "2 window(s) with 10 row(s) lie before PARTITION_START=2025-01-01T00:00" in report.output
+    scored = runner.invoke(app, ["score", "--until", "2025-01-01T02:00", "--lookback-hours", "4"])
+    assert scored.exit_code == 0, scored.output
+    assert (
+        "2 window(s) before PARTITION_START=2025-01-01T00:00" in scored.output
+        and "10 row(s) are quarantined" in scored.output
+    )
+    assert store.quarantine_counts() == {"before_partition_start": 10}
+    store.dispose()

@@ -298,3 +298,24 @@ def test_every_record_keeper_writes_the_time_of_the_stores_own_clock(tmp_path):
         row = connection.execute(table_of(TrainedModel).select()).mappings().one()
     assert row["updatedAt"] == clock_time.replace(tzinfo=None) == store.now()
     store.dispose()
+
+
+def test_a_window_id_in_another_spelling_is_read_and_counted_in_the_hour_it_names(store: Store):
+    nine, ten = "2025-01-15T09:00", "2025-01-15T10:00"
+    rows = [
+        # the game's grouping says 09:00 (spelled with a space, seconds and a zone) though the row starts at 10:45
+        game_row("spelled", "agent-s", W_START + timedelta(minutes=45), window_id="2025-01-15 09:00:00+00:00"),
+        game_row("plain", "agent-p", W_START + timedelta(minutes=5), window_id=ten),
+        game_row("blank", "agent-b", W_START + timedelta(minutes=7), window_id=" 2025-01-15T09:00"),
+    ]
+    PlayRecords(store).record_play(RecordedPlay(trajectories=rows))
+    read = {w: store.read_window(w, RULES) for w in (nine, ten)}
+    assert [aw.agent_id for aw in read[nine].eligible] == ["agent-s"]
+    assert [aw.agent_id for aw in read[ten].eligible] == ["agent-p"]
+    # an id with blanks around it names no hour: quarantined in its start hour, not lost
+    assert [(q.trajectory_id, q.reason) for q in read[ten].quarantined] == [("blank", "unrecognised_window_id")]
+    # check-windows counts each row where the window assets read it, and so does the sensor
+    summaries = {s.window_id: s for s in store.window_summaries(RULES, 24, NOW)}
+    assert (summaries[nine].rows, summaries[ten].rows) == (1, 2)
+    assert store.window_row_counts("2025-01-15T00:00")[nine] == 1
+    assert store.windows_with_rows([nine, ten]) == {nine, ten}
