@@ -30,6 +30,7 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
     def parse_window(window_id: str) -> WindowMetadata:
         read = db.read_window(window_id, eligibility)
         PlayRecords(db).record_quarantine(read.quarantined)
+        WindowRecords(db).replace_exclusions(window_id, read.excluded_row_reasons())
         summary = read.summary()
         WindowRecords(db).save_window_state(summary, eligibility, WindowRecords(db).window_fingerprint(window_id))
         closed = is_window_closed(
@@ -49,6 +50,9 @@ def trajectories(context: AssetExecutionContext, store: StoreResource, rules: Wi
             "ready": summary.is_ready(eligibility),
             "closed": closed,
             "stitched_agent_windows": sum(1 for aw in read.eligible if len(aw.trajectories) > 1),
+            "rows_accounted": summary.accounting,
+            "used_rows": summary.used_rows,
+            "excluded_rows": summary.excluded_rows,
             "excluded_total": sum(summary.excluded.values()),
             "quarantined_total": sum(summary.quarantined.values()),
             "excluded": lambda: counts_table(summary.excluded),

@@ -105,6 +105,10 @@ def check_windows(
         fail(error)
     title = f"Windows in the {hours} h before {(end or utcnow()):%Y-%m-%dT%H:%M}Z"
     render_readiness_report(summaries, verdict, rules, title)
+    rows = sum(s.rows for s in summaries)
+    used, excluded = sum(s.used_rows for s in summaries), sum(s.excluded_rows for s in summaries)
+    quarantined = sum(s.quarantined_rows for s in summaries)
+    console.print(f"rows in {rows} = used {used} + excluded {excluded} + quarantined {quarantined}", highlight=False)
     start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
     outside = [s for s in summaries if s.window_id < start]
     if outside:

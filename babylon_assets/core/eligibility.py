@@ -122,7 +122,19 @@ class WindowRead:
             eligible_agents=len(self.eligible),
             excluded=Counter(reason for _, reason in self.excluded),
             quarantined=Counter(q.reason for q in self.quarantined),
+            used_rows=sum(len(aw.trajectories) for aw in self.eligible),
+            excluded_rows=len(self.excluded_row_reasons()),
         )
+
+    def excluded_row_reasons(self) -> list[tuple[ParsedTrajectory, str]]:
+        """Each excluded row with its reason: its own (evaluation, not training data), or its agent-window's."""
+        rows: list[tuple[ParsedTrajectory, str]] = []
+        for item, reason in self.excluded:
+            if isinstance(item, AgentWindow):
+                rows.extend((trajectory, reason) for trajectory in item.trajectories)
+            else:
+                rows.append((item, reason))
+        return rows
 
 
 def split_window(
@@ -164,6 +176,28 @@ class WindowSummary:
     quarantined: Counter[str] = field(default_factory=Counter)
     outcomes_recorded: bool = False
     closed: bool = False
+    # Every row is used (in an eligible agent-window), excluded (by its own flags or its agent-window's) or
+    # quarantined: these three add up to `rows`.
+    used_rows: int = 0
+    excluded_rows: int = 0
+
+    @property
+    def quarantined_rows(self) -> int:
+        """Rows that did not parse (one reason each)."""
+        return sum(self.quarantined.values())
+
+    @property
+    def accounting(self) -> str:
+        """Where every row went, as one line a person reads."""
+        return (
+            f"rows in {self.rows} = used {self.used_rows} + excluded {self.excluded_rows} "
+            f"+ quarantined {self.quarantined_rows}"
+        )
+
+    @property
+    def accounted(self) -> bool:
+        """True when used, excluded and quarantined rows add up to the rows read."""
+        return self.rows == self.used_rows + self.excluded_rows + self.quarantined_rows
 
     def is_ready(self, rules: EligibilityRules) -> bool:
         """Enough distinct agents with eligible agent-windows (DESIGN 3)."""
@@ -177,9 +211,10 @@ class WindowSummary:
 
 
 class _AgentTally:
-    __slots__ = ("decisions", "final_pnl", "last_start")
+    __slots__ = ("decisions", "final_pnl", "last_start", "rows")
 
     def __init__(self) -> None:
+        self.rows = 0
         self.decisions = 0
         self.final_pnl: float | None = None
         self.last_start: datetime | None = None
@@ -203,8 +238,10 @@ class WindowTally:
         reason = item.row_exclusion
         if reason is not None:
             self.summary.excluded[reason] += 1
+            self.summary.excluded_rows += 1
             return
         tally = self._trainable.setdefault(item.agent_id, _AgentTally())
+        tally.rows += 1
         tally.decisions += item.llm_decisions
         # The agent-window's P&L is that of its latest row that recorded one (as AgentWindow does).
         if item.final_pnl is not None and (tally.last_start is None or item.start_time >= tally.last_start):
@@ -221,8 +258,10 @@ class WindowTally:
             reason = agent_window_exclusion(tally.decisions, tally.final_pnl, rules.min_actions)
             if reason is None:
                 summary.eligible_agents += 1
+                summary.used_rows += tally.rows
             else:
                 summary.excluded[reason] += 1
+                summary.excluded_rows += tally.rows
         return summary
 
 

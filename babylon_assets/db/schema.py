@@ -274,6 +274,20 @@ class QuarantinedTrajectory(OurBase):
     times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))
 
 
+class ExcludedTrajectory(OurBase):
+    """A row that parsed but is not trained on, with the reason: its own flags (evaluation, not training data) or
+    its agent-window's (too few LLM decisions, no P&L); a window's set is replaced each time it is read."""
+
+    __tablename__ = "excluded_trajectories"
+
+    window_id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    trajectory_row_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    trajectory_id: Mapped[str] = mapped_column(Text)
+    agent_id: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class WindowState(OurBase):
     """What the `trajectories` asset found in a window: counts, readiness and a fingerprint of its rows."""
 

@@ -16,10 +16,12 @@ from sqlalchemy import and_, bindparam, select
 
 from babylon_assets.core.eligibility import EligibilityRules, WindowSummary
 from babylon_assets.core.judging import CachedJudgment
+from babylon_assets.core.trajectory import ParsedTrajectory
 from babylon_assets.core.window_time import lookback_window_ids, parse_window_id
 from babylon_assets.db.engine import insert_many, naive_utc, new_id, upsert
 from babylon_assets.db.schema import (
     DatasetMember,
+    ExcludedTrajectory,
     GroupMember,
     JudgeCacheEntry,
     JudgmentRecord,
@@ -100,6 +102,33 @@ class WindowRecords:
             for row_id, updated in connection.execute(statement, params):
                 digest.update(f"{row_id}|{updated}\n".encode())
         return digest.hexdigest()
+
+    def replace_exclusions(self, window_id: str, excluded: Sequence[tuple[ParsedTrajectory, str]]) -> int:
+        """Set a window's excluded rows and their reasons (idempotent: replaces, never adds)."""
+        table = table_of(ExcludedTrajectory)
+        now = self.store.now_utc()
+        rows = [
+            {
+                "window_id": window_id,
+                "trajectory_row_id": row.row_id,
+                "trajectory_id": row.trajectory_id,
+                "agent_id": row.agent_id,
+                "reason": reason,
+                "recorded_at": now,
+            }
+            for row, reason in excluded
+        ]
+        with self.store.engine.begin() as connection:
+            connection.execute(table.delete().where(table.c.window_id == bindparam("w")), {"w": window_id})
+            insert_many(connection, table, rows)
+        return len(rows)
+
+    def exclusions(self, window_id: str) -> dict[str, str]:
+        """A window's excluded rows: trajectory row id -> reason."""
+        table = table_of(ExcludedTrajectory)
+        statement = select(table.c.trajectory_row_id, table.c.reason).where(table.c.window_id == bindparam("w"))
+        with self.store.engine.connect() as connection:
+            return {row_id: reason for row_id, reason in connection.execute(statement, {"w": window_id})}
 
     def save_window_state(self, summary: WindowSummary, rules: EligibilityRules, fingerprint: str) -> None:
         """Remember what the `trajectories` asset found in a window."""

@@ -66,6 +66,7 @@ def test_each_window_asset_materializes_with_its_metadata(database_url, instance
     assert (parsed["rows"], parsed["agents"], parsed["eligible"], parsed["ready"]) == (6, 6, 6, True)
     assert parsed["closed"] is True
     assert parsed["quarantined_total"] == 0 and parsed["excluded_total"] == 0
+    assert parsed["rows_accounted"] == "rows in 6 = used 6 + excluded 0 + quarantined 0"
     truth = metadata(result, "market_outcomes")
     assert truth["recorded"] is True and (truth["stocks"], truth["predictions"]) == (5, 3)
     groups = metadata(result, "window_groups")

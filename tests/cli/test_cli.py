@@ -58,6 +58,8 @@ def test_check_windows_exit_codes_and_flags():
     assert more.exit_code == 1 and "NOT READY: 4 of 5" in more.output
     long_actions = runner.invoke(app, ["check-windows", "--min-actions", "11"])
     assert long_actions.exit_code == 1 and "too_few_llm_actions: 8" in long_actions.output
+    assert "rows in 32 = used 0 + excluded 32 + quarantined 0" in long_actions.output
+    assert "rows in 32 = used 32 + excluded 0 + quarantined 0" in ready.output
 
 
 def test_check_windows_on_an_empty_store_says_what_to_do(monkeypatch):

@@ -22,6 +22,7 @@ from babylon_assets.db.store import (
     GameReadOnlyError,
     Store,
 )
+from babylon_assets.db.window_records import WindowRecords
 from tests.builders import game_row, step
 from tests.conftest import NOW
 
@@ -110,6 +111,15 @@ def test_malformed_rows_are_quarantined_or_excluded_and_every_valid_row_is_retur
     }
     assert excluded == {"none-pnl": "missing_pnl", "no-llm": "no_llm_calls"}
     assert read.rows == 11
+
+    # every row accounted for, in a full read and in the streaming summary alike, each excluded row with its reason
+    summary = read.summary()
+    assert summary.accounting == "rows in 11 = used 4 + excluded 2 + quarantined 5" and summary.accounted
+    (streamed,) = [s for s in store.window_summaries(RULES, 24, NOW) if s.window_id == W]
+    assert streamed.accounting == summary.accounting
+    assert WindowRecords(store).replace_exclusions(W, read.excluded_row_reasons()) == 2
+    WindowRecords(store).replace_exclusions(W, read.excluded_row_reasons())  # read again: replaced, not added
+    assert WindowRecords(store).exclusions(W) == {"row-none-pnl": "missing_pnl", "row-no-llm": "no_llm_calls"}
 
     assert PlayRecords(store).record_quarantine(read.quarantined) == 5
     PlayRecords(store).record_quarantine(read.quarantined)  # seen again: updated, not duplicated
