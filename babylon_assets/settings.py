@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     MAX_TRAJECTORY_CHARS: int = Field(default=2_000_000, ge=1_000)
     # Rows that start this far after "now" are quarantined as clock errors.
     FUTURE_TOLERANCE_MINUTES: int = Field(default=5, ge=0)
+    # A row whose P&L (final, or any step's) is beyond this many dollars either way is quarantined as
+    # pnl_out_of_range: the game's agents start an hour with $10,000, so this is a recording error, not play.
+    MAX_ABS_PNL: float = Field(default=10_000_000.0, gt=0)
 
     # Judge (DESIGN 6)
     JUDGE_MODEL: str | None = None

@@ -58,6 +58,8 @@ def game_row(
     """A `trajectories` row as the game's Prisma client writes it (camelCase keys)."""
     if steps is None:
         steps = [step(n, agent=agent_id) for n in range(decisions)]
+        for n, made in enumerate(steps):  # a row's steps happen during the row, as the game records them
+            made["timestamp"] = int(start.timestamp() * 1000) + n * 60_000
     steps_json = steps if isinstance(steps, str) else json.dumps(steps)
     if metrics is None:
         metrics = {"episodeLength": decisions, "finalStatus": "completed", "finalPnL": final_pnl}

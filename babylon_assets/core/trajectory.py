@@ -6,17 +6,34 @@ dropped silently and never stops the rest of its window.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError
 
 from babylon_assets.core.window_time import as_utc, normalize_window_id, window_id_of
 
 LlmPurpose = Literal["action", "reasoning", "evaluation", "response"]
+
+_DECIMAL_STRING = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _decimal_string_to_number(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _DECIMAL_STRING.match(value.strip()) else value
+
+
+# A number the game writes as a number: a string there is refused (quarantined as `number_as_string`), never
+# coerced, since whatever wrote it is not the game's recorder.
+Number = Annotated[float, Strict()]
+Count = Annotated[int, Strict()]
+# Prisma's Decimal columns (the "User" money columns the recorder copies into environmentState, the final balance
+# and P&L its caller passes) go through JSON.stringify as strings ("10000.50"): there a numeric string is the number.
+DecimalNumber = Annotated[float, BeforeValidator(_decimal_string_to_number), Strict()]
 
 
 class _GameModel(BaseModel):
@@ -33,9 +50,9 @@ class LlmCall(_GameModel):
     userPrompt: str
     response: str
     reasoning: str | None = None
-    temperature: float
-    maxTokens: int
-    latencyMs: float | None = None
+    temperature: Number
+    maxTokens: Count
+    latencyMs: Number | None = None
     purpose: LlmPurpose
     actionType: str | None = None
 
@@ -54,10 +71,10 @@ class Action(_GameModel):
 class EnvironmentState(_GameModel):
     """The agent's account as it stood when the step began."""
 
-    agentBalance: float
-    agentPnL: float
-    openPositions: int | list[Any]
-    activeMarkets: int | list[Any] | None = None
+    agentBalance: DecimalNumber
+    agentPnL: DecimalNumber
+    openPositions: Count | list[Any]
+    activeMarkets: Count | list[Any] | None = None
 
 
 class ProviderAccess(_GameModel):
@@ -71,25 +88,25 @@ class ProviderAccess(_GameModel):
 class Step(_GameModel):
     """One step of a trajectory: state, data seen, LLM calls, action, reward."""
 
-    stepNumber: int
-    timestamp: int
+    stepNumber: Count
+    timestamp: Count
     environmentState: EnvironmentState
     providerAccesses: list[ProviderAccess] = []
     llmCalls: list[LlmCall] = []
     action: Action
-    reward: float
+    reward: Number
 
 
 class TrajectoryMetrics(_GameModel):
     """The game's `metricsJson`."""
 
-    episodeLength: int | None = None
+    episodeLength: Count | None = None
     finalStatus: str | None = None
-    finalBalance: float | None = None
-    finalPnL: float | None = None
-    tradesExecuted: int | None = None
-    postsCreated: int | None = None
-    errorCount: int | None = None
+    finalBalance: DecimalNumber | None = None
+    finalPnL: DecimalNumber | None = None
+    tradesExecuted: Count | None = None
+    postsCreated: Count | None = None
+    errorCount: Count | None = None
 
 
 STEPS_ADAPTER: TypeAdapter[list[Step]] = TypeAdapter(list[Step])
@@ -195,6 +212,8 @@ class ParseRules:
 
     max_chars: int = 2_000_000
     future_tolerance: timedelta = timedelta(minutes=5)
+    # |P&L| beyond this is a recording error, not play (MAX_ABS_PNL).
+    max_abs_pnl: float = 10_000_000.0
 
 
 class _Quarantine(Exception):
@@ -208,9 +227,15 @@ _REQUIRED_COLUMNS = ("trajectoryId", "agentId", "startTime", "stepsJson")
 
 
 def _describe_validation_error(column: str, error: ValidationError) -> _Quarantine:
-    first = error.errors(include_url=False, include_input=False)[0]
+    first = error.errors(include_url=False)[0]
     location = ".".join(str(part) for part in first["loc"])
     where = f"{column}[{location}]" if location else column
+    given = first.get("input")
+    if first["type"] in ("float_type", "int_type") and isinstance(given, str) and _DECIMAL_STRING.match(given.strip()):
+        return _Quarantine(
+            "number_as_string",
+            f"{where} is the string {given[:40]!r}; the game's recorder writes a number",
+        )
     if first["type"] == "json_invalid":
         return _Quarantine("invalid_json", f"{column}: {first['msg']}")
     if first["type"] == "missing":
@@ -279,6 +304,16 @@ def _parse(row: TrajectoryRow, rules: ParseRules, now: datetime) -> ParsedTrajec
     for step in steps:
         if not (math.isfinite(step.environmentState.agentPnL) and math.isfinite(step.reward)):
             raise _Quarantine("non_finite_pnl", f"stepsJson[{step.stepNumber}] has a non-finite P&L or reward")
+        if abs(step.environmentState.agentPnL) > rules.max_abs_pnl:
+            raise _Quarantine(
+                "pnl_out_of_range",
+                f"stepsJson[{step.stepNumber}].environmentState.agentPnL {step.environmentState.agentPnL:,.2f} "
+                f"is beyond MAX_ABS_PNL {rules.max_abs_pnl:,.0f}",
+            )
+    if final_pnl is not None and abs(final_pnl) > rules.max_abs_pnl:
+        raise _Quarantine(
+            "pnl_out_of_range", f"final P&L {final_pnl:,.2f} is beyond MAX_ABS_PNL {rules.max_abs_pnl:,.0f}"
+        )
     return ParsedTrajectory(
         row_id=row.id,
         trajectory_id=row.trajectoryId or "",
@@ -328,8 +363,11 @@ def parse_trajectory_row(
 def parse_trajectory_rows(
     rows: Iterable[TrajectoryRow], *, now: datetime, rules: ParseRules = ParseRules()
 ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
-    """Parse rows in order; a trajectoryId seen before in the same stream is quarantined as a duplicate."""
+    """Parse rows in order. A trajectoryId seen before in the same stream is quarantined as a duplicate, and so is
+    a replayed copy: a training row whose steps equal, canonically, those of an earlier training row of the same
+    window."""
     seen: set[str] = set()
+    steps_seen: dict[tuple[str, bytes], str] = {}
     for row in rows:
         if row.trajectoryId is not None and row.trajectoryId in seen:
             yield QuarantinedRow(
@@ -342,4 +380,19 @@ def parse_trajectory_rows(
             continue
         if row.trajectoryId is not None:
             seen.add(row.trajectoryId)
-        yield parse_trajectory_row(row, now=now, rules=rules)
+        item = parse_trajectory_row(row, now=now, rules=rules)
+        if isinstance(item, ParsedTrajectory) and item.row_exclusion is None:
+            # Only rows that could be trained on: held-out play may face (and answer) exactly a training market.
+            # Canonical: the validated steps serialised again (key order, spacing and number spelling gone).
+            key = (item.window_id, hashlib.sha256(STEPS_ADAPTER.dump_json(item.steps)).digest())
+            original = steps_seen.setdefault(key, item.trajectory_id)
+            if original != item.trajectory_id:
+                yield QuarantinedRow(
+                    row_id=row.id,
+                    trajectory_id=row.trajectoryId,
+                    window_id=item.window_id,
+                    reason="replayed_copy",
+                    detail=f"its steps are those of trajectory {original!r} of the same window",
+                )
+                continue
+        yield item

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import or_, select, update
 
-from babylon_assets.db.schema import TrainedModel, table_of
+from babylon_assets.db.engine import new_id
+from babylon_assets.db.schema import StoreIdentity, TrainedModel, table_of
 from babylon_assets.db.store import Store
 
 # Rows in these states are served or about to be: their checkpoints are never pruned.
@@ -24,6 +25,28 @@ class CheckpointRecords:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    def owner(self) -> tuple[str, str]:
+        """This store's id (made on first use) and its URL without the password: whose checkpoints these are."""
+        table = table_of(StoreIdentity)
+        with self.store.engine.begin() as connection:
+            # Ordered: should two first uses race, both take the same (earliest) row from then on.
+            found = connection.execute(
+                select(table.c.store_id).order_by(table.c.created_at, table.c.store_id).limit(1)
+            ).scalar()
+            if found is None:
+                found = new_id()
+                connection.execute(table.insert(), [{"store_id": found, "created_at": self.store.now_utc()}])
+        return str(found), self.store.target.redacted()
+
+    def recorded_checkpoints(self, paths: Sequence[str]) -> set[str]:
+        """The paths among these that some trained_models row of this store names as its storagePath."""
+        if not paths:
+            return set()
+        models = table_of(TrainedModel)
+        query = select(models.c.storagePath).where(models.c.storagePath.in_(list(paths)))
+        with self.store.engine.connect() as connection:
+            return {row[0] for row in connection.execute(query)}
 
     def protected_checkpoints(self, paths: Sequence[str]) -> set[str]:
         """The paths among these that a ready or deployed trained_models row names as its storagePath."""

@@ -274,6 +274,15 @@ class QuarantinedTrajectory(OurBase):
     times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))
 
 
+class StoreIdentity(OurBase):
+    """The one row naming this store: what its checkpoint folders are tied to (lineage never mixes stores)."""
+
+    __tablename__ = "store_identity"
+
+    store_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ExcludedTrajectory(OurBase):
     """A row that parsed but is not trained on, with the reason: its own flags (evaluation, not training data) or
     its agent-window's (too few LLM decisions, no P&L); a window's set is replaced each time it is read."""

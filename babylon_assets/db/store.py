@@ -158,6 +158,7 @@ class Store:
             parse_rules=ParseRules(
                 max_chars=settings.MAX_TRAJECTORY_CHARS,
                 future_tolerance=timedelta(minutes=settings.FUTURE_TOLERANCE_MINUTES),
+                max_abs_pnl=settings.MAX_ABS_PNL,
             ),
             clock=clock,
         )
@@ -238,10 +239,11 @@ class Store:
     def iter_lookback(
         self, lookback_hours: int, until: datetime | None = None, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> Iterator[ParsedTrajectory | QuarantinedRow]:
-        """Stream every row of the windows in the lookback, parsed or quarantined (no order)."""
+        """Stream every row of the windows in the lookback, parsed or quarantined, in time order."""
         window_ids = lookback_window_ids(lookback_hours, until or self.clock())
         where, params = rows_of_windows(window_ids[0], window_ids[-1])
-        yield from self._parse_stream(self._iter_rows(where, params, batch_size, False), set(window_ids))
+        # In time order, as one window's read is: the same copy of a replayed row is quarantined either way.
+        yield from self._parse_stream(self._iter_rows(where, params, batch_size, True), set(window_ids))
 
     def read_window(self, window_id: str, rules: EligibilityRules) -> WindowRead:
         """One window: eligible agent-windows (stitched), exclusions with reasons, quarantined rows."""

@@ -17,13 +17,14 @@ class StoreResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[mi
     """The game's database and our tables at `database_url` (DESIGN 2)."""
 
     SETTING_FIELDS: ClassVar[dict[str, str]] = lower_case_fields(
-        "DATABASE_URL", "GAME_READ_ONLY", "MAX_TRAJECTORY_CHARS", "FUTURE_TOLERANCE_MINUTES"
+        "DATABASE_URL", "GAME_READ_ONLY", "MAX_TRAJECTORY_CHARS", "FUTURE_TOLERANCE_MINUTES", "MAX_ABS_PNL"
     )
 
     database_url: str
     game_read_only: bool
     max_trajectory_chars: int
     future_tolerance_minutes: int
+    max_abs_pnl: float
 
     _store: Store | None = PrivateAttr(default=None)
 
@@ -34,6 +35,7 @@ class StoreResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[mi
             parse_rules=ParseRules(
                 max_chars=self.max_trajectory_chars,
                 future_tolerance=timedelta(minutes=self.future_tolerance_minutes),
+                max_abs_pnl=self.max_abs_pnl,
             ),
         )
         self._store.ensure_schema()

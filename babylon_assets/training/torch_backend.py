@@ -67,6 +67,21 @@ class CheckpointRegistry(Protocol):
         """Mark the rows of these (about to be deleted) checkpoints `archived`; how many rows changed."""
         ...
 
+    def owner(self) -> tuple[str, str]:
+        """The store's id and a description of it (its URL without the password)."""
+        ...
+
+    def recorded_checkpoints(self, paths: Sequence[str]) -> set[str]:
+        """The paths among these that the store recorded as checkpoints of its own."""
+        ...
+
+
+OWNER_FILE = "owner.json"
+
+
+class CheckpointOwnerError(ValueError):
+    """A model folder whose checkpoints another store's runs made: resuming from them would make lineage lie."""
+
 
 @dataclass(frozen=True)
 class TorchTrainerConfig:
@@ -213,11 +228,37 @@ class TorchBackend:
         self._sessions.clear()
 
     async def register(self, model: art.Model) -> None:
-        """Give the model this backend's folder and write its model.json (as ART's LocalBackend does)."""
+        """Give the model this backend's folder and write its model.json (as ART's LocalBackend does); the folder
+        belongs to the registry's store, and one whose checkpoints another store made is refused."""
         model.base_path = self._path
         folder = self.model_dir(model)
         folder.mkdir(parents=True, exist_ok=True)
+        self._claim(model)
         (folder / "model.json").write_text(json.dumps(model.model_dump(mode="json"), default=str))
+
+    def _claim(self, model: art.Model) -> None:
+        if self._registry is None:
+            return
+        store_id, described = self._registry.owner()
+        marker = self.model_dir(model) / OWNER_FILE
+        if marker.is_file():
+            owner = json.loads(marker.read_text())
+            if owner.get("store_id") != store_id:
+                raise CheckpointOwnerError(
+                    f"{self.model_dir(model)} holds the checkpoints of store {owner.get('store_id')} "
+                    f"({owner.get('store')}); this run's store is {store_id} ({described}). Resuming from them would "
+                    "record a lineage this store never trained: point ART_PATH at a folder of this store's."
+                )
+            return
+        steps = self.checkpoint_steps(model)
+        if steps:
+            latest = str(self.checkpoint_dir(model, steps[-1]))
+            if latest not in self._registry.recorded_checkpoints([latest]):
+                raise CheckpointOwnerError(
+                    f"{self.model_dir(model)} holds checkpoints (the newest {latest}) that this run's store {store_id} "
+                    f"({described}) never recorded: point ART_PATH at a folder of this store's, or move them away."
+                )
+        _write_json_atomically(marker, {"store_id": store_id, "store": described})
 
     async def _get_step(self, model: art.TrainableModel) -> int:
         return self._latest_step(model)
@@ -524,6 +565,12 @@ class TorchBackend:
         for path in doomed.values():
             shutil.rmtree(path, ignore_errors=True)
         return sorted(doomed)
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -12,6 +12,7 @@ from dagster import DagsterInstance, DagsterRunStatus, SensorResult, SkipReason
 from dagster._core.storage.dagster_run import DagsterRun
 from sqlalchemy import select
 
+from babylon_assets.db.checkpoint_records import CheckpointRecords
 from babylon_assets.db.schema import TrainedModel, TrainingBatch, Trajectory, table_of
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
@@ -261,3 +262,25 @@ def test_a_step_trains_on_the_drawn_decisions_of_each_agent_window(simulated_sto
     # two decisions of every trained agent-window, where each played more than two
     assert report.metrics["sequences"] <= 2 * report.trajectories
     assert report.metrics["sequences"] % 2 == 0
+
+
+def test_two_stores_trained_from_one_working_directory_never_share_a_lineage(instance, tmp_path, tiny_model):
+    first, _ = scored_store(f"sqlite:///{tmp_path / 'first.db'}", instance, windows=2)
+    trainer = trainer_for(tmp_path, tiny_model, iterations=1)  # one ART_PATH for both stores
+    assert train(f"sqlite:///{tmp_path / 'first.db'}", trainer, instance).success
+    second_url = f"sqlite:///{tmp_path / 'second.db'}"
+    second, _ = scored_store(second_url, instance, windows=2)
+    result = train(second_url, trainer, instance)
+    assert not result.success
+    assert TrainingRecords(second).checkpoints() == []  # nothing recorded in the second store
+    with second.engine.connect() as connection:
+        failed = connection.execute(select(table_of(TrainingBatch))).mappings().one()
+    assert failed["status"] == "failed" and "CheckpointOwnerError" in failed["error"]
+    first_id, _ = CheckpointRecords(first).owner()
+    second_id, _ = CheckpointRecords(second).owner()
+    assert first_id != second_id and first_id in failed["error"] and second_id in failed["error"]
+    # the first store goes on training from its own checkpoint
+    assert train(f"sqlite:///{tmp_path / 'first.db'}", trainer, instance).success
+    assert [m.version for m in TrainingRecords(first).checkpoints()] == ["babylon-mmo@1", "babylon-mmo@2"]
+    first.dispose()
+    second.dispose()

@@ -144,3 +144,46 @@ def test_open_positions_may_be_a_count_or_a_list(openPositions):
     s = step(0)
     s["environmentState"]["openPositions"] = openPositions
     assert isinstance(parse(steps=[s]), ParsedTrajectory)
+
+
+def test_a_number_as_a_string_is_taken_only_where_the_games_recorder_writes_one():
+    decimals = step(0)
+    decimals["environmentState"]["agentBalance"] = "10012.50"  # Prisma Decimal through JSON.stringify
+    decimals["environmentState"]["agentPnL"] = "12.50"
+    parsed = parse(steps=[decimals], metrics={"finalPnL": "12.50", "finalBalance": "10012.50"}, final_pnl=None)
+    assert isinstance(parsed, ParsedTrajectory)
+    assert parsed.steps[0].environmentState.agentBalance == 10_012.5 and parsed.final_pnl == 12.5
+    for field, value in (("reward", "0.5"), ("stepNumber", "0")):
+        refused = step(0)
+        refused[field] = value
+        reason, detail = quarantined(parse(steps=[refused]))
+        assert reason == "number_as_string" and field in detail and repr(value) in detail
+    temperature = step(0)
+    temperature["llmCalls"][0]["temperature"] = "0.7"
+    assert quarantined(parse(steps=[temperature]))[0] == "number_as_string"
+
+
+def test_a_pnl_beyond_max_abs_pnl_is_quarantined():
+    assert quarantined(parse(final_pnl=2e7))[0] == "pnl_out_of_range"
+    wild = step(0, pnl=-5e7)
+    reason, detail = quarantined(parse(steps=[wild]))
+    assert reason == "pnl_out_of_range" and "agentPnL" in detail
+    lenient = ParseRules(max_abs_pnl=1e9)
+    row = as_trajectory_row(game_row("t-1", "agent-1", START, final_pnl=2e7))
+    assert isinstance(parse_trajectory_row(row, now=NOW, rules=lenient), ParsedTrajectory)
+
+
+def test_a_replayed_copy_of_another_rows_steps_is_quarantined_and_the_original_kept():
+    steps = [step(n, agent="agent-1") for n in range(6)]
+    # the same steps again, spelled differently (key order, spacing, 0.0 for 0): a replay all the same
+    respelled = json.dumps([dict(reversed(list(s.items()))) for s in steps], indent=1).replace(
+        '"reward": 0.1', '"reward": 0.10'
+    )
+    rows = [
+        game_row("original", "agent-1", START, steps=steps),
+        game_row("copy", "agent-9", START + timedelta(minutes=3), steps=respelled),
+        game_row("next-hour", "agent-1", START + timedelta(hours=1), steps=steps),  # another window: not a copy here
+    ]
+    items = list(parse_trajectory_rows([as_trajectory_row(r) for r in rows], now=NOW))
+    assert [type(i).__name__ for i in items] == ["ParsedTrajectory", "QuarantinedRow", "ParsedTrajectory"]
+    assert items[1].reason == "replayed_copy" and "'original'" in items[1].detail

@@ -225,11 +225,18 @@ def test_a_group_of_identical_trajectories_is_not_sent(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'same.db'}")
     store.upgrade()
     start = parse_window_id(W)
-    same_steps = [step(n, agent="twin") for n in range(5)]
+
+    def same_steps(offset_ms: int) -> list[dict]:
+        # what the judge sees is the same; the recorded steps differ (their clocks), so none is a replayed copy
+        steps = [step(n, agent="twin") for n in range(5)]
+        for made in steps:
+            made["timestamp"] += offset_ms
+        return steps
+
     PlayRecords(store).record_play(
         RecordedPlay(
             trajectories=[
-                game_row(f"twin-{n}", f"agent-{n}", start + timedelta(minutes=n), steps=same_steps) for n in range(3)
+                game_row(f"twin-{n}", f"agent-{n}", start + timedelta(minutes=n), steps=same_steps(n)) for n in range(3)
             ]
         )
     )
