@@ -274,6 +274,16 @@ class QuarantinedTrajectory(OurBase):
     times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))
 
 
+class JudgeClaim(OurBase):
+    """A group being judged right now, by whom: a second run waits for its cached answer instead of paying again."""
+
+    __tablename__ = "judge_claims"
+
+    cache_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class StoreIdentity(OurBase):
     """The one row naming this store: what its checkpoint folders are tied to (lineage never mixes stores)."""
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select
+from sqlalchemy.exc import IntegrityError
 
 from babylon_assets.core.eligibility import EligibilityRules, WindowSummary
 from babylon_assets.core.judging import CachedJudgment
@@ -24,6 +25,7 @@ from babylon_assets.db.schema import (
     ExcludedTrajectory,
     GroupMember,
     JudgeCacheEntry,
+    JudgeClaim,
     JudgmentRecord,
     RewardJudgment,
     TrainingDatasetRecord,
@@ -361,6 +363,33 @@ class WindowRecords:
             tokens_out=int(row["tokens_out"]),
             dollars=float(row["dollars"]),
         )
+
+    def claim_judgment(self, cache_key: str, owner: str, stale_after_s: float) -> bool:
+        """Claim a group before paying the judge for it: True when this owner holds the claim now (a claim older
+        than `stale_after_s` was left by a run that died and is taken over)."""
+        table = table_of(JudgeClaim)
+        now = self.store.now_utc()
+        try:
+            with self.store.engine.begin() as connection:
+                connection.execute(
+                    table.delete().where(
+                        and_(table.c.cache_key == bindparam("k"), table.c.claimed_at < bindparam("stale"))
+                    ),
+                    {"k": cache_key, "stale": now - timedelta(seconds=stale_after_s)},
+                )
+                connection.execute(table.insert(), [{"cache_key": cache_key, "owner": owner, "claimed_at": now}])
+        except IntegrityError:
+            return False
+        return True
+
+    def release_judgment(self, cache_key: str, owner: str) -> None:
+        """Give a claim up (the answer is cached, or the call failed and another run may try)."""
+        table = table_of(JudgeClaim)
+        with self.store.engine.begin() as connection:
+            connection.execute(
+                table.delete().where(and_(table.c.cache_key == bindparam("k"), table.c.owner == bindparam("o"))),
+                {"k": cache_key, "o": owner},
+            )
 
     def cache_judgment(
         self,

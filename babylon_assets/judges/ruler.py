@@ -17,6 +17,8 @@ import json
 import math
 import os
 import random
+import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
+from babylon_assets.core.eligibility import AgentWindow
 from babylon_assets.core.judging import CachedJudgment, JudgeGroup, JudgeResult, JudgeUsage, Judgment
 from babylon_assets.core.rubric import rubric_text
 from babylon_assets.core.views import decision_conversations, judge_messages
@@ -36,6 +39,10 @@ class JudgeCache(Protocol):
     """Where judged groups are remembered (the store implements it)."""
 
     def cached_judgment(self, cache_key: str) -> CachedJudgment | None: ...
+
+    def claim_judgment(self, cache_key: str, owner: str, stale_after_s: float) -> bool: ...
+
+    def release_judgment(self, cache_key: str, owner: str) -> None: ...
 
     def cache_judgment(
         self,
@@ -124,6 +131,11 @@ class RulerRunStats:
     identical_groups: int = 0
     sent_groups: int = 0
     retries: int = 0
+    claims_waited: int = 0  # polls while another run judged the same group
+
+
+# How often a judge waiting on another run's claim looks for its cached answer.
+CLAIM_POLL_SECONDS = 0.5
 
 
 def _labels(count: int) -> list[str]:
@@ -272,6 +284,8 @@ class RulerJudge:
         self.rubric = rubric_text(config.rubric_version)
         self.budget = _Budget(config.budget_usd, config.budget_tokens)
         self.stats = RulerRunStats()
+        # Who holds a claim on a group while paying for it (this process, this judge).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._session: aiohttp.ClientSession | None = None
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -436,15 +450,49 @@ class RulerJudge:
             return
         message_lists = [judge_messages(aw, self.rubric, group.outcomes) for aw in members]
         key = self.cache_key(message_lists)
-        cached = self.cache.cached_judgment(key) if self.cache is not None else None
+        cached = await self._cached_or_claimed(group, key)
         if cached is not None:
             self.stats.cache_hits += 1
             for aw in members:
                 score, reasoning = cached.scores[aw.agent_window_id]
                 result.scores[aw.agent_window_id] = Judgment(score, reasoning)
             return
-        async with semaphore:
-            call = await self._judge_with_retries(group, message_lists)
+        try:
+            async with semaphore:
+                call = await self._judge_with_retries(group, message_lists)
+            self._record_call(group, members, key, call, result)
+        finally:
+            if self.cache is not None:
+                self.cache.release_judgment(key, self.owner)
+
+    async def _cached_or_claimed(self, group: JudgeGroup, key: str) -> CachedJudgment | None:
+        """The cached judgment, or None once this judge holds the claim to make it: while another run judges the
+        same group, wait for its answer rather than pay for the group twice."""
+        if self.cache is None:
+            return None
+        # Long enough for every attempt of the other run's call; a claim older than that was left by a dead run.
+        stale_after = (self.config.timeout_s + self.config.backoff_s * 2**self.config.retries) * (
+            self.config.retries + 1
+        )
+        deadline = time.monotonic() + stale_after + CLAIM_POLL_SECONDS
+        while True:
+            cached = self.cache.cached_judgment(key)
+            if cached is not None:
+                return cached
+            if self.cache.claim_judgment(key, self.owner, stale_after):
+                # Cached between our look and our claim: use it and give the claim back.
+                cached = self.cache.cached_judgment(key)
+                if cached is not None:
+                    self.cache.release_judgment(key, self.owner)
+                return cached
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {group.group_id}: another run has held it for {stale_after:.0f} s")
+            self.stats.claims_waited += 1
+            await asyncio.sleep(CLAIM_POLL_SECONDS)
+
+    def _record_call(
+        self, group: JudgeGroup, members: list[AgentWindow], key: str, call: _Call, result: JudgeResult
+    ) -> None:
         self.stats.sent_groups += 1
         by_id = {
             aw.agent_window_id: call.scores[label] for label, aw in zip(_labels(len(members)), members, strict=True)

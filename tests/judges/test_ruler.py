@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from babylon_assets.core.eligibility import EligibilityRules
-from babylon_assets.core.judging import JudgeGroup
+from babylon_assets.core.judging import JudgeGroup, JudgeResult
 from babylon_assets.core.window_time import parse_window_id
 from babylon_assets.db.play_records import PlayRecords, RecordedPlay
 from babylon_assets.db.store import Store
@@ -301,3 +301,39 @@ def test_a_pinned_judge_that_needs_translation_goes_through_litellm(simulated_st
         result = asyncio.run(RulerJudge(config).score(groups))
     assert result.failures == {} and len(result.scores) == 6 and len(double.requests) == 2
     assert double.requests[-1]["response_format"]["json_schema"]["schema"]["properties"]["scores"]["maxItems"] == 6
+
+
+def test_two_runs_judging_the_same_windows_at_once_pay_for_each_group_once(simulated_store):
+    groups = groups_of(simulated_store, [W, "2025-01-15T11:00", "2025-01-15T12:00"])
+
+    def slow(request: dict[str, Any]) -> ScriptedReply:
+        return ScriptedReply(answer(labels_in(request)), delay_s=0.6)
+
+    with OpenAICompatibleTestDouble(slow) as double:
+        first, second = judge(double, simulated_store), judge(double, simulated_store)
+
+        async def both() -> tuple[JudgeResult, JudgeResult]:
+            return await asyncio.gather(first.score(groups), second.score(groups))
+
+        one, other = asyncio.run(both())
+    assert len(double.requests) == len(groups)  # each group paid for once
+    assert first.stats.sent_groups + second.stats.sent_groups == len(groups)
+    assert first.stats.claims_waited + second.stats.claims_waited > 0  # one waited on the other's claim
+    assert one.failures == other.failures == {} and one.scores == other.scores and len(one.scores) == 18
+
+
+def test_a_claim_is_released_on_failure_and_a_dead_runs_claim_goes_stale(simulated_store):
+    records = WindowRecords(simulated_store)
+    assert records.claim_judgment("k1", "run-a", stale_after_s=60)
+    assert not records.claim_judgment("k1", "run-b", stale_after_s=60)  # held
+    assert records.claim_judgment("k1", "run-b", stale_after_s=-1)  # older than the bound: a dead run's, taken over
+    records.release_judgment("k1", "run-a")  # not run-a's any more: nothing happens
+    assert not records.claim_judgment("k1", "run-c", stale_after_s=60)
+    # a judge whose call fails gives its claim back, so the next run judges the group itself
+    groups = groups_of(simulated_store, [W])
+    with OpenAICompatibleTestDouble(lambda request: ScriptedReply(status=500)) as failing:
+        result = asyncio.run(judge(failing, simulated_store, retries=0).score(groups))
+    assert set(result.failures) == {groups[0].group_id}
+    with OpenAICompatibleTestDouble(good) as double:
+        retried = judge(double, simulated_store)
+        assert asyncio.run(retried.score(groups)).failures == {} and retried.stats.sent_groups == 1
