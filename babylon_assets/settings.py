@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     AGENT_API_BASE: str | None = None
     AGENT_API_KEY: str | None = None
     GATEWAY_PORT: int = 8787
+    # A call's body beyond this many bytes is refused (413) before it is read further.
+    GATEWAY_MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1_024)
+    # Calls a second each key may make (a token bucket, bursts of one second's worth); 0: no limit.
+    GATEWAY_RATE_LIMIT: float = Field(default=0.0, ge=0.0)
+    # How long the gateway waits for the upstream model's whole answer (evaluation and rollouts set their own).
+    GATEWAY_UPSTREAM_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
     # Which model answers the agents; written by deploy, re-read by the gateway when it changes.
     SERVING_FILE: str = ".babylon/serving.json"
     # `babylon live` publishes its simulated clock here; while it is fresh the sensors take it as "now", so a

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
+from babylon_assets.db.gateway_keys import GatewayKeyRecords  # noqa: E402
 from babylon_assets.db.schema import LlmCallLog, table_of  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
 
@@ -100,13 +101,16 @@ def _run_gateway(database_url: str, upstream_url: str, port: int) -> None:
     import uvicorn
 
     from babylon_assets.gateway.app import Upstream, create_app
+    from babylon_assets.gateway.auth import GatewayKeys
     from babylon_assets.gateway.recording import GatewayRecorder
 
     store = Store(database_url)
     recorder = GatewayRecorder(store)
     if os.environ.get("BENCH_GATEWAY_NO_RECORDING"):
         recorder.submit = lambda record: None  # type: ignore[method-assign]  # to see what recording costs
-    app = create_app(lambda: Upstream("openai/deployed", upstream_url, version="bench@0"), recorder)
+    app = create_app(
+        lambda: Upstream("openai/deployed", upstream_url, version="bench@0"), recorder, keys=GatewayKeys(store)
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -115,14 +119,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def load(url: str, agents: int, calls: int, gateway: bool) -> list[float]:
+async def load(url: str, agents: int, calls: int, gateway: bool, key: str = "") -> list[float]:
     import aiohttp
 
     latencies: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def agent(n: int) -> None:
-            headers = {"X-Babylon-Agent": f"agent-{n:03d}"} if gateway else {}
+            # Through the gateway: the game server's key, verified on every call as in production.
+            headers = {"X-Babylon-Agent": f"agent-{n:03d}", "Authorization": f"Bearer {key}"} if gateway else {}
             for call in range(calls):
                 payload = {
                     "model": "deployed",
@@ -153,6 +158,7 @@ def main() -> None:
         database_url = f"sqlite:///{Path(tmp) / 'gateway.db'}"
         store = Store(database_url)
         store.upgrade()
+        _, key = GatewayKeyRecords(store).create(agents=None, label="bench: the game server")
         urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         stop = multiprocessing.Event()
         double = multiprocessing.Process(target=_serve_light_double, args=(args.latency, urls, stop), daemon=True)
@@ -172,9 +178,9 @@ def main() -> None:
             time.sleep(0.2)
         try:
             asyncio.run(load(upstream, 5, 2, gateway=False))  # warm-up of both paths
-            asyncio.run(load(f"http://127.0.0.1:{port}/v1", 5, 2, gateway=True))
+            asyncio.run(load(f"http://127.0.0.1:{port}/v1", 5, 2, gateway=True, key=key))
             direct = asyncio.run(load(upstream, args.agents, args.calls, gateway=False))
-            through = asyncio.run(load(f"http://127.0.0.1:{port}/v1", args.agents, args.calls, gateway=True))
+            through = asyncio.run(load(f"http://127.0.0.1:{port}/v1", args.agents, args.calls, gateway=True, key=key))
             total = 10 + args.agents * args.calls
             deadline = time.monotonic() + 60
             while True:

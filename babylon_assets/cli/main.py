@@ -13,6 +13,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+gateway_app = typer.Typer(help="The agents' recording endpoint and its caller keys.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+keys_app = typer.Typer(help="Caller keys of the gateway: created, listed, revoked.", no_args_is_help=True)
+gateway_app.add_typer(keys_app, name="keys")
 llm_app = typer.Typer(help="SmolLM2 on a local llama.cpp server (OpenAI-compatible, 127.0.0.1).", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
 

@@ -95,6 +95,7 @@ def _print_deployment(deployment: Any, gateway_port: int) -> None:
     console.print("The game's own agents use it through the gateway with:")
     for name, value in deployment.agent_settings(gateway_port).items():
         console.print(f"  {name}={value}")
+    console.print("  AGENT_API_KEY=<a caller key: `babylon gateway keys create --game-server`>", highlight=False)
 
 
 def _deploy_and_print(deploy: Callable[[Store, Any], Any]) -> None:

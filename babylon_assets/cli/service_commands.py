@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from babylon_assets.cli.common import console, fail, open_store
-from babylon_assets.cli.main import app, db_app
+from babylon_assets.cli.main import app, db_app, gateway_app, keys_app
+from babylon_assets.db.gateway_keys import GatewayKeyRecords
 from babylon_assets.db.store import StoreError
 from babylon_assets.settings import get_settings
 
@@ -81,12 +83,14 @@ def ui(
         raise typer.Exit(process.returncode or 1)
 
 
-@app.command()
-def gateway(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GATEWAY_PORT].")] = None) -> None:
-    """The agents' OpenAI-compatible endpoint: forwards to AGENT_MODEL, records every call (X-Babylon-Agent)."""
+@gateway_app.command("serve")
+def gateway_serve(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GATEWAY_PORT].")] = None) -> None:
+    """The agents' OpenAI-compatible endpoint: admits callers with a key (`babylon gateway keys create`),
+    forwards to the deployed model (or AGENT_MODEL) and records every call (X-Babylon-Agent)."""
     import uvicorn
 
-    from babylon_assets.gateway.app import Upstream, create_app
+    from babylon_assets.gateway.app import GatewayLimits, Upstream, create_app
+    from babylon_assets.gateway.auth import GatewayKeys
     from babylon_assets.gateway.recording import GatewayRecorder
     from babylon_assets.gateway.serving import ServingFile
 
@@ -98,12 +102,73 @@ def gateway(port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 [GA
         serving, Upstream(settings.AGENT_MODEL or "", settings.AGENT_API_BASE, settings.AGENT_API_KEY)
     )
     with open_store(settings) as store:
-        app_ = create_app(upstream, GatewayRecorder(store))
+        app_ = create_app(
+            upstream, GatewayRecorder(store), keys=GatewayKeys(store), limits=GatewayLimits.from_settings(settings)
+        )
+        live = sum(1 for key in GatewayKeyRecords(store).all() if key.revoked_at is None)
         console.print(
             f"gateway on http://127.0.0.1:{port or settings.GATEWAY_PORT}/v1 -> {upstream().model} "
-            f"(serving file {serving}); recording into {store.target.redacted()}"
+            f"(serving file {serving}); recording into {store.target.redacted()}; {live} caller key(s)"
         )
         uvicorn.run(app_, host="127.0.0.1", port=port or settings.GATEWAY_PORT, log_level="warning")
+
+
+@keys_app.command("create")
+def gateway_keys_create(
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", help="An agent id the key speaks for (repeatable).")
+    ] = None,
+    game_server: Annotated[
+        bool, typer.Option("--game-server", help="The key speaks for every agent of the game (its server's key).")
+    ] = False,
+    clock: Annotated[bool, typer.Option("--clock", help="The key may set the simulated clock (babylon.at).")] = False,
+    evaluation: Annotated[
+        bool, typer.Option("--evaluation", help="The key may mark play held out (babylon.evaluation).")
+    ] = False,
+    label: Annotated[str, typer.Option(help="What the key is for, as a person reads it.")] = "",
+) -> None:
+    """Create a caller key and print it once (it is stored hashed): use it as the OpenAI client's api_key."""
+    if bool(agent) == game_server:
+        fail("name the agents the key speaks for (--agent ID, repeatable) or give --game-server, not both")
+    with open_store(get_settings()) as store:
+        key_id, token = GatewayKeyRecords(store).create(
+            agents=None if game_server else agent, may_set_clock=clock, may_mark_evaluation=evaluation, label=label
+        )
+    console.print(f"key {key_id} created; it is shown only now, keep it secret:", highlight=False)
+    print(token)
+
+
+@keys_app.command("list")
+def gateway_keys_list() -> None:
+    """Every caller key: id, the agents it speaks for, what else it may set, created and revoked (never the key)."""
+    with open_store(get_settings()) as store:
+        keys = GatewayKeyRecords(store).all()
+    table = Table(title="Gateway caller keys", title_justify="left")
+    for header in ("key id", "speaks for", "may set", "label", "created", "revoked"):
+        table.add_column(header)
+    for key in keys:
+        may = [
+            name for name, allowed in (("clock", key.may_set_clock), ("evaluation", key.may_mark_evaluation)) if allowed
+        ]
+        table.add_row(
+            key.key_id,
+            "every agent (game server)" if key.agents is None else ", ".join(key.agents),
+            ", ".join(may) or "-",
+            key.label or "-",
+            f"{key.created_at:%Y-%m-%d %H:%M}",
+            f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def gateway_keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")]) -> None:
+    """Revoke a key: its callers are refused within seconds."""
+    with open_store(get_settings()) as store:
+        revoked = GatewayKeyRecords(store).revoke(key_id)
+    if not revoked:
+        fail(f"no live key {key_id!r}")
+    console.print(f"key {key_id} revoked")
 
 
 @app.command()

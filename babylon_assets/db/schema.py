@@ -274,6 +274,22 @@ class QuarantinedTrajectory(OurBase):
     times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))
 
 
+class GatewayKey(OurBase):
+    """A caller key of the gateway, stored as a hash: the agents it may speak for (null: every agent of the game,
+    the game server's key), and whether it may set the simulated clock or mark play held out."""
+
+    __tablename__ = "gateway_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    agents_json: Mapped[str | None] = mapped_column(Text)
+    may_set_clock: Mapped[bool] = mapped_column(Boolean)
+    may_mark_evaluation: Mapped[bool] = mapped_column(Boolean)
+    label: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class JudgeClaim(OurBase):
     """A group being judged right now, by whom: a second run waits for its cached answer instead of paying again."""
 

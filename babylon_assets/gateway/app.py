@@ -26,8 +26,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from babylon_assets.core.window_time import Clock, as_utc, utcnow
+from babylon_assets.gateway.auth import GatewayKeys
 from babylon_assets.gateway.recording import CallRecord, GatewayRecorder
 from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
+from babylon_assets.settings import Settings, get_settings
 
 AGENT_HEADER = "X-Babylon-Agent"
 
@@ -88,11 +90,111 @@ def passes_through(target: Upstream) -> bool:
     return speaks_openai(target.model, target.api_base)
 
 
-def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, clock: Clock = utcnow) -> Starlette:
-    """The gateway app; `upstream` is asked on every call (a deploy switches it at once)."""
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """How much one call may carry and how often a key may call (GATEWAY_* settings)."""
+
+    max_body_bytes: int
+    rate_limit: float  # calls per second per key; 0: no limit
+    upstream_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewayLimits:
+        """The limits these settings name."""
+        return cls(
+            settings.GATEWAY_MAX_BODY_BYTES, settings.GATEWAY_RATE_LIMIT, settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS
+        )
+
+
+_ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+def _invalid_field(body: Any) -> str | None:
+    """What is wrong with a chat request, naming the field, or None: checked before anything is forwarded."""
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{index}] must be an object"
+        if message.get("role") not in _ROLES:
+            return f"messages[{index}].role must be one of {', '.join(sorted(_ROLES))}"
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            return f"messages[{index}].content must be a string or a list of parts"
+    for name in ("temperature", "top_p"):
+        if name in body and (isinstance(body[name], bool) or not isinstance(body[name], (int, float))):
+            return f"{name} must be a number"
+    if "max_tokens" in body and (isinstance(body["max_tokens"], bool) or not isinstance(body["max_tokens"], int)):
+        return "max_tokens must be an integer"
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "stream must be true or false"
+    state = body.get("babylon")
+    if state is not None:
+        if not isinstance(state, dict):
+            return "babylon must be an object"
+        if "at" in state:
+            try:
+                datetime.fromisoformat(str(state["at"]))
+            except ValueError:
+                return "babylon.at must be an ISO 8601 time"
+    return None
+
+
+class _RateLimiter:
+    """One token bucket per key: `rate` calls a second, bursts of up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key_id: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key_id, (max(1.0, self.rate), now))
+        tokens = min(max(1.0, self.rate), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key_id] = (tokens, now)
+            return False
+        self._buckets[key_id] = (tokens - 1.0, now)
+        return True
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes `limit` bytes (read no further: a huge body costs nothing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    received = bytearray()
+    async for chunk in request.stream():
+        received.extend(chunk)
+        if len(received) > limit:
+            return None
+    return bytes(received)
+
+
+def create_app(
+    upstream: Callable[[], Upstream],
+    recorder: GatewayRecorder,
+    clock: Clock = utcnow,
+    *,
+    keys: GatewayKeys,
+    limits: GatewayLimits | None = None,
+) -> Starlette:
+    """The gateway app; `upstream` is asked on every call (a deploy switches it at once); only callers with a key
+    that speaks for the calling agent get through (`keys`), nothing is forwarded or recorded for the others."""
     http: dict[str, aiohttp.ClientSession] = {}
+    limits = limits or GatewayLimits.from_settings(get_settings())
+    rates = _RateLimiter(limits.rate_limit)
 
     async def chat_completions(request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        grant = keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+        if grant is None:
+            return _error(401, "a valid gateway key is needed: send it as the api_key (Bearer)", "authentication_error")
         agent_id = request.headers.get(AGENT_HEADER, "").strip()
         if not agent_id:
             return _error(
@@ -100,16 +202,30 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                 f"name the calling agent with the {AGENT_HEADER} header (its game agentId)",
                 "invalid_request_error",
             )
+        if not grant.speaks_for(agent_id):
+            return _error(403, f"this key does not speak for agent {agent_id!r}", "permission_error")
+        if not rates.allow(grant.key_id):
+            return _error(429, f"more than {limits.rate_limit:g} calls a second with this key", "rate_limit_error")
+        raw = await _read_limited(request, limits.max_body_bytes)
+        if raw is None:
+            return _error(
+                413, f"the body is over GATEWAY_MAX_BODY_BYTES={limits.max_body_bytes}", "invalid_request_error"
+            )
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "the request body is not JSON", "invalid_request_error")
-        messages = body.pop("messages", None)
-        if not isinstance(messages, list) or not messages:
-            return _error(400, "messages must be a non-empty list", "invalid_request_error")
+        problem = _invalid_field(body)
+        if problem is not None:
+            return _error(400, problem, "invalid_request_error")
+        messages = body.pop("messages")
         agent_state = body.pop("babylon", None) or {}
-        reported_at = agent_state.pop("at", None) if isinstance(agent_state, dict) else None
-        held_out = bool(agent_state.pop("evaluation", False)) if isinstance(agent_state, dict) else False
+        if "at" in agent_state and not grant.may_set_clock:
+            return _error(403, "this key may not set the simulated clock (babylon.at)", "permission_error")
+        if agent_state.get("evaluation") and not grant.may_mark_evaluation:
+            return _error(403, "this key may not mark play held out (babylon.evaluation)", "permission_error")
+        reported_at = agent_state.pop("at", None)
+        held_out = bool(agent_state.pop("evaluation", False))
         body.pop("model", None)  # the gateway decides who answers: the deployed model
         target = upstream()
         stream = bool(body.pop("stream", False))
@@ -161,6 +277,7 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
                 messages=messages,
                 stream=stream,
                 num_retries=0,
+                timeout=limits.upstream_timeout_s,
                 **body,
             )
         except Exception as error:  # noqa: BLE001 - the upstream's error goes back to the agent as it came
@@ -270,7 +387,8 @@ def create_app(upstream: Callable[[], Upstream], recorder: GatewayRecorder, cloc
         recorder.start()
         # aiohttp, not httpx: its connection pool stays fast with hundreds of calls in flight.
         http["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600, connect=10)
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=limits.upstream_timeout_s, connect=10),
         )
         try:
             yield

@@ -133,7 +133,8 @@ def run_live(
         if running is not None:
             endpoint = LlmEndpoint(
                 "openai/deployed",
-                running[0],
+                running.url,
+                api_key=running.api_key,
                 temperature=plan.temperature,
                 max_tokens=plan.max_tokens,
                 timeout_s=300.0,
@@ -178,7 +179,7 @@ def run_live(
             )
             result = summary.windows[0]
             if running is not None:
-                running[1].drain_from_thread(timeout_s=120.0)
+                running.recorder.drain_from_thread(timeout_s=120.0)
                 PlayRecords(store).settle_simulated_play(
                     {
                         f"gw-{p.agent_id}-{window_id}": {

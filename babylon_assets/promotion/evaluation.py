@@ -186,10 +186,11 @@ def play_policy(
     if not todo:
         return result
     slots = plan.slots()
-    with serve_policy() as upstream, gateway_in_thread(store, upstream) as (url, recorder):
+    with serve_policy() as upstream, gateway_in_thread(store, upstream) as (url, recorder, api_key):
         endpoint = LlmEndpoint(
             "openai/policy",
             url,
+            api_key=api_key,
             temperature=plan.temperature,
             max_tokens=plan.max_tokens,
             timeout_s=300.0,

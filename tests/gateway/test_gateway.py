@@ -15,6 +15,7 @@ from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
 from babylon_assets.gateway.recording import GatewayRecorder
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply
+from tests.gateway.keys import AUTH, TEST_KEYS
 
 HOUR = datetime(2025, 1, 15, 10, tzinfo=UTC)
 DECISION = '{"action": "HOLD", "reasoning": "waiting"}'
@@ -47,7 +48,9 @@ def body(agent: str, minute: int) -> dict:
 
 def gateway(store: Store, double: OpenAICompatibleTestDouble, clock: Callable[[], datetime]):
     recorder = GatewayRecorder(store, backoff_s=0.05)
-    app = create_app(lambda: Upstream("openai/deployed", double.base_url, version="babylon-mmo@3"), recorder, clock)
+    app = create_app(
+        lambda: Upstream("openai/deployed", double.base_url, version="babylon-mmo@3"), recorder, clock, keys=TEST_KEYS
+    )
     return app, recorder
 
 
@@ -56,7 +59,7 @@ def test_a_call_without_the_agent_header_gets_a_clear_400(tmp_path):
     store.upgrade()
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, _ = gateway(store, double, lambda: HOUR)
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             response = client.post("/v1/chat/completions", json=body("a", 0))
     assert response.status_code == 400 and AGENT_HEADER in response.json()["error"]["message"]
     assert double.requests == []
@@ -68,7 +71,7 @@ def test_calls_are_forwarded_unchanged_and_recorded_into_the_agents_hour(tmp_pat
     minutes = iter(range(100))
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, recorder = gateway(store, double, lambda: HOUR + timedelta(minutes=next(minutes)))
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             for minute in range(3):
                 response = client.post(
                     "/v1/chat/completions", json=body("agent-7", minute), headers={AGENT_HEADER: "agent-7"}
@@ -94,7 +97,7 @@ def test_an_upstream_error_reaches_the_agent_and_nothing_is_recorded(tmp_path):
     store.upgrade()
     with OpenAICompatibleTestDouble(lambda r: ScriptedReply(status=429, headers={"Retry-After": "3"})) as double:
         app, recorder = gateway(store, double, lambda: HOUR)
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             response = client.post("/v1/chat/completions", json=body("agent-1", 0), headers={AGENT_HEADER: "agent-1"})
     assert response.status_code == 429
     assert "scripted 429" in response.json()["error"]["message"]
@@ -116,7 +119,7 @@ def test_a_failing_store_never_fails_the_call_and_the_record_lands_later(tmp_pat
     monkeypatch.setattr(PlayRecords, "append_gateway_calls", flaky)
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, recorder = gateway(store, double, lambda: HOUR)
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             response = client.post("/v1/chat/completions", json=body("agent-1", 0), headers={AGENT_HEADER: "agent-1"})
             assert response.status_code == 200  # answered while the store was down
             wait_until(lambda: recorder.counters.recorded == 1)
@@ -129,7 +132,7 @@ def test_streaming_is_relayed_and_recorded(tmp_path):
     store.upgrade()
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, recorder = gateway(store, double, lambda: HOUR)
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             payload = {**body("agent-1", 0), "stream": True}
             with client.stream(
                 "POST", "/v1/chat/completions", json=payload, headers={AGENT_HEADER: "agent-1"}
@@ -151,8 +154,8 @@ def test_a_deploy_switches_the_upstream_for_the_next_call(tmp_path):
     ):
         serving = {"upstream": Upstream("openai/base", old.base_url, version="base@0")}
         recorder = GatewayRecorder(store, backoff_s=0.05)
-        app = create_app(lambda: serving["upstream"], recorder, lambda: HOUR)
-        with TestClient(app) as client:
+        app = create_app(lambda: serving["upstream"], recorder, lambda: HOUR, keys=TEST_KEYS)
+        with TestClient(app, headers=AUTH) as client:
             first = client.post("/v1/chat/completions", json=body("a", 0), headers={AGENT_HEADER: "a"})
             serving["upstream"] = Upstream("openai/ckpt", new.base_url, version="babylon-mmo@1")
             second = client.post("/v1/chat/completions", json=body("a", 1), headers={AGENT_HEADER: "a"})
@@ -182,9 +185,12 @@ def test_a_provider_that_needs_translation_goes_through_litellm(tmp_path):
     with OpenAICompatibleTestDouble([DECISION]) as double:
         recorder = GatewayRecorder(store, backoff_s=0.05)
         app = create_app(
-            lambda: Upstream("hosted_vllm/deployed", double.base_url, version="v@1"), recorder, lambda: HOUR
+            lambda: Upstream("hosted_vllm/deployed", double.base_url, version="v@1"),
+            recorder,
+            lambda: HOUR,
+            keys=TEST_KEYS,
         )
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             answer = client.post("/v1/chat/completions", json=body("agent-1", 0), headers={AGENT_HEADER: "agent-1"})
             wait_until(lambda: recorder.counters.recorded == 1)
     assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == DECISION
@@ -205,8 +211,8 @@ def test_an_upstream_without_logprobs_is_asked_again_without_them(tmp_path):
 
     with OpenAICompatibleTestDouble(no_logprobs) as double:
         recorder = GatewayRecorder(store, backoff_s=0.05)
-        app = create_app(lambda: Upstream("openai/deployed", double.base_url), recorder, lambda: HOUR)
-        with TestClient(app) as client:
+        app = create_app(lambda: Upstream("openai/deployed", double.base_url), recorder, lambda: HOUR, keys=TEST_KEYS)
+        with TestClient(app, headers=AUTH) as client:
             # an agent that asked for logprobs itself gets the upstream's refusal, unchanged
             asked = client.post(
                 "/v1/chat/completions", json={**body("a", 0), "logprobs": True}, headers={AGENT_HEADER: "a"}
@@ -224,7 +230,7 @@ def test_held_out_play_is_recorded_as_evaluation_from_its_first_call(tmp_path):
     store.upgrade()
     with OpenAICompatibleTestDouble([DECISION]) as double:
         app, recorder = gateway(store, double, lambda: HOUR)
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             held_out = body("eval-agent", 0)
             held_out["babylon"]["evaluation"] = True
             for agent, payload in (("eval-agent", held_out), ("train-agent", body("train-agent", 0))):

@@ -21,6 +21,7 @@ from babylon_assets.orchestration.pipeline import materialize_windows
 from babylon_assets.settings import Settings
 from tests.db.test_game_database import PRISMA_DDL
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble
+from tests.gateway.keys import AUTH, TEST_KEYS
 from tests.gateway.test_gateway import body, wait_until
 
 pytestmark = pytest.mark.postgres
@@ -67,8 +68,9 @@ def test_six_game_agents_through_the_gateway_become_a_judged_window(fresh_pg_url
             ServingFile(serving, Upstream("openai/unused")),
             recorder,
             lambda: HOUR + timedelta(seconds=10 * next(ticks)),
+            keys=TEST_KEYS,
         )
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             for minute in range(5):
                 for agent in AGENTS:
                     response = client.post(

@@ -20,9 +20,13 @@ def test_simulated_llm_agents_play_through_the_gateway(tmp_path):
     store.upgrade()
     with (
         OpenAICompatibleTestDouble(['{"action": "HOLD", "reasoning": "calm"}']) as double,
-        gateway_in_thread(store, Upstream("openai/deployed", double.base_url, version="base@0")) as (url, recorder),
+        gateway_in_thread(store, Upstream("openai/deployed", double.base_url, version="base@0")) as (
+            url,
+            recorder,
+            key,
+        ),
     ):
-        endpoint = LlmEndpoint("openai/anything", url, via_gateway=True, retries=0)
+        endpoint = LlmEndpoint("openai/anything", url, api_key=key, via_gateway=True, retries=0)
         plan = SimulationPlan(agents=5, windows=1, duration_minutes=5, seed=7, start=START, llm=endpoint)
         simulate(store, plan, now=NOW)
         wait_until(lambda: recorder.counters.recorded == 25)

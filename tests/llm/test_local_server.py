@@ -21,6 +21,7 @@ from babylon_assets.orchestration.pipeline import materialize_windows
 from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.settings import Settings
 from tests.conftest import NOW
+from tests.gateway.keys import AUTH, TEST_KEYS
 
 START = datetime(2025, 1, 15, 10, tzinfo=UTC)
 
@@ -101,8 +102,10 @@ def test_the_gateway_records_the_local_models_logprobs(tmp_path, llm_url):
     store = Store(f"sqlite:///{tmp_path / 'gw.db'}", clock=lambda: NOW)
     store.upgrade()
     recorder = GatewayRecorder(store, backoff_s=0.05)
-    app = create_app(lambda: Upstream("openai/smollm2", llm_url, version="smollm2@base"), recorder, lambda: START)
-    with TestClient(app) as client:
+    app = create_app(
+        lambda: Upstream("openai/smollm2", llm_url, version="smollm2@base"), recorder, lambda: START, keys=TEST_KEYS
+    )
+    with TestClient(app, headers=AUTH) as client:
         response = client.post(
             "/v1/chat/completions", json={**body("agent-1", 0), "max_tokens": 24}, headers={AGENT_HEADER: "agent-1"}
         )

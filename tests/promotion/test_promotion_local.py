@@ -89,11 +89,11 @@ def test_the_tiny_model_is_evaluated_on_llama_cpp_and_deployed_with_its_adapter(
         upstream = ServingFile(Path(settings.SERVING_FILE), Upstream("openai/none"))
         import httpx
 
-        with gateway_in_thread(store, upstream) as (gateway_url, recorder):
+        with gateway_in_thread(store, upstream) as (gateway_url, recorder, key):
             answer = httpx.post(
                 f"{gateway_url}/chat/completions",
                 timeout=60,
-                headers={"X-Babylon-Agent": "agent-x"},
+                headers={"X-Babylon-Agent": "agent-x", "Authorization": f"Bearer {key}"},
                 json={"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
             )
             assert answer.status_code == 200, answer.text
