@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     GATEWAY_MAX_BODY_BYTES: int = Field(default=1_000_000, ge=1_024)
     # Calls a second each key may make (a token bucket, bursts of one second's worth); 0: no limit.
     GATEWAY_RATE_LIMIT: float = Field(default=0.0, ge=0.0)
+    # Calls still queued when the gateway stops (the store down) are written here and recorded at its next start.
+    GATEWAY_SPOOL_FILE: str = ".babylon/gateway-spool.jsonl"
     # How long the gateway waits for the upstream model's whole answer (evaluation and rollouts set their own).
     GATEWAY_UPSTREAM_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
     # Which model answers the agents; written by deploy, re-read by the gateway when it changes.

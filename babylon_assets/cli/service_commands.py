@@ -103,7 +103,10 @@ def gateway_serve(port: Annotated[int | None, typer.Option(help="Port on 127.0.0
     )
     with open_store(settings) as store:
         app_ = create_app(
-            upstream, GatewayRecorder(store), keys=GatewayKeys(store), limits=GatewayLimits.from_settings(settings)
+            upstream,
+            GatewayRecorder(store, spool_file=Path(settings.GATEWAY_SPOOL_FILE)),
+            keys=GatewayKeys(store),
+            limits=GatewayLimits.from_settings(settings),
         )
         live = sum(1 for key in GatewayKeyRecords(store).all() if key.revoked_at is None)
         console.print(

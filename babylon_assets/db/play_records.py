@@ -20,6 +20,7 @@ from babylon_assets.db.schema import (
     GAME_USER_TABLE,
     LlmCallLog,
     MarketOutcome,
+    QuarantinedGatewayCall,
     QuarantinedTrajectory,
     Trajectory,
     table_of,
@@ -280,6 +281,24 @@ class PlayRecords:
             )
             insert_many(connection, table, [{"id": new_id(), **row, "windowId": window_id} for row in rows])
         return len(rows)
+
+    def quarantine_gateway_call(self, call_id: str, agent_id: str, reason: str, record_json: str) -> None:
+        """Keep a call the store refused for its content, whole, with the reason (idempotent on its id)."""
+        upsert(
+            self.store.engine,
+            table_of(QuarantinedGatewayCall),
+            ["call_id"],
+            [
+                {
+                    "call_id": call_id,
+                    "agent_id": agent_id,
+                    "reason": reason[:2000],
+                    "record_json": record_json,
+                    "quarantined_at": self.store.now_utc(),
+                }
+            ],
+            ["reason", "quarantined_at"],
+        )
 
     def quarantine_windows(self, window_ids: Iterable[str], reason: str, detail: str) -> int:
         """Quarantine every row of these windows with one reason (windows no partition reads); returns how many."""

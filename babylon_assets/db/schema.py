@@ -274,6 +274,19 @@ class QuarantinedTrajectory(OurBase):
     times_seen: Mapped[int] = mapped_column(Integer, server_default=text("1"))
 
 
+class QuarantinedGatewayCall(OurBase):
+    """A gateway call the store refused for its content: the whole record as JSON (escaped, never altered: its
+    logprobs belong to its text), and why."""
+
+    __tablename__ = "quarantined_gateway_calls"
+
+    call_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    record_json: Mapped[str] = mapped_column(Text)
+    quarantined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class GatewayKey(OurBase):
     """A caller key of the gateway, stored as a hash: the agents it may speak for (null: every agent of the game,
     the game server's key), and whether it may set the simulated clock or mark play held out."""

@@ -11,7 +11,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
 from babylon_assets.core.trajectory import Action, EnvironmentState, LlmCall, Step
 from babylon_assets.core.window_time import Clock, as_utc, utcnow, window_id_of
@@ -20,6 +23,15 @@ from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+
+
+def refused_for_content(error: BaseException) -> bool:
+    """Whether the store refused a call for what it holds (a NUL in a text column, bad bytes), where retrying cannot
+    help, rather than being unreachable, where it can."""
+    if isinstance(error, DataError):
+        return True
+    cause = error.orig if isinstance(error, StatementError) else error
+    return isinstance(cause, (ValueError, UnicodeError)) and not isinstance(cause, DBAPIError)
 
 
 @dataclass(slots=True)
@@ -112,6 +124,19 @@ class CallRecord:
             "metadata": self.metadata_json(),
         }
 
+    def to_json(self) -> str:
+        """The whole record as one JSON line (text escaped as JSON escapes it: a NUL is kept, as \\u0000)."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["at"] = as_utc(self.at).isoformat()
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, line: str) -> CallRecord:
+        """A record written by `to_json`."""
+        data = json.loads(line)
+        data["at"] = datetime.fromisoformat(data["at"])
+        return cls(**data)
+
     def metadata_json(self) -> str:
         """llm_call_logs.metadata: the model version and the token logprobs."""
         return json.dumps({"modelVersion": self.model_version, "logprobs": self.logprobs, "source": "gateway"})
@@ -125,6 +150,9 @@ class RecorderCounters:
     duplicates: int = 0
     failed_attempts: int = 0
     rejected: int = 0
+    quarantined: int = 0  # refused by the store for their content: kept whole in quarantined_gateway_calls
+    spooled: int = 0  # left in the queue at shutdown: written to the spool file for the next start
+    replayed: int = 0  # read back from the spool file at start
 
 
 class GatewayRecorder:
@@ -139,8 +167,10 @@ class GatewayRecorder:
         close_every_s: float = 30.0,
         clock: Clock = utcnow,
         max_batch: int = 256,
+        spool_file: Path | None = None,
     ) -> None:
         self.store = store
+        self.spool_file = spool_file
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.close_every_s = close_every_s
@@ -151,15 +181,18 @@ class GatewayRecorder:
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: list[CallRecord] = []
 
     def submit(self, record: CallRecord) -> None:
         """Queue a call for recording; never blocks the agent's call."""
         self.queue.put_nowait(record)
 
     def start(self) -> None:
-        """Start the writer task, and the task that closes ended hours, on the running loop."""
+        """Start the writer task, and the task that closes ended hours, on the running loop; calls a previous
+        run spooled at its shutdown are queued first."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._replay_spool()
         if self._task is None:
             self._task = loop.create_task(self._run())
         if self._closer is None:
@@ -184,17 +217,54 @@ class GatewayRecorder:
             return
         asyncio.run_coroutine_threadsafe(self.drain(timeout_s), self._loop).result(timeout_s + 5)
 
-    async def stop(self) -> None:
-        """Write what is queued, then stop."""
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Write what is queued, then stop; what cannot be written in time (the store is down) goes to the spool
+        file, so nothing answered is lost."""
         if self._task is not None:
             try:
-                await self.drain()
+                await self.drain(drain_timeout_s)
+            except TimeoutError:
+                log.warning("the store did not take the queued calls in %.0f s: spooling them", drain_timeout_s)
             finally:
                 self._task.cancel()
                 self._task = None
                 if self._closer is not None:
                     self._closer.cancel()
                     self._closer = None
+                self._spool_rest()
+
+    def _unwritten(self) -> list[CallRecord]:
+        records = list(self._in_flight)
+        while not self.queue.empty():
+            records.append(self.queue.get_nowait())
+            self.queue.task_done()
+        self._in_flight = []
+        return records
+
+    def _spool_rest(self) -> None:
+        records = self._unwritten()
+        if not records:
+            return
+        if self.spool_file is None:
+            log.error("%d gateway call(s) not recorded at shutdown and no spool file to keep them", len(records))
+            return
+        self.spool_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool_file.open("a", encoding="utf-8") as spool:
+            for record in records:
+                spool.write(record.to_json() + "\n")
+        self.counters.spooled += len(records)
+
+    def _replay_spool(self) -> None:
+        if self.spool_file is None or not self.spool_file.is_file():
+            return
+        # Taken aside first, so a crash while replaying leaves the calls in a file, not nowhere.
+        replaying = self.spool_file.with_suffix(".replaying")
+        self.spool_file.replace(replaying)
+        for line in replaying.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                self.queue.put_nowait(CallRecord.from_json(line))
+                self.counters.replayed += 1
+        replaying.unlink()
 
     async def _run(self) -> None:
         while True:
@@ -202,11 +272,36 @@ class GatewayRecorder:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            self._in_flight = batch
             try:
                 await self._write_with_retries(batch)
+                self._in_flight = []
             finally:
                 for _ in batch:
                     self.queue.task_done()
+
+    async def _back_off(self, batch: list[CallRecord], error: Exception, delay: float) -> None:
+        # A store outage: keep the records and try again.
+        self.counters.failed_attempts += 1
+        log.warning("recording %d call(s) failed (%s); retrying in %.1f s", len(batch), error, delay)
+        await asyncio.sleep(delay)
+
+    async def _quarantine(self, record: CallRecord, error: Exception) -> None:
+        # Never altered to make it fit (its logprobs belong to its text), never retried for ever: kept whole.
+        reason = f"{type(error).__name__}: {str(getattr(error, 'orig', None) or error).strip().splitlines()[0]}"
+        try:
+            await asyncio.to_thread(
+                PlayRecords(self.store).quarantine_gateway_call,
+                record.call_id,
+                record.agent_id,
+                reason,
+                record.to_json(),
+            )
+        except Exception as failure:  # noqa: BLE001 - kept in the log with its id at least
+            log.error("gateway call %s refused (%s) and not quarantined: %s", record.call_id, reason, failure)
+            return
+        self.counters.quarantined += 1
+        log.error("gateway call %s quarantined: %s", record.call_id, reason)
 
     async def _write_with_retries(self, batch: list[CallRecord]) -> None:
         delay = self.backoff_s
@@ -223,12 +318,17 @@ class GatewayRecorder:
                 self.counters.rejected += 1
                 log.error("gateway call %s not recorded: %s", batch[0].call_id, error)
                 return
-            except Exception as error:  # noqa: BLE001 - a store outage: keep the records and try again
-                self.counters.failed_attempts += 1
-                log.warning("recording %d call(s) failed (%s); retrying in %.1f s", len(batch), error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-                continue
+            except Exception as error:  # noqa: BLE001 - sorted below: refused content, or a store outage
+                if not refused_for_content(error):
+                    await self._back_off(batch, error, delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+                    continue
+                if len(batch) > 1:
+                    for record in batch:  # find the call the store refuses; the others are written
+                        await self._write_with_retries([record])
+                    return
+                await self._quarantine(batch[0], error)
+                return
             self.counters.recorded += written
             self.counters.duplicates += len(batch) - written
             return

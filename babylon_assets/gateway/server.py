@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import NamedTuple
 
 import uvicorn
@@ -46,10 +47,11 @@ def gateway_in_thread(
     """Run the gateway until the block ends, with a key minted for this process's own callers (any agent, the
     simulated clock, held-out play). Leaving the block writes every queued call before it returns."""
     port = free_port()
-    recorder = GatewayRecorder(store, backoff_s=backoff_s)
+    settings = get_settings()
+    recorder = GatewayRecorder(store, backoff_s=backoff_s, spool_file=Path(settings.GATEWAY_SPOOL_FILE))
     keys = GatewayKeys(store)
     api_key = keys.mint(may_set_clock=True, may_mark_evaluation=True)
-    limits = replace(GatewayLimits.from_settings(get_settings()), upstream_timeout_s=upstream_timeout_s)
+    limits = replace(GatewayLimits.from_settings(settings), upstream_timeout_s=upstream_timeout_s)
     choose = upstream if callable(upstream) else (lambda: upstream)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -1,0 +1,85 @@
+"""The gateway's recording under faults: a call the store refuses for its content is quarantined whole and costs
+the others nothing; calls the store cannot take at shutdown are spooled and recorded at the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from babylon_assets.db.play_records import PlayRecords
+from babylon_assets.db.schema import LlmCallLog, QuarantinedGatewayCall, table_of
+from babylon_assets.db.store import Store
+from babylon_assets.gateway.app import AGENT_HEADER, Upstream, create_app
+from babylon_assets.gateway.recording import GatewayRecorder
+from tests.doubles.openai_compatible import OpenAICompatibleTestDouble
+from tests.gateway.keys import AUTH, TEST_KEYS
+from tests.gateway.test_gateway import DECISION, HOUR, body, count, wait_until
+
+
+@pytest.mark.postgres
+def test_a_nul_character_is_quarantined_on_postgres_and_later_calls_are_recorded(fresh_pg_url):
+    store = Store(fresh_pg_url)
+    store.upgrade()
+    recorder = GatewayRecorder(store, backoff_s=0.05)
+    with OpenAICompatibleTestDouble([DECISION] * 3) as double:
+        app = create_app(lambda: Upstream("openai/deployed", double.base_url), recorder, lambda: HOUR, keys=TEST_KEYS)
+        with TestClient(app, headers=AUTH) as client:
+            poisoned = body("agent-1", 0)
+            poisoned["messages"][1]["content"] = "Minute 0: NVDX \x00$100."
+            for agent, payload in (
+                ("agent-1", poisoned),
+                ("agent-1", body("agent-1", 1)),
+                ("agent-2", body("agent-2", 2)),
+            ):
+                answer = client.post("/v1/chat/completions", json=payload, headers={AGENT_HEADER: agent})
+                assert answer.status_code == 200
+            wait_until(lambda: recorder.counters.recorded + recorder.counters.quarantined == 3)
+    assert recorder.counters.quarantined == 1 and recorder.counters.recorded == 2
+    assert count(store, LlmCallLog) == 2
+    with store.engine.connect() as connection:
+        (kept,) = connection.execute(select(table_of(QuarantinedGatewayCall))).mappings().all()
+    assert "NUL" in kept["reason"] and kept["agent_id"] == "agent-1"
+    assert json.loads(kept["record_json"])["user_prompt"] == "Minute 0: NVDX \x00$100."  # whole, never altered
+    store.dispose()
+
+
+def test_calls_the_store_cannot_take_at_shutdown_are_spooled_and_recorded_at_the_next_start(tmp_path, monkeypatch):
+    store = Store(f"sqlite:///{tmp_path / 'spool.db'}")
+    store.upgrade()
+    spool = tmp_path / "spool.jsonl"
+    original = PlayRecords.append_gateway_calls
+
+    def down(self, records):
+        raise ConnectionError("the store is down")
+
+    monkeypatch.setattr(PlayRecords, "append_gateway_calls", down)
+    recorder = GatewayRecorder(store, backoff_s=0.05, spool_file=spool)
+    with OpenAICompatibleTestDouble([DECISION] * 3) as double:
+        app = create_app(lambda: Upstream("openai/deployed", double.base_url), recorder, lambda: HOUR, keys=TEST_KEYS)
+        with TestClient(app, headers=AUTH) as client:
+            for minute in range(3):
+                answer = client.post(
+                    "/v1/chat/completions", json=body("agent-1", minute), headers={AGENT_HEADER: "agent-1"}
+                )
+                assert answer.status_code == 200
+            wait_until(lambda: recorder.counters.failed_attempts > 0)
+            # the app's shutdown drains for at most 30 s: stop it sooner here, as a deploy's restart would
+            asyncio.run_coroutine_threadsafe(recorder.stop(drain_timeout_s=0.2), recorder._loop).result(10)  # type: ignore[arg-type]
+    assert recorder.counters.spooled == 3 and len(spool.read_text().splitlines()) == 3
+    assert count(store, LlmCallLog) == 0
+    monkeypatch.setattr(PlayRecords, "append_gateway_calls", original)
+    again = GatewayRecorder(store, backoff_s=0.05, spool_file=spool)
+
+    async def restart() -> None:
+        again.start()
+        await again.drain(10)
+        await again.stop()
+
+    asyncio.run(restart())
+    assert again.counters.replayed == 3 and again.counters.recorded == 3 and not spool.exists()
+    assert count(store, LlmCallLog) == 3
+    store.dispose()
