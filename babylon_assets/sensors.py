@@ -27,6 +27,7 @@ from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.jobs import promotion_job, training_job, window_graph_job
+from babylon_assets.orchestration.run_health import reap_dead_runs
 from babylon_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from babylon_assets.play.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
@@ -121,6 +122,7 @@ def evaluate_training_sensor(
     new_before_retrain: int,
 ) -> SensorResult | SkipReason:
     """One tick: a training run when enough ready, scored windows (and enough new ones) exist, else why not."""
+    reap_dead_runs(instance, db)  # a killed training run must not keep the sensor waiting for ever
     in_flight = len(instance.get_runs(RunsFilter(job_name=training_job.name, statuses=IN_FLIGHT), limit=5))
     records = TrainingRecords(db)
     scored = records.scored_windows(lookback_window_ids(rules.lookback_hours, now))

@@ -55,10 +55,14 @@ def dagster_session(settings: Settings) -> Iterator[tuple[Definitions, DagsterIn
 
     from babylon_assets.definitions import build_definitions
     from babylon_assets.orchestration.instance import prepare_dagster_home
+    from babylon_assets.orchestration.run_health import reap_dead_runs
 
     prepare_dagster_home(settings)
     defs = build_definitions(settings)
     with DagsterInstance.get() as instance:
+        with open_store(settings) as store:
+            for dead in reap_dead_runs(instance, store):
+                err_console.print(f"run {dead.run_id} ({dead.job_name}) marked failed: {dead.reason}", highlight=False)
         yield defs, instance
 
 

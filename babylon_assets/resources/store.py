@@ -39,6 +39,11 @@ class StoreResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[mi
             ),
         )
         self._store.ensure_schema()
+        if context.instance is not None and context.run_id:
+            # Which process executes this run: a run whose process dies is then found and failed.
+            from babylon_assets.orchestration.run_health import tag_this_process
+
+            tag_this_process(context.instance, context.run_id)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._store is not None:

@@ -1,0 +1,80 @@
+"""Runs whose process is gone: every run is tagged with the host and pid that execute it, and a run still marked
+in flight whose process no longer exists on this host is marked failed, its training batch failed with the
+reason, and its concurrency slots freed. The default run launcher has no health check, and the CLI's runs are
+in-process, often with no daemon: Dagster's run monitoring alone cannot see these."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from babylon_assets.db.store import Store
+from babylon_assets.db.training_records import TrainingRecords
+
+HOST_TAG = "babylon/host"
+PID_TAG = "babylon/pid"
+IN_FLIGHT = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that say which process executes a run (this one)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def tag_this_process(instance: DagsterInstance, run_id: str) -> None:
+    """Tag a run with the process executing it, from inside the run (a launched run's pid is known only there)."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.tags.get(PID_TAG) != str(os.getpid()):
+        instance.add_run_tags(run_id, process_tags())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRun:
+    """A run that was marked failed because its process is gone."""
+
+    run_id: str
+    job_name: str
+    pid: int
+    reason: str
+
+
+def fail_dead_runs(instance: DagsterInstance) -> list[DeadRun]:
+    """Mark failed every in-flight run of this host whose process is gone, free its concurrency slots, and
+    return them (the caller fails their training batches). Runs of other hosts are left to their own host."""
+    host = socket.gethostname()
+    dead: list[DeadRun] = []
+    for run in instance.get_runs(RunsFilter(statuses=IN_FLIGHT)):
+        pid_text = run.tags.get(PID_TAG, "")
+        if run.tags.get(HOST_TAG) != host or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        reason = f"its process {pid_text} on {host} is gone (killed, or its machine restarted)"
+        instance.report_run_failed(run, message=f"run {run.run_id} failed: {reason}")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        dead.append(DeadRun(run.run_id, run.job_name, int(pid_text), reason))
+    return dead
+
+
+def reap_dead_runs(instance: DagsterInstance, store: Store) -> list[DeadRun]:
+    """`fail_dead_runs`, and each dead training run's batch failed with the reason (it stays `training` else)."""
+    dead = fail_dead_runs(instance)
+    records = TrainingRecords(store)
+    for run in dead:
+        batch_id = f"batch-{run.run_id}"
+        batch = records.batch(batch_id)
+        if batch is not None and batch["status"] in ("pending", "training"):
+            records.fail_batch(batch_id, f"the training run {run.run_id} died: {run.reason}")
+    return dead

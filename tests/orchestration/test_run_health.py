@@ -1,0 +1,83 @@
+"""Runs whose process is gone are marked failed, their training batch failed with the reason, and the training
+sensor is not kept waiting on them (the default launcher has no health check; CLI runs are in-process)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from dagster import AssetExecutionContext, DagsterInstance, DagsterRunStatus, asset, materialize
+from dagster._core.storage.dagster_run import DagsterRun
+
+from babylon_assets.db.store import Store
+from babylon_assets.db.training_records import TrainingRecords
+from babylon_assets.orchestration.run_health import HOST_TAG, PID_TAG, reap_dead_runs
+from babylon_assets.resources.store import StoreResource
+from babylon_assets.settings import Settings
+
+
+def dead_pid() -> int:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    return finished.pid
+
+
+def in_flight(instance: DagsterInstance, run_id: str, job: str, host: str, pid: int) -> None:
+    instance.add_run(
+        DagsterRun(
+            job_name=job, run_id=run_id, status=DagsterRunStatus.STARTED, tags={HOST_TAG: host, PID_TAG: str(pid)}
+        )
+    )
+
+
+def test_a_run_whose_process_is_gone_is_failed_with_its_batch_and_a_live_one_is_not(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'health.db'}")
+    store.upgrade()
+    host = socket.gethostname()
+    with DagsterInstance.ephemeral() as instance:
+        in_flight(instance, "a" * 32, "training_job", host, dead_pid())
+        in_flight(instance, "b" * 32, "training_job", host, os.getpid())  # this very process: alive
+        in_flight(instance, "c" * 32, "window_graph", "another-host", dead_pid())  # another host's to judge
+        records = TrainingRecords(store)
+        records.start_batch(f"batch-{'a' * 32}", "base", "babylon-mmo@pending")
+        records.mark_training(f"batch-{'a' * 32}")
+        (dead,) = reap_dead_runs(instance, store)
+        assert dead.run_id == "a" * 32 and "is gone" in dead.reason
+        statuses = {run.run_id[0]: run.status for run in instance.get_runs()}
+        assert statuses == {"a": DagsterRunStatus.FAILURE, "b": DagsterRunStatus.STARTED, "c": DagsterRunStatus.STARTED}
+        batch = records.batch(f"batch-{'a' * 32}")
+        assert batch is not None and batch["status"] == "failed" and "died" in batch["error"]
+        assert reap_dead_runs(instance, store) == []  # once
+    store.dispose()
+
+
+def test_the_store_resource_tags_each_run_with_the_process_executing_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tagged.db'}"
+
+    @asset
+    def probe(context: AssetExecutionContext, store: StoreResource) -> None:
+        """Needs the store."""
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [probe], instance=instance, resources={"store": StoreResource.from_settings(Settings(DATABASE_URL=url))}
+        )
+        assert result.success
+        tags = instance.get_run_by_id(result.run_id).tags
+    assert tags[PID_TAG] == str(os.getpid()) and tags[HOST_TAG] == socket.gethostname()
+
+
+def test_the_training_sensor_never_waits_on_a_dead_training_run(simulated_store):
+    from babylon_assets.resources.rules import WindowRulesResource
+    from babylon_assets.sensors import evaluate_training_sensor
+    from tests.conftest import NOW
+
+    rules = WindowRulesResource.from_settings(Settings(LOOKBACK_HOURS=168))
+    with DagsterInstance.ephemeral() as instance:
+        in_flight(instance, "d" * 32, "training_job", socket.gethostname(), dead_pid())
+        tick = evaluate_training_sensor(simulated_store, instance, rules, None, NOW, new_before_retrain=1)
+        assert "in flight" not in str(getattr(tick, "skip_message", "") or "")
+        assert instance.get_run_by_id("d" * 32).status == DagsterRunStatus.FAILURE
+        in_flight(instance, "e" * 32, "training_job", socket.gethostname(), os.getpid())  # a live one still blocks
+        blocked = evaluate_training_sensor(simulated_store, instance, rules, None, NOW, new_before_retrain=1)
+        assert "in flight" in str(blocked.skip_message)
