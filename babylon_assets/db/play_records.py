@@ -198,12 +198,17 @@ class PlayRecords:
                         trajectories.c.stepsJson,
                         trajectories.c.startTime,
                         trajectories.c.metadataJson,
-                    ).where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True))),
-                    {"ids": list(by_trajectory)},
+                    )
+                    .where(trajectories.c.trajectoryId.in_(bindparam("ids", expanding=True)))
+                    # Locked (on PostgreSQL) until this transaction ends: two gateways appending to one agent-hour
+                    # take turns instead of one overwriting the other's steps; in one order, so they never deadlock.
+                    .order_by(trajectories.c.trajectoryId)
+                    .with_for_update(),
+                    {"ids": sorted(by_trajectory)},
                 )
             }
             call_rows = []
-            for trajectory_id, batch in by_trajectory.items():
+            for trajectory_id, batch in sorted(by_trajectory.items()):
                 row = existing.get(trajectory_id)
                 # Steps are appended as JSON: re-validating the whole hour on every call would cost the gateway.
                 steps: list[Any] = [] if row is None else json.loads(row.stepsJson)
