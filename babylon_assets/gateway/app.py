@@ -260,12 +260,28 @@ def create_app(
                 )
             )
 
+        # A whole answer is recorded only if its caller is still there to get it: an abandoned call is counted,
+        # never recorded as play. (A stream records at its end, which an abandoned stream never reaches.)
+        answered: list[tuple[str, Any, list[dict[str, Any]] | None, str | None]] = []
+
+        def keep(content: str, usage: Any, logprobs: list[dict[str, Any]] | None, model: str | None) -> None:
+            answered.append((content, usage, logprobs, model))
+
+        async def record_unless_abandoned() -> None:
+            if not answered:
+                return
+            if await request.is_disconnected():
+                recorder.counters.abandoned += 1
+            else:
+                record(*answered[-1])
+
         if passes_through(target):
-            response = await forward(target, messages, body, stream, record)
+            response = await forward(target, messages, body, stream, record if stream else keep)
             if response.status_code == 400 and added_logprobs and b"logprob" in bytes(response.body or b""):
                 # An upstream that offers no logprobs: the agent did not ask for them, so ask again without.
                 body.pop("logprobs")
-                response = await forward(target, messages, body, stream, record)
+                response = await forward(target, messages, body, stream, record if stream else keep)
+            await record_unless_abandoned()
             return response
         import litellm
 
@@ -286,12 +302,13 @@ def create_app(
 
         if not stream:
             choice = answer.choices[0]
-            record(
+            keep(
                 choice.message.content or "",
                 getattr(answer, "usage", None),
                 _logprobs(choice),
                 getattr(answer, "model", None),
             )
+            await record_unless_abandoned()
             return JSONResponse(answer.model_dump(exclude_none=True))
 
         async def relay() -> AsyncIterator[bytes]:
@@ -379,6 +396,10 @@ def create_app(
                 "pending": recorder.queue.qsize(),
                 "recorded": counters.recorded,
                 "failed_attempts": counters.failed_attempts,
+                "quarantined": counters.quarantined,
+                "abandoned": counters.abandoned,
+                "spooled": counters.spooled,
+                "replayed": counters.replayed,
             }
         )
 

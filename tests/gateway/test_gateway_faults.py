@@ -147,3 +147,35 @@ def test_two_gateways_on_one_database_lose_no_step_and_do_not_deadlock(fresh_pg_
     assert "DeadlockDetected" not in " ".join(errors)
     for store in stores:
         store.dispose()
+
+
+def test_a_call_its_client_abandoned_is_not_recorded_as_play(tmp_path):
+    import time
+
+    import httpx
+
+    from babylon_assets.gateway.server import gateway_in_thread
+    from tests.doubles.openai_compatible import ScriptedReply
+
+    store = Store(f"sqlite:///{tmp_path / 'gone.db'}")
+    store.upgrade()
+    calls: list[int] = []
+
+    def slow_then_quick(request: dict) -> ScriptedReply:
+        calls.append(1)
+        return ScriptedReply(DECISION, delay_s=1.5 if len(calls) == 1 else 0.0)
+
+    with (
+        OpenAICompatibleTestDouble(slow_then_quick) as double,
+        gateway_in_thread(store, Upstream("openai/deployed", double.base_url)) as gateway,
+    ):
+        headers = {AGENT_HEADER: "agent-1", "Authorization": f"Bearer {gateway.api_key}"}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{gateway.url}/chat/completions", json=body("agent-1", 0), headers=headers, timeout=0.3)
+        wait_until(lambda: gateway.recorder.counters.abandoned == 1, timeout_s=10)
+        kept = httpx.post(f"{gateway.url}/chat/completions", json=body("agent-1", 1), headers=headers, timeout=10)
+        assert kept.status_code == 200
+        wait_until(lambda: gateway.recorder.counters.recorded == 1)
+        time.sleep(0.2)
+    assert count(store, LlmCallLog) == 1
+    store.dispose()
