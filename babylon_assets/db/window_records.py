@@ -382,6 +382,14 @@ class WindowRecords:
             return False
         return True
 
+    def claim_holder(self, cache_key: str) -> str | None:
+        """Who holds the claim on a group now, if anyone."""
+        table = table_of(JudgeClaim)
+        with self.store.engine.connect() as connection:
+            return connection.execute(
+                select(table.c.owner).where(table.c.cache_key == bindparam("k")), {"k": cache_key}
+            ).scalar()
+
     def release_judgment(self, cache_key: str, owner: str) -> None:
         """Give a claim up (the answer is cached, or the call failed and another run may try)."""
         table = table_of(JudgeClaim)

@@ -42,6 +42,8 @@ class JudgeCache(Protocol):
 
     def claim_judgment(self, cache_key: str, owner: str, stale_after_s: float) -> bool: ...
 
+    def claim_holder(self, cache_key: str) -> str | None: ...
+
     def release_judgment(self, cache_key: str, owner: str) -> None: ...
 
     def cache_judgment(
@@ -55,6 +57,21 @@ class JudgeCache(Protocol):
         tokens_out: int,
         dollars: float,
     ) -> None: ...
+
+
+def _holder_is_gone(holder: str | None) -> bool:
+    """Whether a claim's holder ("host:pid:..."), on this host, is a process that no longer exists."""
+    host, _, rest = (holder or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class BudgetExhausted(RuntimeError):
@@ -479,7 +496,9 @@ class RulerJudge:
             cached = self.cache.cached_judgment(key)
             if cached is not None:
                 return cached
-            if self.cache.claim_judgment(key, self.owner, stale_after):
+            # A claim of a process that is gone (killed mid-call) is taken over at once, not after the stale bound.
+            bound = -1.0 if _holder_is_gone(self.cache.claim_holder(key)) else stale_after
+            if self.cache.claim_judgment(key, self.owner, bound):
                 # Cached between our look and our claim: use it and give the claim back.
                 cached = self.cache.cached_judgment(key)
                 if cached is not None:

@@ -1,0 +1,72 @@
+"""Faults against this machine's real processes: `babylon score` killed with SIGKILL mid-judging, then run again.
+The judge is a TEST DOUBLE (an OpenAI-compatible server on 127.0.0.1) that answers slowly."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from dagster import DagsterInstance, DagsterRunStatus
+from sqlalchemy import func, select
+
+from babylon_assets.core.window_time import utcnow
+from babylon_assets.db.schema import JudgeClaim, JudgmentRecord, RewardJudgment, table_of
+from babylon_assets.db.store import Store
+from babylon_assets.play.simulator import SimulationPlan, simulate
+from tests.doubles.openai_compatible import OpenAICompatibleTestDouble
+from tests.judges.test_ruler import good
+from tests.orchestration.test_instance import ROOT
+
+
+def rows(store: Store, model) -> int:
+    with store.engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(table_of(model))).scalar_one()
+
+
+def test_a_score_killed_mid_judging_is_failed_and_the_rerun_pays_only_the_call_in_flight_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    simulate(store, SimulationPlan(agents=6, windows=3, duration_minutes=6, seed=5), now=utcnow())
+
+    def slow(request):
+        return dataclasses.replace(good(request), delay_s=1.5)
+
+    with OpenAICompatibleTestDouble(slow) as double:
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "JUDGE_MODEL": "openai/judge-double",
+            "JUDGE_API_BASE": double.base_url,
+            "JUDGE_MODE": "pinned",
+            "JUDGE_MAX_CONCURRENCY": "1",
+            "JUDGE_RETRIES": "0",
+        }
+        command = [sys.executable, "-m", "babylon_assets.cli", "score"]
+        first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while len(double.requests) < 2:  # one group judged and cached, the next one in flight
+            assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
+            assert time.monotonic() < deadline, "the judge was never called"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "marked failed" in again.stdout + again.stderr  # the killed run, found and failed
+        paid = len(double.requests)
+    assert paid == 3 + 1  # three groups, and only the call in flight at the kill paid twice
+    assert rows(store, JudgmentRecord) == rows(store, RewardJudgment) == 18  # no duplicates
+    assert rows(store, JudgeClaim) == 0
+    with store.engine.connect() as connection:
+        assert set(connection.execute(select(table_of(JudgmentRecord).c.times_judged)).scalars()) == {1}
+    os.environ["DAGSTER_HOME"] = str(tmp_path / "home")
+    with DagsterInstance.get() as instance:
+        statuses = sorted(run.status.value for run in instance.get_runs())
+    assert statuses == sorted([DagsterRunStatus.FAILURE.value, DagsterRunStatus.SUCCESS.value])
+    store.dispose()
