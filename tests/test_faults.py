@@ -70,3 +70,59 @@ def test_a_score_killed_mid_judging_is_failed_and_the_rerun_pays_only_the_call_i
         statuses = sorted(run.status.value for run in instance.get_runs())
     assert statuses == sorted([DagsterRunStatus.FAILURE.value, DagsterRunStatus.SUCCESS.value])
     store.dispose()
+
+
+def test_a_train_killed_mid_training_fails_its_batch_with_the_reason_and_the_next_train_completes(tmp_path, tiny_model):
+    from babylon_assets.db.schema import TrainingBatch
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    simulate(store, SimulationPlan(agents=6, windows=3, duration_minutes=6, seed=7), now=utcnow())
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "BASE_MODEL": str(tiny_model),
+        "ART_PATH": str(tmp_path / ".art"),
+        "WANDB_MODE": "disabled",
+        "MAX_SEQUENCE_TOKENS": "256",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "babylon_assets.cli",
+        "train",
+        "--iterations",
+        "40",
+        "--windows-per-iteration",
+        "1",
+    ]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def batches() -> list[dict]:
+        with store.engine.connect() as connection:
+            return [dict(r) for r in connection.execute(select(table_of(TrainingBatch))).mappings()]
+
+    deadline = time.monotonic() + 240
+    while not any(b["status"] == "training" for b in batches()):
+        assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    (killed,) = batches()
+    assert killed["status"] == "training"  # what a kill leaves behind: nobody else will ever finish it
+    again = subprocess.run(
+        [*command[:-4], "--iterations", "1", "--windows-per-iteration", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    by_id = {b["batchId"]: b for b in batches()}
+    assert by_id[killed["batchId"]]["status"] == "failed" and "died" in by_id[killed["batchId"]]["error"]
+    assert sorted(b["status"] for b in by_id.values()) == ["completed", "failed"]
+    store.dispose()
