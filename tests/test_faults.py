@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from sqlalchemy import func, select
 
@@ -125,4 +126,54 @@ def test_a_train_killed_mid_training_fails_its_batch_with_the_reason_and_the_nex
     by_id = {b["batchId"]: b for b in batches()}
     assert by_id[killed["batchId"]]["status"] == "failed" and "died" in by_id[killed["batchId"]]["error"]
     assert sorted(b["status"] for b in by_id.values()) == ["completed", "failed"]
+    store.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_backends_cut_mid_run_then_a_rerun_completes_with_nothing_twice(fresh_pg_url, postgres_server):
+    import threading
+
+    import psycopg2
+
+    from babylon_assets.db.schema import GroupMember
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.orchestration.pipeline import materialize_windows
+    from babylon_assets.settings import Settings
+
+    store = Store(fresh_pg_url)
+    store.upgrade()
+    summary = simulate(store, SimulationPlan(agents=6, windows=6, duration_minutes=6, seed=9), now=utcnow())
+    windows = [w.window_id for w in summary.windows]
+    database = fresh_pg_url.rsplit("/", 1)[1]
+    stop = threading.Event()
+    cut = []
+
+    def cutter() -> None:
+        admin = psycopg2.connect(postgres_server)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            while not stop.is_set():
+                cursor.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+                    (database,),
+                )
+                cut.extend(row[0] for row in cursor.fetchall() if row[0])
+                time.sleep(0.15)
+        admin.close()
+
+    defs = build_definitions(Settings(DATABASE_URL=fresh_pg_url))
+    thread = threading.Thread(target=cutter)
+    with DagsterInstance.ephemeral() as instance:
+        thread.start()
+        try:
+            during = materialize_windows(defs, windows, instance, max_per_run=2)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+        assert cut, "no backend was cut"
+        after = materialize_windows(defs, windows, instance, max_per_run=2)
+        assert all(run.success for run in after), [run.label for run in after if not run.success]
+    assert any(not run.success for run in during) or len(cut) > 0
+    store.engine.dispose()  # connections the cutter killed are not reused
+    assert rows(store, GroupMember) == 36 and rows(store, RewardJudgment) == 36 and rows(store, JudgmentRecord) == 36
     store.dispose()

@@ -62,21 +62,25 @@ def insert_many(connection: Connection, table: Table, rows: Sequence[dict[str, A
 
 
 def upsert(
-    engine: Engine,
+    target: Engine | Connection,
     table: Table,
     keys: list[str],
     rows: Sequence[dict[str, Any]],
     update: Sequence[str],
     increment: str | None = None,
 ) -> None:
-    """Insert rows, or update `update` columns (and add 1 to `increment`) where the keys exist."""
+    """Insert rows, or update `update` columns (and add 1 to `increment`) where the keys exist: in a transaction of
+    its own on an engine, or inside the caller's on a connection."""
     if not rows:
         return
-    dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    dialect_insert = postgresql.insert if target.dialect.name == "postgresql" else sqlite.insert
     statement = dialect_insert(table)
     changes: dict[str, Any] = {name: statement.excluded[name] for name in update}
     if increment is not None:
         changes[increment] = table.c[increment] + literal(1)
     statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
-    with engine.begin() as connection:
+    if isinstance(target, Connection):
+        target.execute(statement, list(rows))
+        return
+    with target.begin() as connection:
         connection.execute(statement, list(rows))

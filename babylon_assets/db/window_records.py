@@ -244,6 +244,8 @@ class WindowRecords:
         columns of every stitched row and its latest `reward_judgments` row."""
         now = self.store.now_utc()
         members = table_of(GroupMember)
+        # One transaction: a store cut midway must leave no score without its history and the game's rows, since a
+        # rerun that finds the scores judges nothing again and would never write the rest.
         with self.store.engine.begin() as connection:
             for item, _ in judged:
                 connection.execute(
@@ -268,35 +270,34 @@ class WindowRecords:
                         "at": now,
                     },
                 )
-        history = table_of(JudgmentRecord)
-        upsert(
-            self.store.engine,
-            history,
-            ["agent_window_id", "judge_version", "window_id"],
-            [
-                {
-                    "window_id": window_id,
-                    "agent_window_id": item.agent_window_id,
-                    "group_id": item.group_id,
-                    "judge_name": judge_name,
-                    "judge_version": judge_version,
-                    "score": item.score,
-                    "rank": item.rank,
-                    "reasoning": item.reasoning,
-                    "judged_at": now,
-                }
-                for item, _ in judged
-            ],
-            ["group_id", "score", "rank", "reasoning", "judged_at"],
-            increment="times_judged",
-        )
-        if self.store.game_read_only:
-            return
-        naive_now = naive_utc(now)
-        criteria_json = json.dumps(criteria, sort_keys=True)
-        trajectories = table_of(Trajectory)
-        judgment_rows: list[dict[str, Any]] = []
-        with self.store.engine.begin() as connection:
+            history = table_of(JudgmentRecord)
+            upsert(
+                connection,
+                history,
+                ["agent_window_id", "judge_version", "window_id"],
+                [
+                    {
+                        "window_id": window_id,
+                        "agent_window_id": item.agent_window_id,
+                        "group_id": item.group_id,
+                        "judge_name": judge_name,
+                        "judge_version": judge_version,
+                        "score": item.score,
+                        "rank": item.rank,
+                        "reasoning": item.reasoning,
+                        "judged_at": now,
+                    }
+                    for item, _ in judged
+                ],
+                ["group_id", "score", "rank", "reasoning", "judged_at"],
+                increment="times_judged",
+            )
+            if self.store.game_read_only:
+                return
+            naive_now = naive_utc(now)
+            criteria_json = json.dumps(criteria, sort_keys=True)
+            trajectories = table_of(Trajectory)
+            judgment_rows: list[dict[str, Any]] = []
             for item, trajectory_ids in judged:
                 connection.execute(
                     trajectories.update()
@@ -325,23 +326,23 @@ class WindowRecords:
                     }
                     for tid in trajectory_ids
                 )
-        upsert(
-            self.store.engine,
-            table_of(RewardJudgment),
-            ["trajectoryId"],
-            judgment_rows,
-            [
-                "judgeModel",
-                "judgeVersion",
-                "overallScore",
-                "rank",
-                "normalizedScore",
-                "groupId",
-                "reasoning",
-                "criteriaJson",
-                "judgedAt",
-            ],
-        )
+            upsert(
+                connection,
+                table_of(RewardJudgment),
+                ["trajectoryId"],
+                judgment_rows,
+                [
+                    "judgeModel",
+                    "judgeVersion",
+                    "overallScore",
+                    "rank",
+                    "normalizedScore",
+                    "groupId",
+                    "reasoning",
+                    "criteriaJson",
+                    "judgedAt",
+                ],
+            )
 
     def cached_judgment(self, cache_key: str) -> CachedJudgment | None:
         """A cached group judgment (each member's score and reasoning, and the call's cost), or None."""
