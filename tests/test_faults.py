@@ -154,7 +154,8 @@ def test_postgres_backends_cut_mid_run_then_a_rerun_completes_with_nothing_twice
         with admin.cursor() as cursor:
             while not stop.is_set():
                 cursor.execute(
-                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+                    "select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where datname = %s and pid <> pg_backend_pid()",
                     (database,),
                 )
                 cut.extend(row[0] for row in cursor.fetchall() if row[0])
