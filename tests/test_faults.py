@@ -178,3 +178,56 @@ def test_postgres_backends_cut_mid_run_then_a_rerun_completes_with_nothing_twice
     store.engine.dispose()  # connections the cutter killed are not reused
     assert rows(store, GroupMember) == 36 and rows(store, RewardJudgment) == 36 and rows(store, JudgmentRecord) == 36
     store.dispose()
+
+
+def test_the_judge_down_then_slow_and_rate_limited_during_a_multi_window_run(tmp_path):
+    from babylon_assets.db.schema import GroupMember
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.gateway.server import free_port
+    from babylon_assets.orchestration.pipeline import materialize_windows
+    from babylon_assets.settings import Settings
+    from tests.doubles.openai_compatible import ScriptedReply
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.upgrade()
+    summary = simulate(store, SimulationPlan(agents=6, windows=3, duration_minutes=6, seed=11), now=utcnow())
+    windows = [w.window_id for w in summary.windows]
+
+    def judge_settings(api_base: str) -> Settings:
+        return Settings(
+            DATABASE_URL=url,
+            JUDGE_MODEL="openai/judge-double",
+            JUDGE_API_BASE=api_base,
+            JUDGE_MODE="pinned",
+            JUDGE_RETRIES=2,
+            JUDGE_BACKOFF_SECONDS=0.01,
+            JUDGE_TIMEOUT_SECONDS=5,
+        )
+
+    with DagsterInstance.ephemeral() as instance:
+        # down: nothing listens there; every window fails, named, and nothing is stored
+        (down,) = materialize_windows(
+            build_definitions(judge_settings(f"http://127.0.0.1:{free_port()}/v1")), windows, instance
+        )
+        assert not down.success
+        with store.engine.connect() as connection:
+            assert (
+                connection.execute(select(func.count()).where(table_of(GroupMember).c.score.is_not(None))).scalar_one()
+                == 0
+            )
+        # back, but rate-limited twice and slow: the retries ride it out, each group is paid for once
+        replies: list[int] = []
+
+        def limited_then_slow(request):
+            replies.append(1)
+            if len(replies) <= 2:
+                return ScriptedReply(status=429, headers={"Retry-After": "0"})
+            return dataclasses.replace(good(request), delay_s=0.3)
+
+        with OpenAICompatibleTestDouble(limited_then_slow) as double:
+            (back,) = materialize_windows(build_definitions(judge_settings(double.base_url)), windows, instance)
+            assert back.success
+            assert len(double.requests) == 3 + 2  # three groups, two of their calls answered 429 first
+    assert rows(store, JudgmentRecord) == rows(store, RewardJudgment) == 18
+    store.dispose()
