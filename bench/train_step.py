@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-# The package's __init__ files import nothing, so this pulls in core/grpo.py alone (no settings, no
+# The package's __init__ files import nothing, so this pulls in training/grpo.py alone (no settings, no
 # database, no Dagster): the bench runs from a bare checkout on a machine with only torch,
 # transformers and peft.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
