@@ -134,3 +134,18 @@ def test_no_secret_reaches_the_postgres_instance(monkeypatch, tmp_path, postgres
     run_window_graph(store_url, monkeypatch, tmp_path)
     assert leaked(postgres_texts(postgres_instance_env)) == []
     assert leaked(sqlite_texts(tmp_path / "home")) == []
+
+
+def test_no_secret_reaches_the_wandb_files_of_a_run(monkeypatch, tmp_path):
+    from babylon_assets.training.tracking import WandbTracker
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://game:{DATABASE_PASSWORD}@db.example/game")
+    for name, secret in SECRETS.items():
+        monkeypatch.setenv(name, secret)
+    tracker = WandbTracker(project="babylon-agents", mode="offline", directory=str(tmp_path / "wandb"))
+    tracker.start("batch-secrets", {"learning_rate": 1e-4, "base_model": "tiny"})
+    tracker.summarize({"loss": 0.5})
+    tracker.finish()
+    files = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert files, "W&B wrote nothing to scan"
+    assert leaked([text for p in files for text in _texts(p.read_bytes())]) == []

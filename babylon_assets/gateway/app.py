@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +33,7 @@ from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY, speaks_openai
 from babylon_assets.settings import Settings, get_settings
 
 AGENT_HEADER = "X-Babylon-Agent"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,15 +353,24 @@ def create_app(
             finally:
                 answer.release()
             if answer.status == 200:
-                data = json.loads(content)
-                choice = data["choices"][0]
-                logprobs = (choice.get("logprobs") or {}).get("content")
-                record(
-                    choice["message"].get("content") or "",
-                    data.get("usage"),
-                    [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
-                    data.get("model"),
-                )
+                try:
+                    data = json.loads(content)
+                    choice = data["choices"][0]
+                    logprobs = (choice.get("logprobs") or {}).get("content")
+                    parsed = (
+                        choice["message"].get("content") or "",
+                        data.get("usage"),
+                        [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
+                        data.get("model"),
+                    )
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+                    # The agent still gets the answer as it came; what cannot be read is counted, never a 500.
+                    recorder.counters.unreadable += 1
+                    log.warning(
+                        "an upstream answer could not be read for recording: %s: %s", type(error).__name__, error
+                    )
+                else:
+                    record(*parsed)
             # The upstream's answer, errors included, exactly as it came.
             return Response(content, status_code=answer.status, media_type=media_type.split(";")[0])
 

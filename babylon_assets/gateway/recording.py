@@ -151,6 +151,7 @@ class RecorderCounters:
     failed_attempts: int = 0
     rejected: int = 0
     abandoned: int = 0  # answered after the caller had gone: not recorded as play
+    unreadable: int = 0  # upstream answers passed on unchanged that could not be read for recording
     quarantined: int = 0  # refused by the store for their content: kept whole in quarantined_gateway_calls
     spooled: int = 0  # left in the queue at shutdown: written to the spool file for the next start
     replayed: int = 0  # read back from the spool file at start

@@ -179,3 +179,37 @@ def test_a_call_its_client_abandoned_is_not_recorded_as_play(tmp_path):
         time.sleep(0.2)
     assert count(store, LlmCallLog) == 1
     store.dispose()
+
+
+def test_an_upstream_answer_that_cannot_be_read_reaches_the_agent_unchanged_never_a_500(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Garbled(BaseHTTPRequestHandler):  # a TEST DOUBLE upstream that answers 200 with something not JSON
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            payload = b"<html>upstream proxy page</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store(f"sqlite:///{tmp_path / 'garbled.db'}")
+    store.upgrade()
+    recorder = GatewayRecorder(store, backoff_s=0.05)
+    upstream = Upstream("openai/deployed", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    try:
+        app = create_app(lambda: upstream, recorder, lambda: HOUR, keys=TEST_KEYS)
+        with TestClient(app, headers=AUTH) as client:
+            answer = client.post("/v1/chat/completions", json=body("agent-1", 0), headers={AGENT_HEADER: "agent-1"})
+        assert answer.status_code == 200 and answer.content == b"<html>upstream proxy page</html>"
+        assert recorder.counters.unreadable == 1 and count(store, LlmCallLog) == 0
+    finally:
+        server.shutdown()
+        store.dispose()
