@@ -22,6 +22,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -148,6 +150,35 @@ async def load(url: str, agents: int, calls: int, gateway: bool, key: str = "") 
     return latencies
 
 
+@contextmanager
+def upstream_and_gateway(database_url: str, latency: float, port: int) -> Iterator[tuple[str, multiprocessing.Process]]:
+    """The light test-double upstream and the gateway (recording into `database_url`), each in its own process,
+    until the block ends; yields the upstream's URL and the gateway's process."""
+    urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    stop = multiprocessing.Event()
+    double = multiprocessing.Process(target=_serve_light_double, args=(latency, urls, stop), daemon=True)
+    double.start()
+    upstream = urls.get(timeout=30)
+    gateway = multiprocessing.Process(target=_run_gateway, args=(database_url, upstream, port), daemon=True)
+    gateway.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.2)
+        yield upstream, gateway
+    finally:
+        gateway.terminate()
+        gateway.join(timeout=10)
+        stop.set()
+        double.join(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=50)
@@ -159,24 +190,8 @@ def main() -> None:
         store = Store(database_url)
         store.upgrade()
         _, key = GatewayKeyRecords(store).create(agents=None, label="bench: the game server")
-        urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        stop = multiprocessing.Event()
-        double = multiprocessing.Process(target=_serve_light_double, args=(args.latency, urls, stop), daemon=True)
-        double.start()
-        upstream = urls.get(timeout=30)
         port = 18787
-        gateway = multiprocessing.Process(target=_run_gateway, args=(database_url, upstream, port), daemon=True)
-        gateway.start()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.2)
-        try:
+        with upstream_and_gateway(database_url, args.latency, port) as (upstream, _):
             asyncio.run(load(upstream, 5, 2, gateway=False))  # warm-up of both paths
             asyncio.run(load(f"http://127.0.0.1:{port}/v1", 5, 2, gateway=True, key=key))
             direct = asyncio.run(load(upstream, args.agents, args.calls, gateway=False))
@@ -191,11 +206,6 @@ def main() -> None:
                 if rows >= total or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        finally:
-            gateway.terminate()
-            gateway.join(timeout=10)
-            stop.set()
-            double.join(timeout=10)
         ms = 1000
         print(f"{args.agents} agents x {args.calls} calls at once, upstream latency {args.latency * ms:.0f} ms")
         for label, values in (("direct ", direct), ("gateway", through)):

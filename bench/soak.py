@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -28,7 +27,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
@@ -36,7 +34,7 @@ from babylon_assets.db.gateway_keys import GatewayKeyRecords  # noqa: E402
 from babylon_assets.db.schema import LlmCallLog, table_of  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
 from babylon_assets.play.simulator import SimulationPlan, simulate  # noqa: E402
-from bench.gateway import _run_gateway, _serve_light_double, percentile  # noqa: E402
+from bench.gateway import percentile, upstream_and_gateway  # noqa: E402
 
 
 async def agents_calling(url: str, agents: int, seconds: float, pause: float, key: str | None) -> list[float]:
@@ -88,25 +86,9 @@ def main() -> None:
         _, key = GatewayKeyRecords(store).create(agents=None, label="soak: the game server")
         with store.engine.connect() as connection:  # the simulated play's own calls are not the gateway's
             before = connection.execute(select(func.count()).select_from(table_of(LlmCallLog))).scalar_one()
-        urls: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        stop = multiprocessing.Event()
-        double = multiprocessing.Process(target=_serve_light_double, args=(args.latency, urls, stop), daemon=True)
-        double.start()
-        upstream = urls.get(timeout=30)
         port = 18788
-        gateway = multiprocessing.Process(target=_run_gateway, args=(database_url, upstream, port), daemon=True)
-        gateway.start()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.2)
-        through_url = f"http://127.0.0.1:{port}/v1"
-        try:
+        with upstream_and_gateway(database_url, args.latency, port) as (upstream, gateway):
+            through_url = f"http://127.0.0.1:{port}/v1"
             direct = asyncio.run(agents_calling(upstream, args.agents, warm_up, args.pause, None))
             env = {**os.environ, "DATABASE_URL": database_url, "DAGSTER_HOME": str(Path(tmp) / "home")}
             scorer = subprocess.Popen(
@@ -141,10 +123,6 @@ def main() -> None:
                 if recorded >= len(through) or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
-        finally:
-            stop.set()
-            double.join(timeout=5)
-            gateway.terminate()
     print(f"{args.agents} agents, one call every {args.pause:g} s each, for {args.seconds:.0f} s; scoring beside it")
     print(
         f"gateway RSS: {rss['warm']:.0f} MB after warm-up, {rss['end']:.0f} MB at the end "
