@@ -31,7 +31,9 @@ def new_key() -> tuple[str, str]:
 def key_id_of(token: str) -> str | None:
     """The id part of a key, or None when the token is not shaped like one of ours."""
     parts = token.split("-", 2)
-    return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX and parts[1] else None
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 12:
+        return None
+    return parts[1] if all(c in "0123456789abcdef" for c in parts[1]) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,11 @@ milliseconds; any other provider goes through `litellm.acompletion`, which trans
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,7 +56,7 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
     return "" if content is None else str(content)
 
 
@@ -109,6 +111,28 @@ class GatewayLimits:
 
 
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
+# What the litellm path forwards of a caller's body: OpenAI's sampling and format options, nothing of litellm's own
+# (`base_url` or `mock_response` would send the upstream's key elsewhere, or record the caller's text as the model's).
+_FORWARDED_OPTIONS = {
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "user",
+}
+# The agent state a caller may report: numbers a person's account can hold.
+_MAX_STATE_VALUE = 1e15
 
 
 def _invalid_field(body: Any) -> str | None:
@@ -138,10 +162,19 @@ def _invalid_field(body: Any) -> str | None:
         if not isinstance(state, dict):
             return "babylon must be an object"
         if "at" in state:
+            if not isinstance(state["at"], str):
+                return "babylon.at must be an ISO 8601 time"
             try:
-                datetime.fromisoformat(str(state["at"]))
+                datetime.fromisoformat(state["at"])
             except ValueError:
                 return "babylon.at must be an ISO 8601 time"
+        for name, value in state.items():
+            if name in ("at", "evaluation"):
+                continue
+            if isinstance(value, bool) or (
+                isinstance(value, (int, float)) and not (math.isfinite(value) and abs(value) <= _MAX_STATE_VALUE)
+            ):
+                return f"babylon.{name} must be a finite number"
     return None
 
 
@@ -194,7 +227,8 @@ def create_app(
 
     async def chat_completions(request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        grant = keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+        # In a thread: a key not seen lately is looked up in the store, which must not hold up the other calls.
+        grant = await asyncio.to_thread(keys.verify, token.strip()) if scheme.lower() == "bearer" else None
         if grant is None:
             return _error(401, "a valid gateway key is needed: send it as the api_key (Bearer)", "authentication_error")
         agent_id = request.headers.get(AGENT_HEADER, "").strip()
@@ -296,7 +330,7 @@ def create_app(
                 stream=stream,
                 num_retries=0,
                 timeout=limits.upstream_timeout_s,
-                **body,
+                **{name: value for name, value in body.items() if name in _FORWARDED_OPTIONS},
             )
         except Exception as error:  # noqa: BLE001 - the upstream's error goes back to the agent as it came
             status = int(getattr(error, "status_code", 502) or 502)
@@ -350,6 +384,12 @@ def create_app(
         if not stream or answer.status != 200:
             try:
                 content = await answer.read()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                return _error(
+                    502,
+                    f"the upstream at {url} broke off its answer: {type(error).__name__}: {error}",
+                    "api_connection_error",
+                )
             finally:
                 answer.release()
             if answer.status == 200:

@@ -17,6 +17,8 @@ from babylon_assets.db.store import Store
 
 # A stored key is looked up again after this long, so a revocation takes effect within it.
 KEY_CACHE_SECONDS = 10.0
+# Key ids remembered at most (keys and misses alike): made-up ids cannot grow the memory without bound.
+KEY_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,9 @@ class GatewayKeys:
         if cached is None or time.monotonic() - cached[0] > KEY_CACHE_SECONDS:
             cached = (time.monotonic(), *self._lookup(key_id))
             with self._lock:
+                self._cached.pop(key_id, None)
+                while len(self._cached) >= KEY_CACHE_SIZE:
+                    self._cached.pop(next(iter(self._cached)))  # the oldest first
                 self._cached[key_id] = cached
         _, stored_hash, grant = cached
         return grant if grant is not None and hmac.compare_digest(stored_hash, hashed) else None

@@ -31,7 +31,9 @@ def refused_for_content(error: BaseException) -> bool:
     if isinstance(error, DataError):
         return True
     cause = error.orig if isinstance(error, StatementError) else error
-    return isinstance(cause, (ValueError, UnicodeError)) and not isinstance(cause, DBAPIError)
+    return isinstance(cause, (ValueError, UnicodeError, ArithmeticError, TypeError)) and not isinstance(
+        cause, DBAPIError
+    )
 
 
 @dataclass(slots=True)
@@ -257,15 +259,26 @@ class GatewayRecorder:
         self.counters.spooled += len(records)
 
     def _replay_spool(self) -> None:
-        if self.spool_file is None or not self.spool_file.is_file():
+        if self.spool_file is None:
             return
-        # Taken aside first, so a crash while replaying leaves the calls in a file, not nowhere.
         replaying = self.spool_file.with_suffix(".replaying")
-        self.spool_file.replace(replaying)
-        for line in replaying.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        # A replay a crash cut short is read again first; the new spool is appended to it, never put over it.
+        if self.spool_file.is_file():
+            with replaying.open("a", encoding="utf-8") as pending:
+                pending.write(self.spool_file.read_text(encoding="utf-8"))
+            self.spool_file.unlink()
+        if not replaying.is_file():
+            return
+        for number, line in enumerate(replaying.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 self.queue.put_nowait(CallRecord.from_json(line))
-                self.counters.replayed += 1
+            except (ValueError, TypeError, KeyError) as error:
+                # Kept in the log with its text, so a person can recover it; the others are replayed.
+                log.error("spooled call %d of %s cannot be read (%s): %s", number, replaying, error, line[:500])
+                continue
+            self.counters.replayed += 1
         replaying.unlink()
 
     async def _run(self) -> None:
@@ -290,7 +303,8 @@ class GatewayRecorder:
 
     async def _quarantine(self, record: CallRecord, error: Exception) -> None:
         # Never altered to make it fit (its logprobs belong to its text), never retried for ever: kept whole.
-        reason = f"{type(error).__name__}: {str(getattr(error, 'orig', None) or error).strip().splitlines()[0]}"
+        said = str(getattr(error, "orig", None) or error).strip().splitlines()
+        reason = f"{type(error).__name__}: {said[0]}" if said else type(error).__name__
         try:
             await asyncio.to_thread(
                 PlayRecords(self.store).quarantine_gateway_call,

@@ -467,40 +467,47 @@ class RulerJudge:
             return
         message_lists = [judge_messages(aw, self.rubric, group.outcomes) for aw in members]
         key = self.cache_key(message_lists)
-        cached = await self._cached_or_claimed(group, key)
-        if cached is not None:
-            self.stats.cache_hits += 1
-            for aw in members:
-                score, reasoning = cached.scores[aw.agent_window_id]
-                result.scores[aw.agent_window_id] = Judgment(score, reasoning)
-            return
-        try:
-            async with semaphore:
+        # The claim is taken once this call may start (inside the semaphore), so the stale bound, which counts
+        # from the claim, covers the call itself and not the wait for a free slot.
+        async with semaphore:
+            cached = await self._cached_or_claimed(group, key, [aw.agent_window_id for aw in members])
+            if cached is not None:
+                self.stats.cache_hits += 1
+                for aw in members:
+                    score, reasoning = cached.scores[aw.agent_window_id]
+                    result.scores[aw.agent_window_id] = Judgment(score, reasoning)
+                return
+            try:
                 call = await self._judge_with_retries(group, message_lists)
-            self._record_call(group, members, key, call, result)
-        finally:
-            if self.cache is not None:
-                self.cache.release_judgment(key, self.owner)
+                self._record_call(group, members, key, call, result)
+            finally:
+                if self.cache is not None:
+                    self.cache.release_judgment(key, self.owner)
 
-    async def _cached_or_claimed(self, group: JudgeGroup, key: str) -> CachedJudgment | None:
-        """The cached judgment, or None once this judge holds the claim to make it: while another run judges the
-        same group, wait for its answer rather than pay for the group twice."""
+    async def _cached_or_claimed(self, group: JudgeGroup, key: str, members: list[str]) -> CachedJudgment | None:
+        """The cached judgment of these members, or None once this judge holds the claim to make it: while another
+        run judges the same group, wait for its answer rather than pay for the group twice. A cached answer that
+        lacks a member (its id changed since: another row stitched in) is no answer."""
         if self.cache is None:
             return None
+
+        def usable(found: CachedJudgment | None) -> CachedJudgment | None:
+            return found if found is not None and all(m in found.scores for m in members) else None
+
         # Long enough for every attempt of the other run's call; a claim older than that was left by a dead run.
         stale_after = (self.config.timeout_s + self.config.backoff_s * 2**self.config.retries) * (
             self.config.retries + 1
         )
         deadline = time.monotonic() + stale_after + CLAIM_POLL_SECONDS
         while True:
-            cached = self.cache.cached_judgment(key)
+            cached = usable(self.cache.cached_judgment(key))
             if cached is not None:
                 return cached
             # A claim of a process that is gone (killed mid-call) is taken over at once, not after the stale bound.
             bound = -1.0 if _holder_is_gone(self.cache.claim_holder(key)) else stale_after
             if self.cache.claim_judgment(key, self.owner, bound):
                 # Cached between our look and our claim: use it and give the claim back.
-                cached = self.cache.cached_judgment(key)
+                cached = usable(self.cache.cached_judgment(key))
                 if cached is not None:
                     self.cache.release_judgment(key, self.owner)
                 return cached

@@ -5,6 +5,7 @@ in-process, often with no daemon: Dagster's run monitoring alone cannot see thes
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 from dataclasses import dataclass
@@ -19,15 +20,22 @@ PID_TAG = "babylon/pid"
 IN_FLIGHT = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
+def run_process_pid() -> int:
+    """The process that executes this run: this one, or, in a step's subprocess (the multiprocess executor of runs
+    launched from the UI or a sensor), the run worker that started it and lives for the whole run."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
+
+
 def process_tags() -> dict[str, str]:
-    """The tags that say which process executes a run (this one)."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    """The tags that say which process executes a run."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(run_process_pid())}
 
 
 def tag_this_process(instance: DagsterInstance, run_id: str) -> None:
     """Tag a run with the process executing it, from inside the run (a launched run's pid is known only there)."""
     run = instance.get_run_by_id(run_id)
-    if run is not None and run.tags.get(PID_TAG) != str(os.getpid()):
+    if run is not None and run.tags.get(PID_TAG) != str(run_process_pid()):
         instance.add_run_tags(run_id, process_tags())
 
 

@@ -3,6 +3,7 @@ are refused before anything is forwarded (against a TEST DOUBLE upstream on 127.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -96,13 +97,19 @@ def test_the_clock_and_held_out_play_need_a_key_allowed_to_set_them(store):
         ({"stream": "yes"}, "stream"),
         ({"babylon": {"at": "yesterday"}}, "babylon.at"),
         ({"babylon": []}, "babylon"),
+        ({"babylon": {"at": 20250115}}, "babylon.at"),
+        ({"babylon": {"openPositions": 1e400}}, "babylon.openPositions"),
+        ({"babylon": {"balance": float("nan")}}, "babylon.balance"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}], "stream": 1}, "stream"),
     ],
 )
 def test_a_malformed_request_gets_a_400_naming_its_field_and_the_connection_stays(store, change, field):
     _, key = GatewayKeyRecords(store).create(agents=["agent-1"], may_set_clock=True)
     with OpenAICompatibleTestDouble([DECISION] * 2) as double, client_for(store, double) as client:
         headers = {AGENT_HEADER: "agent-1", **bearer(key)}
-        bad = client.post("/v1/chat/completions", json={**body("agent-1", 0), **change}, headers=headers)
+        # Sent as Python writes JSON, NaN and Infinity included, as a careless client would.
+        raw = json.dumps({**body("agent-1", 0), **change})
+        bad = client.post("/v1/chat/completions", content=raw, headers={**headers, "Content-Type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["message"].startswith(field)
         assert client.post("/v1/chat/completions", json=body("agent-1", 1), headers=headers).status_code == 200
         assert len(double.requests) == 1
@@ -141,3 +148,19 @@ def test_keys_are_created_listed_and_revoked_from_the_cli(tmp_path, monkeypatch)
     assert key_id in listed.output and "agent-1" in listed.output and token not in listed.output
     assert runner.invoke(cli, ["gateway", "keys", "revoke", key_id]).exit_code == 0
     assert runner.invoke(cli, ["gateway", "keys", "revoke", key_id]).exit_code == 2
+
+
+def test_the_translated_path_forwards_only_openai_options(store):
+    """litellm takes `base_url` and `mock_response` too: a caller must not redirect the upstream's key or put words
+    in the model's mouth."""
+    _, key = GatewayKeyRecords(store).create(agents=["agent-1"])
+    with OpenAICompatibleTestDouble([DECISION]) as double:
+        recorder = GatewayRecorder(store, backoff_s=0.05)
+        upstream = Upstream("hosted_vllm/deployed", double.base_url, version="v@1")  # not passed through: litellm
+        app = create_app(lambda: upstream, recorder, lambda: HOUR, keys=GatewayKeys(store), limits=LIMITS)
+        with TestClient(app) as client:
+            payload = {**body("agent-1", 0), "base_url": "http://127.0.0.1:9/v1", "mock_response": "I was told to say"}
+            answer = client.post("/v1/chat/completions", json=payload, headers={AGENT_HEADER: "agent-1", **bearer(key)})
+            assert answer.status_code == 200, answer.text
+        assert len(double.requests) == 1  # the real upstream answered
+        assert answer.json()["choices"][0]["message"]["content"] == DECISION

@@ -81,3 +81,23 @@ def test_the_training_sensor_never_waits_on_a_dead_training_run(simulated_store)
         in_flight(instance, "e" * 32, "training_job", socket.gethostname(), os.getpid())  # a live one still blocks
         blocked = evaluate_training_sensor(simulated_store, instance, rules, None, NOW, new_before_retrain=1)
         assert "in flight" in str(blocked.skip_message)
+
+
+def _report_pid(queue) -> None:
+    from babylon_assets.orchestration.run_health import run_process_pid
+
+    queue.put(run_process_pid())
+
+
+def test_a_steps_subprocess_tags_the_run_worker_that_lives_for_the_whole_run():
+    import multiprocessing
+
+    from babylon_assets.orchestration.run_health import run_process_pid
+
+    assert run_process_pid() == os.getpid()
+    context = multiprocessing.get_context("spawn")  # as the multiprocess executor starts a step
+    queue = context.Queue()
+    child = context.Process(target=_report_pid, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert queue.get(timeout=5) == os.getpid()  # the parent, not the short-lived step process
