@@ -170,6 +170,13 @@ class Settings(BaseSettings):
         return [int(part) for part in self.EVAL_SEEDS.split(",") if part.strip()]
 
     @property
+    def partition_start_window(self) -> str:
+        """PARTITION_START as a canonical window id (it may be given in another spelling of the hour)."""
+        from babylon_assets.core.window_time import parse_window_id, window_id_of
+
+        return window_id_of(parse_window_id(self.PARTITION_START))
+
+    @property
     def dagster_home(self) -> Path:
         """DAGSTER_HOME made absolute: Dagster refuses a relative one."""
         return Path(self.DAGSTER_HOME).expanduser().resolve()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import OperationalError
 
-from babylon_assets.core.window_time import as_utc, normalize_window_id, parse_window_id
+from babylon_assets.core.window_time import as_utc, parse_window_id
 from babylon_assets.db.store import Store
 from babylon_assets.settings import Settings
 
@@ -84,7 +84,7 @@ def row_progress(description: str) -> Iterator[Callable[[int], None]]:
 def inside_partitions(settings: Settings, window_ids: list[str]) -> list[str]:
     """The windows the hourly partitions hold. The rows of windows before PARTITION_START are quarantined as
     `before_partition_start` and reported in one line: no partition reads them, and none is asked for."""
-    start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
+    start = settings.partition_start_window
     outside = sorted(w for w in window_ids if w < start)  # canonical window ids sort as their hours do
     if outside:
         from babylon_assets.db.play_records import PlayRecords

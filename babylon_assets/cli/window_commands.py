@@ -21,8 +21,14 @@ from babylon_assets.cli.common import (
     row_progress,
 )
 from babylon_assets.cli.main import app
-from babylon_assets.core.eligibility import EligibilityRules, ReadinessVerdict, WindowSummary, readiness_verdict
-from babylon_assets.core.window_time import lookback_window_ids, normalize_window_id, utcnow, window_id_of
+from babylon_assets.core.eligibility import (
+    EligibilityRules,
+    ReadinessVerdict,
+    WindowSummary,
+    accounting_line,
+    readiness_verdict,
+)
+from babylon_assets.core.window_time import lookback_window_ids, utcnow, window_id_of
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.db.window_records import GroupMemberRecord, WindowRecords
 from babylon_assets.settings import Settings, get_settings
@@ -76,7 +82,7 @@ def readiness_report(
             rules, lookback_hours, until, grace_minutes=settings.GRACE_MINUTES, on_progress=update
         )
     # A window before the partitions can never be trained on: it does not count towards readiness.
-    start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
+    start = settings.partition_start_window
     return summaries, readiness_verdict([s for s in summaries if s.window_id >= start], rules)
 
 
@@ -105,11 +111,14 @@ def check_windows(
         fail(error)
     title = f"Windows in the {hours} h before {(end or utcnow()):%Y-%m-%dT%H:%M}Z"
     render_readiness_report(summaries, verdict, rules, title)
-    rows = sum(s.rows for s in summaries)
-    used, excluded = sum(s.used_rows for s in summaries), sum(s.excluded_rows for s in summaries)
-    quarantined = sum(s.quarantined_rows for s in summaries)
-    console.print(f"rows in {rows} = used {used} + excluded {excluded} + quarantined {quarantined}", highlight=False)
-    start = normalize_window_id(settings.PARTITION_START) or settings.PARTITION_START
+    line = accounting_line(
+        sum(s.rows for s in summaries),
+        sum(s.used_rows for s in summaries),
+        sum(s.excluded_rows for s in summaries),
+        sum(s.quarantined_rows for s in summaries),
+    )
+    console.print(line, highlight=False)
+    start = settings.partition_start_window
     outside = [s for s in summaries if s.window_id < start]
     if outside:
         console.print(

@@ -163,6 +163,11 @@ def split_window(
     return WindowRead(window_id, rows, eligible, excluded, quarantined)
 
 
+def accounting_line(rows: int, used: int, excluded: int, quarantined: int) -> str:
+    """Where rows went, as one line a person reads (one window's, or a lookback's)."""
+    return f"rows in {rows} = used {used} + excluded {excluded} + quarantined {quarantined}"
+
+
 @dataclass(slots=True)
 class WindowSummary:
     """Counts for one window, as `check-windows` prints them."""
@@ -189,10 +194,7 @@ class WindowSummary:
     @property
     def accounting(self) -> str:
         """Where every row went, as one line a person reads."""
-        return (
-            f"rows in {self.rows} = used {self.used_rows} + excluded {self.excluded_rows} "
-            f"+ quarantined {self.quarantined_rows}"
-        )
+        return accounting_line(self.rows, self.used_rows, self.excluded_rows, self.quarantined_rows)
 
     @property
     def accounted(self) -> bool:
