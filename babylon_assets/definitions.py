@@ -7,12 +7,14 @@ from dagster import Definitions
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
 from babylon_assets.assets.promotion import checkpoint_evaluation, deployed_model
+from babylon_assets.assets.rollouts import policy_rollouts
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
 from babylon_assets.checks import ALL_CHECKS
-from babylon_assets.jobs import promotion_job, training_dataset_job, training_job, window_graph_job
+from babylon_assets.jobs import promotion_job, rollouts_job, training_dataset_job, training_job, window_graph_job
 from babylon_assets.resources.judge import JudgeResource
 from babylon_assets.resources.promotion import PromotionResource
+from babylon_assets.resources.rollouts import RolloutResource
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
@@ -25,6 +27,7 @@ RESOURCES: dict[str, type[BuiltFromSettings]] = {
     "judge": JudgeResource,
     "trainer": TrainerResource,
     "promotion": PromotionResource,
+    "rollouts": RolloutResource,
 }
 
 
@@ -47,9 +50,10 @@ def build_definitions(
             trained_checkpoint,
             checkpoint_evaluation,
             deployed_model,
+            policy_rollouts,
         ],
         asset_checks=ALL_CHECKS,
-        jobs=[window_graph_job, training_dataset_job, training_job, promotion_job],
+        jobs=[window_graph_job, training_dataset_job, training_job, promotion_job, rollouts_job],
         sensors=[window_sensor, training_sensor, promotion_sensor],
         resources={**build_resources(settings or get_settings()), **(resource_overrides or {})},
     )

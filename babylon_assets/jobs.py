@@ -7,6 +7,7 @@ from dagster import AssetSelection, define_asset_job
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
 from babylon_assets.assets.promotion import checkpoint_evaluation, deployed_model
+from babylon_assets.assets.rollouts import policy_rollouts
 from babylon_assets.assets.scores import ruler_scores
 from babylon_assets.assets.windows import market_outcomes, trajectories, window_groups
 
@@ -33,4 +34,10 @@ promotion_job = define_asset_job(
     selection=AssetSelection.assets(checkpoint_evaluation, deployed_model),
     description="Evaluate the newest checkpoint against its base (paired, held out); the blocking gate lets "
     "only a passing one be deployed.",
+)
+
+rollouts_job = define_asset_job(
+    "rollouts_job",
+    selection=AssetSelection.assets(policy_rollouts),
+    description="The rollout policy (the newest checkpoint) plays every seat of a training hour (on-policy play).",
 )

@@ -95,6 +95,29 @@ class Settings(BaseSettings):
     # decision carries its trajectory's reward, so fewer per step trades tokens for steps, not signal.
     DECISIONS_PER_TRAJECTORY: int = Field(default=0, ge=0)
     NEW_WINDOWS_BEFORE_RETRAIN: int = 6
+    # On-policy learning (issue 20). A group is one window's seats played by one version of the policy; groups played
+    # by a version more than this many steps behind the policy being trained are not trained on.
+    MAX_STEPS_OFF_POLICY: int = Field(default=1, ge=0)
+    # Train only on the policy's own sampled play (groups of scripted, unversioned or mixed play are excluded and
+    # counted); false: also on recorded play without token ids (the offline path: scripted play, the demo).
+    ON_POLICY: bool = True
+    # The truncated importance weight min(pi_old / mu, cap) of the engine's sampled tokens.
+    IMPORTANCE_WEIGHT_CAP: float = Field(default=2.0, ge=1.0)
+    # Leave the tokens the decision schema's grammar forced (keys, braces) out of the loss.
+    MASK_FORCED_TOKENS: bool = True
+    # Rollouts: the rollout policy (the newest checkpoint; the base before the first) plays ROLLOUT_AGENTS seats of
+    # each training hour from ROLLOUT_START, ROLLOUT_DECISIONS decisions each, at ROLLOUT_TEMPERATURE with an otherwise
+    # neutral sampler, through the gateway, on a llama.cpp server with ROLLOUT_PARALLEL slots.
+    ROLLOUT_START: str = "2025-03-01T00:00"
+    ROLLOUT_SEED: int = 4242
+    ROLLOUT_AGENTS: int = Field(default=8, ge=2)
+    ROLLOUT_DECISIONS: int = Field(default=3, ge=1, le=59)
+    ROLLOUT_TEMPERATURE: float = Field(default=1.0, gt=0.0)
+    ROLLOUT_PARALLEL: int = Field(default=8, ge=1)
+    ROLLOUT_SERVER_PORT: int = Field(default=8091, ge=1, le=65535)
+    ROLLOUT_SERVER_FOLDER: str = ".babylon/rollout-server"
+    # The reward: the outcome judge's (verifiable, from the ground truth) mixed with RULER's by this weight (0: off).
+    RULER_WEIGHT: float = Field(default=0.0, ge=0.0, le=1.0)
     GATE_MIN_PNL_DELTA: float = 0.0
     # The gate also refuses a checkpoint whose unparseable-response rate rises more than this (0: not at all).
     GATE_MAX_UNPARSEABLE_RISE: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -143,6 +166,14 @@ class Settings(BaseSettings):
     @field_validator("PARTITION_START")
     @classmethod
     def _partition_start_is_a_window(cls, value: str) -> str:
+        from babylon_assets.core.window_time import parse_window_id
+
+        parse_window_id(value)
+        return value
+
+    @field_validator("ROLLOUT_START")
+    @classmethod
+    def _rollout_start_is_a_window(cls, value: str) -> str:
         from babylon_assets.core.window_time import parse_window_id
 
         parse_window_id(value)

@@ -2,6 +2,7 @@
 
 from babylon_assets.cli import (  # noqa: F401  (each module adds its commands to `app`)
     demo_command,
+    learning_commands,
     llm_commands,
     play_commands,
     promotion_commands,

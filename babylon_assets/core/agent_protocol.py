@@ -25,6 +25,10 @@ ARCHETYPES: dict[str, str] = {
     "contrarian": "You fade the crowd: sell strength, buy weakness, and buy mispriced prediction shares.",
 }
 
+# The prompt's version: play under another version of the system prompt or the observation is other play (an
+# evaluation plan's key includes it).
+PROMPT_VERSION = "prompt-v1"
+
 RESPONSE_FORMAT = (
     'Answer with exactly one JSON object and nothing else: {"action": "OPEN_LONG" | "OPEN_SHORT" | '
     '"CLOSE" | "BUY_YES" | "BUY_NO" | "HOLD", "ticker": "<for perps>", "marketId": "<for predictions>", '

@@ -14,6 +14,8 @@ from typing import Any
 from babylon_assets.core.agent_protocol import Observation
 from babylon_assets.core.perps import MAX_LEVERAGE
 
+# The schema's version: an evaluation plan's key includes it, so play under another schema (or none) is never reused.
+SCHEMA_VERSION = "decision-schema-v1"
 REASONING_MAX_CHARS = 160
 # A JSON string may spell one character as an escape of up to 6 ("\u00e9"): the answer's bound counts them.
 _ESCAPE_WIDTH = 6

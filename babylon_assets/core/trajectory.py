@@ -179,6 +179,7 @@ class ParsedTrajectory:
     is_training_data: bool
     is_evaluation: bool
     window_id_from_start: bool = False
+    trades_executed: int | None = None  # the row's tradesExecuted column (the books' count of trades)
 
     @property
     def llm_decisions(self) -> int:
@@ -332,6 +333,7 @@ def _parse(row: TrajectoryRow, rules: ParseRules, now: datetime) -> ParsedTrajec
         is_training_data=True if row.isTrainingData is None else bool(row.isTrainingData),
         is_evaluation=bool(row.isEvaluation),
         window_id_from_start=from_start,
+        trades_executed=row.tradesExecuted if isinstance(row.tradesExecuted, int) else None,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from babylon_assets.core.eligibility import AgentWindow
+from babylon_assets.core.on_policy import SampledAnswer
 from babylon_assets.core.outcomes import WindowOutcomes
 from babylon_assets.core.trajectory import LlmCall, Step
 
@@ -40,6 +41,22 @@ def decision_conversations(agent_window: AgentWindow) -> list[list[Message]]:
             ]
         )
     return conversations
+
+
+def decision_answers(
+    agent_window: AgentWindow, sampled: dict[tuple[str, int], SampledAnswer]
+) -> list[SampledAnswer | None]:
+    """The sampled answer of each decision `decision_conversations` lists (same order), None where none was recorded
+    with its token ids or it does not spell the recorded response."""
+    answers: list[SampledAnswer | None] = []
+    for trajectory in agent_window.trajectories:
+        for step in trajectory.steps:
+            call = decision_call(step)
+            if call is None:
+                continue
+            answer = sampled.get((trajectory.trajectory_id, step.stepNumber))
+            answers.append(answer if answer is not None and answer.aligned_with(call.response) else None)
+    return answers
 
 
 def training_metrics(agent_window: AgentWindow) -> dict[str, float | int | bool]:

@@ -38,6 +38,8 @@ class AgentReply:
     logprobs: list[tuple[str, float]] | None = None
     latency_ms: float = 0.0
     error: str | None = None  # the endpoint failed; the text is empty
+    schema: dict[str, Any] | None = None  # the decision schema the answer was constrained by, if any
+    note: str | None = None  # why the call was not what was asked (a refused schema, asked again without it)
 
 
 class Agent(Protocol):

@@ -7,6 +7,7 @@ its guards and its clock.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ from babylon_assets.core.eligibility import (
     WindowTally,
     split_window,
 )
+from babylon_assets.core.on_policy import SampledAnswer, sampled_answer
 from babylon_assets.core.outcomes import PredictionOutcome, StockOutcome, WindowOutcomes
 from babylon_assets.core.trajectory import (
     TRAJECTORY_COLUMNS,
@@ -61,6 +63,7 @@ from babylon_assets.db.inspection import game_schema_of
 from babylon_assets.db.migrate import current_revision, head_revision, upgrade_to_head
 from babylon_assets.db.schema import (
     GAME_USER_TABLE,
+    LlmCallLog,
     MarketOutcome,
     QuarantinedTrajectory,
     Trajectory,
@@ -381,6 +384,31 @@ class Store:
         statement = select(Trajectory.trajectoryId).where(Trajectory.trajectoryId.in_(bindparam("ids", expanding=True)))
         with self.engine.connect() as connection:
             return set(connection.execute(statement, {"ids": ids}).scalars())
+
+    def sampled_answers(self, trajectory_ids: Iterable[str]) -> dict[tuple[str, int], SampledAnswer]:
+        """The answers the gateway recorded with their sampled tokens (ids, engine logprobs, version, temperature),
+        by (trajectoryId, stepNumber): what on-policy training learns from. Calls without token ids are left out."""
+        ids = sorted(set(trajectory_ids))
+        found: dict[tuple[str, int], SampledAnswer] = {}
+        statement = select(
+            LlmCallLog.trajectoryId, LlmCallLog.stepId, LlmCallLog.response, LlmCallLog.metadata_.label("metadata_json")
+        ).where(LlmCallLog.trajectoryId.in_(bindparam("ids", expanding=True)), LlmCallLog.purpose == "action")
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                for row in connection.execute(statement, {"ids": ids[start : start + 500]}):
+                    prefix, _, number = str(row.stepId).rpartition(":")
+                    if prefix != row.trajectoryId or not number.isdigit() or not row.metadata_json:
+                        continue
+                    try:
+                        metadata = json.loads(row.metadata_json)
+                    except json.JSONDecodeError:
+                        continue
+                    if not isinstance(metadata, dict):
+                        continue
+                    answer = sampled_answer(metadata, row.response or "", None)
+                    if answer is not None:
+                        found[(row.trajectoryId, int(number))] = answer
+        return found
 
     def quarantine_counts(self, window_id: str | None = None) -> dict[str, int]:
         """Stored quarantined rows by reason (one window, or all)."""

@@ -70,7 +70,34 @@ def _logprobs(choice: Any) -> list[dict[str, Any]] | None:
     content = getattr(getattr(choice, "logprobs", None), "content", None)
     if not content:
         return None
-    return [{"token": item.token, "logprob": float(item.logprob)} for item in content]
+    return [_token(item) for item in content]
+
+
+def _token(item: Any) -> dict[str, Any]:
+    """One sampled token as recorded: its text, its logprob and, where the engine reports it (llama.cpp does), its id,
+    so the trainer learns on the very tokens that were sampled instead of a re-tokenization of the text."""
+    recorded: dict[str, Any] = {"token": _get(item, "token"), "logprob": float(_get(item, "logprob"))}
+    token_id = _get(item, "id")
+    if isinstance(token_id, int) and not isinstance(token_id, bool):
+        recorded["id"] = token_id
+    return recorded
+
+
+# What a call's body said about how to sample, recorded with the call (the trainer applies its temperature; the
+# schema tells which answers were possible).
+_SAMPLING_OPTIONS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "response_format",
+)
+_MAX_NOTE_CHARS = 1_000
 
 
 def _get(value: Any, name: str) -> Any:
@@ -168,8 +195,10 @@ def _invalid_field(body: Any) -> str | None:
                 datetime.fromisoformat(state["at"])
             except ValueError:
                 return "babylon.at must be an ISO 8601 time"
+        if "note" in state and (not isinstance(state["note"], str) or len(state["note"]) > _MAX_NOTE_CHARS):
+            return f"babylon.note must be a string of at most {_MAX_NOTE_CHARS} characters"
         for name, value in state.items():
-            if name in ("at", "evaluation"):
+            if name in ("at", "evaluation", "note"):
                 continue
             if isinstance(value, bool) or (
                 isinstance(value, (int, float)) and not (math.isfinite(value) and abs(value) <= _MAX_STATE_VALUE)
@@ -262,6 +291,8 @@ def create_app(
             return _error(403, "this key may not mark play held out (babylon.evaluation)", "permission_error")
         reported_at = agent_state.pop("at", None)
         held_out = bool(agent_state.pop("evaluation", False))
+        note = agent_state.pop("note", None)
+        sampling = {name: body[name] for name in _SAMPLING_OPTIONS if name in body}
         body.pop("model", None)  # the gateway decides who answers: the deployed model
         target = upstream()
         stream = bool(body.pop("stream", False))
@@ -293,6 +324,8 @@ def create_app(
                     logprobs=logprobs,
                     agent_state={k: float(v) for k, v in agent_state.items() if isinstance(v, (int, float))},
                     is_evaluation=held_out,
+                    sampling=sampling,
+                    note=note,
                 )
             )
 
@@ -400,7 +433,7 @@ def create_app(
                     parsed = (
                         choice["message"].get("content") or "",
                         data.get("usage"),
-                        [{"token": t["token"], "logprob": float(t["logprob"])} for t in logprobs] if logprobs else None,
+                        [_token(t) for t in logprobs] if logprobs else None,
                         data.get("model"),
                     )
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
@@ -428,10 +461,7 @@ def create_app(
                         usage = event.get("usage") or usage
                         for choice in event.get("choices") or []:
                             parts.append((choice.get("delta") or {}).get("content") or "")
-                            logprobs.extend(
-                                {"token": t["token"], "logprob": float(t["logprob"])}
-                                for t in ((choice.get("logprobs") or {}).get("content") or [])
-                            )
+                            logprobs.extend(_token(t) for t in ((choice.get("logprobs") or {}).get("content") or []))
             finally:
                 answer.release()
             record("".join(parts), usage, logprobs or None, model)

@@ -58,6 +58,8 @@ class CallRecord:
     agent_state: dict[str, float] = field(default_factory=dict)
     action_type: str = "RESPONSE"
     is_evaluation: bool = False  # held-out play: its trajectory is never training data
+    sampling: dict[str, Any] = field(default_factory=dict)  # temperature, sampler and response_format as asked
+    note: str | None = None  # the agent's word on the call (a refused schema, asked again without it)
 
     @property
     def window_id(self) -> str:
@@ -140,8 +142,13 @@ class CallRecord:
         return cls(**data)
 
     def metadata_json(self) -> str:
-        """llm_call_logs.metadata: the model version and the token logprobs."""
-        return json.dumps({"modelVersion": self.model_version, "logprobs": self.logprobs, "source": "gateway"})
+        """llm_call_logs.metadata: the model version, the sampled tokens (text, logprob, id) and how they were sampled."""
+        metadata: dict[str, Any] = {"modelVersion": self.model_version, "logprobs": self.logprobs, "source": "gateway"}
+        if self.sampling:
+            metadata["sampling"] = self.sampling
+        if self.note:
+            metadata["note"] = self.note
+        return json.dumps(metadata)
 
 
 @dataclass(slots=True)

@@ -2,16 +2,22 @@
 
 It asks for token logprobs and records them when the endpoint returns them. A failed call is not
 retried forever: after `retries` it becomes a recorded HOLD with the error (the play goes on).
+
+The policy is the constrained policy (issue 20): each call sends the observation's decision schema as
+`response_format` (llama.cpp, vLLM and OpenAI enforce it), with a `max_tokens` no allowed answer exceeds. An
+upstream that refuses the schema gets the same call again without it, and the reply says why.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from babylon_assets.core.agent_protocol import Observation
+from babylon_assets.core.decision_schema import decision_schema, max_answer_tokens, response_format
 from babylon_assets.core.window_play import AgentReply
 from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY
 
@@ -33,6 +39,30 @@ class LlmEndpoint:
     via_gateway: bool = False
     # Held-out play (through the gateway: its trajectories are created isEvaluation, never trained on).
     evaluation: bool = False
+    # Send the observation's decision schema as response_format (the constrained policy).
+    structured: bool = True
+    # Rollouts sample the model's own distribution: llama.cpp's top_k/top_p/min_p and penalties made neutral, so
+    # the only change to the model's probabilities is the temperature (which the trainer applies too) and the schema.
+    neutral_sampler: bool = False
+
+
+# llama.cpp's defaults cut the tail (top_k 40, top_p 0.95, min_p 0.05); these leave the distribution whole.
+NEUTRAL_SAMPLER: dict[str, float] = {
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+_SCHEMA_WORDS = re.compile(r"response_format|json_schema|grammar|schema", re.I)
+
+
+def refuses_schema(error: BaseException) -> bool:
+    """Whether an upstream's error is its refusal of the response_format (a 400 naming it), not a failed call."""
+    status = getattr(error, "status_code", None)
+    return status == 400 and _SCHEMA_WORDS.search(str(error)) is not None
 
 
 def _logprobs_of(choice: Any) -> list[tuple[str, float]] | None:
@@ -60,9 +90,13 @@ class LlmAgent:
     def start_window(self, window_id: str) -> None:
         """Nothing to reset: the model is stateless between calls."""
 
-    def _gateway_fields(self, observation: Observation) -> dict[str, Any]:
-        if not self.endpoint.via_gateway:
-            return {}
+    def _extra_body(self, observation: Observation, note: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = dict(NEUTRAL_SAMPLER) if self.endpoint.neutral_sampler else {}
+        if self.endpoint.via_gateway:
+            body["babylon"] = self._gateway_state(observation, note)
+        return body
+
+    def _gateway_state(self, observation: Observation, note: str | None) -> dict[str, Any]:
         state: dict[str, Any] = {
             "balance": observation.cash,
             "pnl": observation.pnl,
@@ -71,34 +105,33 @@ class LlmAgent:
         }
         if self.endpoint.evaluation:
             state["evaluation"] = True
-        return {"extra_headers": {"X-Babylon-Agent": self.agent_id}, "extra_body": {"babylon": state}}
+        if note:
+            state["note"] = note
+        return state
 
     def respond(self, system: str, user: str, observation: Observation) -> AgentReply:
-        """Ask the model; the reply carries its tokens and logprobs, or the error of a failed call."""
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
+        """Ask the model, constrained by the observation's schema; the reply carries its tokens and logprobs, or
+        the error of a failed call. A refused schema is asked again without it (the reply's note says why)."""
         endpoint = self.endpoint
         started = time.perf_counter()
+        schema = decision_schema(observation) if endpoint.structured else None
+        note = None
         try:
-            response = litellm.completion(
-                model=endpoint.model,
-                api_base=endpoint.api_base,
-                api_key=endpoint.api_key or PLACEHOLDER_API_KEY,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                temperature=endpoint.temperature,
-                max_tokens=endpoint.max_tokens,
-                logprobs=endpoint.logprobs,
-                timeout=endpoint.timeout_s,
-                num_retries=endpoint.retries,
-                **self._gateway_fields(observation),
-            )
+            try:
+                response = self._call(system, user, observation, schema, None)
+            except Exception as error:
+                if schema is None or not refuses_schema(error):
+                    raise
+                note = f"structured output refused, asked again without it: {type(error).__name__}: {error}"[:500]
+                schema = None
+                response = self._call(system, user, observation, None, note)
         except Exception as error:  # noqa: BLE001 - any endpoint failure becomes a recorded HOLD
             return AgentReply(
                 text="",
                 model=endpoint.model,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 error=f"{type(error).__name__}: {error}"[:500],
+                note=note,
             )
         choice = response.choices[0]
         usage = getattr(response, "usage", None)
@@ -110,4 +143,36 @@ class LlmAgent:
             completion_tokens=getattr(usage, "completion_tokens", None),
             logprobs=_logprobs_of(choice),
             latency_ms=(time.perf_counter() - started) * 1000,
+            schema=schema,
+            note=note,
+        )
+
+    def _call(
+        self, system: str, user: str, observation: Observation, schema: dict[str, Any] | None, note: str | None
+    ) -> Any:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        endpoint = self.endpoint
+        options: dict[str, Any] = {}
+        max_tokens = endpoint.max_tokens
+        if schema is not None:
+            options["response_format"] = response_format(observation)
+            max_tokens = max(max_tokens, max_answer_tokens(schema))
+        extra_body = self._extra_body(observation, note)
+        if extra_body:
+            options["extra_body"] = extra_body
+        if endpoint.via_gateway:
+            options["extra_headers"] = {"X-Babylon-Agent": self.agent_id}
+        return litellm.completion(
+            model=endpoint.model,
+            api_base=endpoint.api_base,
+            api_key=endpoint.api_key or PLACEHOLDER_API_KEY,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            temperature=endpoint.temperature,
+            max_tokens=max_tokens,
+            logprobs=endpoint.logprobs,
+            timeout=endpoint.timeout_s,
+            num_retries=endpoint.retries,  # litellm retries failed calls, never a 400 such as a refused schema
+            **options,
         )

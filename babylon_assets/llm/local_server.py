@@ -230,9 +230,12 @@ def serve(
     model: Path | None = None,
     lora: Sequence[Path] = (),
     alias: str = MODEL_ALIAS,
+    parallel: int | None = None,
 ) -> ServerState:
     """Start llama-server on 127.0.0.1 with a GGUF (SmolLM2's by default) and LoRA GGUFs (`--lora`, scale 1),
-    or return the same one already running, and wait until healthy."""
+    or return the same one already running, and wait until healthy. With `parallel` > 1 the server answers that
+    many calls at once on slots of `context` tokens each (the whole context is parallel x context); without it, the
+    server's own choice of slots shares `context`."""
     wanted = (Path(model or model_file()).resolve(), tuple(Path(p).resolve() for p in lora), alias)
     running = status(folder)
     if running is not None:
@@ -267,7 +270,8 @@ def serve(
             "--alias",
             alias,
             "-c",
-            str(context),
+            str(context * (parallel or 1)),
+            *(("--parallel", str(parallel)) if parallel else ()),
             "-t",
             str(threads or os.cpu_count() or 2),
             "--no-webui",
@@ -311,10 +315,11 @@ def restart(
     model: Path | None = None,
     lora: Sequence[Path] = (),
     alias: str = MODEL_ALIAS,
+    parallel: int | None = None,
 ) -> ServerState:
     """Stop this folder's server, if one runs, and start it again with these model, adapters and alias."""
     stop(folder)
-    return serve(folder, port, context, threads, timeout_s, model=model, lora=lora, alias=alias)
+    return serve(folder, port, context, threads, timeout_s, model=model, lora=lora, alias=alias, parallel=parallel)
 
 
 def stop(folder: Path, timeout_s: float = 20.0) -> bool:

@@ -16,6 +16,9 @@ POSTGRES_INSTANCE_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_P
 # the UI, a sensor or the CLI started it (the in-process executor claims pool slots too).
 TRAINING_POOL = "training"
 TRAINING_POOL_SLOTS = 1
+# policy_rollouts' pool: one rollout hour at a time, since one llama.cpp server follows the policy.
+ROLLOUTS_POOL = "rollouts"
+ROLLOUTS_POOL_SLOTS = 1
 
 
 def project_root() -> Path:
@@ -54,6 +57,6 @@ def set_pool_limits(home: Path) -> None:
     with DagsterInstance.from_config(str(home)) as instance:
         storage = instance.event_log_storage
         if storage.supports_global_concurrency_limits:
-            info = storage.get_concurrency_info(TRAINING_POOL)
-            if info.slot_count != TRAINING_POOL_SLOTS:
-                storage.set_concurrency_slots(TRAINING_POOL, TRAINING_POOL_SLOTS)
+            for pool, slots in ((TRAINING_POOL, TRAINING_POOL_SLOTS), (ROLLOUTS_POOL, ROLLOUTS_POOL_SLOTS)):
+                if storage.get_concurrency_info(pool).slot_count != slots:
+                    storage.set_concurrency_slots(pool, slots)

@@ -73,6 +73,26 @@ def materialize_windows(
     return runs
 
 
+def materialize_rollouts(
+    defs: Definitions,
+    window_ids: Sequence[str],
+    instance: DagsterInstance,
+    on_run: Callable[[GraphRun], None] | None = None,
+) -> list[GraphRun]:
+    """Play rollout hours with the rollout policy, one run per hour (the server switches versions between runs)."""
+    job = defs.resolve_job_def("rollouts_job")
+    runs = []
+    for window_id in sorted(set(window_ids)):
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config=QUIET, partition_key=window_id
+        )
+        run = GraphRun(result.run_id, window_id, result.success, 1)
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
+    return runs
+
+
 def _run_from_dataset(defs: Definitions, instance: DagsterInstance, job_name: str, label: str, until: str) -> GraphRun:
     """Run a job that starts at training_dataset (whose lookback ends at `until`)."""
     result = defs.resolve_job_def(job_name).execute_in_process(

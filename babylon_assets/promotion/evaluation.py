@@ -22,9 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from babylon_assets.core.agent_protocol import ARCHETYPES
+from babylon_assets.core.agent_protocol import ARCHETYPES, PROMPT_VERSION
+from babylon_assets.core.decision_schema import SCHEMA_VERSION
 from babylon_assets.core.eligibility import stitch_agent_windows
 from babylon_assets.core.judging import Judge, JudgeGroup
+from babylon_assets.core.on_policy import base_version
 from babylon_assets.core.paired_stats import EvaluationReport, PlayResult, evaluate, max_drawdown
 from babylon_assets.core.trajectory import ParsedTrajectory
 from babylon_assets.core.window_time import WINDOW, parse_window_id, window_id_of
@@ -36,6 +38,7 @@ from babylon_assets.gateway.app import Upstream
 from babylon_assets.gateway.server import free_port, gateway_in_thread
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint
 from babylon_assets.play.simulator import SimulationPlan, simulate
+
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class EvaluationPlan:
     temperature: float = 0.0
     max_tokens: int = 160
     step_seconds: int = 60
+    structured: bool = True  # answers constrained by the observation's decision schema
 
     @classmethod
     def from_settings(cls, settings: Any) -> EvaluationPlan:
@@ -94,6 +98,9 @@ class EvaluationPlan:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "step_seconds": self.step_seconds,
+            # Plays under another prompt or schema (the committed base plays had none) are other plays.
+            "prompt_version": PROMPT_VERSION,
+            "schema": SCHEMA_VERSION if self.structured else None,
         }
 
     @property
@@ -111,8 +118,8 @@ class EvaluationPlan:
 
 
 def base_policy(base_model: str) -> str:
-    """The name under which a base model's evaluation play is stored."""
-    return f"base:{base_model}"
+    """The name under which a base model's evaluation play is stored (its version name, as rollouts serve it)."""
+    return base_version(base_model)
 
 
 def agent_id(plan: EvaluationPlan, policy: str, slot: str) -> str:
@@ -197,6 +204,7 @@ def play_policy(
             retries=1,
             via_gateway=True,
             evaluation=True,
+            structured=plan.structured,
         )
         agents = {slot: LlmAgent(agent_id(plan, policy, slot), archetype, endpoint) for slot, archetype in slots}
         slot_of = {agent.agent_id: slot for slot, agent in agents.items()}
@@ -337,9 +345,12 @@ def why_no_policy_server(policy_api_base: str | None) -> str | None:
     return None
 
 
-def local_policy_server(folder: Path, base_model: str, adapter: Path | None, alias: str) -> Callable[[], Any]:
+def local_policy_server(
+    folder: Path, base_model: str, adapter: Path | None, alias: str, parallel: int = 8
+) -> Callable[[], Any]:
     """A llama.cpp server for one policy, started for its play and stopped after: the base model's GGUF,
-    with the checkpoint's adapter (exported to GGUF beside it) when there is one."""
+    with the checkpoint's adapter (exported to GGUF beside it) when there is one; a market's seats are answered at
+    once on `parallel` slots, each holding a prompt and the longest answer the decision schema allows."""
 
     @contextmanager
     def serve_policy() -> Iterator[Upstream]:
@@ -348,7 +359,9 @@ def local_policy_server(folder: Path, base_model: str, adapter: Path | None, ali
 
         model = base_model_gguf(base_model)
         lora = [export_adapter_gguf(adapter, adapter / "adapter.gguf")] if adapter is not None else []
-        state = local_server.serve(folder, port=free_port(), model=model, lora=lora, alias=alias)
+        state = local_server.serve(
+            folder, port=free_port(), context=2048, model=model, lora=lora, alias=alias, parallel=parallel
+        )
         try:
             yield Upstream(model=f"openai/{alias}", api_base=state.base_url, version=alias)
         finally:

@@ -40,6 +40,10 @@ TRAINING_SETTINGS = (
     "TRAIN_DEVICE",
     "WANDB_MODE",
     "WANDB_DIR",
+    "ON_POLICY",
+    "MAX_STEPS_OFF_POLICY",
+    "IMPORTANCE_WEIGHT_CAP",
+    "MASK_FORCED_TOKENS",
 )
 
 
@@ -69,6 +73,10 @@ class TrainerResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[
     train_device: str
     wandb_mode: str
     wandb_dir: str
+    on_policy: bool
+    max_steps_off_policy: int
+    importance_weight_cap: float
+    mask_forced_tokens: bool
 
     SETTING_FIELDS: ClassVar[dict[str, str]] = lower_case_fields(*TRAINING_SETTINGS)
 
@@ -83,6 +91,8 @@ class TrainerResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[
             project=self.project_name,
             base_model=self.base_model,
             seed=self.train_seed,
+            on_policy=self.on_policy,
+            max_steps_off_policy=self.max_steps_off_policy,
         )
 
     def backend(self, store: Store) -> art.Backend:

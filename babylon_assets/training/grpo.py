@@ -4,11 +4,16 @@ Plain torch: no Dagster, no ART, no database. The torch backend (`babylon_assets
 trajectory groups into `Conversation`s and calls `tokenize_conversation`, `build_samples` and
 `grpo_step`; `bench/train_step.py` imports only this module, torch, transformers and peft.
 
-Recorded play is off-policy: the agents' decisions came from whatever model served them. Where a
-decision carries its token logprobs (the behaviour policy), the step uses the importance ratio with
-PPO-style clipping; where it does not, the ratio is taken against the current policy itself
-(old = new, detached), whose gradient is exactly advantage-weighted log-likelihood. One loss covers
-both and the stats say how many tokens went which way.
+On-policy samples (issue 20) carry the engine's sampled token ids and logprobs: the trainer learns on those very
+tokens after the prompt as the agent saw it (never re-tokenized, never cut). The PPO ratio is taken against the
+trainer's own log-probabilities of the version that played (detached; at staleness 0 the current model, so the
+ratio is 1 with the gradient of A log p); the engine's logprobs (a quantized engine, sampled through a grammar
+mask) enter only as a truncated importance weight min(pi_old / mu, cap) and as a trainer-vs-engine KL, reported.
+Tokens the schema's grammar forced can be left out of the loss (they carry the group's advantage in every sample).
+
+Recorded play without token ids is off-policy: where a decision carries token logprobs that line up with our
+tokenization, the ratio is taken against them with PPO-style clipping; where not, against the current policy
+(advantage-weighted log-likelihood). One loss covers all of them and the stats say how many tokens went which way.
 """
 
 from __future__ import annotations
@@ -27,12 +32,27 @@ Message = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class SampledTokens:
+    """An assistant message as the engine sampled it: token ids, the engine's logprob of each (mu), and which of
+    them the loss trains on (False: a token the schema's grammar forced, when those are masked)."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    trained: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
 class Conversation:
     """One conversation to learn from: chat messages, and for assistant messages that carry them, the
-    behaviour policy's token logprobs (keyed by the message's index)."""
+    behaviour policy's token logprobs (keyed by the message's index), or the sampled tokens themselves
+    (on-policy play), with the temperature they were sampled at and the training step of the version that
+    sampled them."""
 
     messages: list[Message]
     behaviour_logprobs: dict[int, list[float]] = field(default_factory=dict)
+    sampled: dict[int, SampledTokens] = field(default_factory=dict)
+    temperature: float = 1.0
+    behaviour_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,17 @@ class Sample:
     logprobs_aligned: int = 0  # assistant messages whose behaviour logprobs matched our tokens
     logprobs_misaligned: int = 0  # ... that carried logprobs which did not (trained without them)
     truncated: bool = False
+    # On-policy: the engine's logprob of each sampled token (NaN elsewhere), the sampling temperature, the step of
+    # the version that sampled, and the sampled tokens the grammar forced (left out of the loss).
+    engine_logprobs: list[float] = field(default_factory=list)
+    temperature: float = 1.0
+    behaviour_step: int | None = None
+    forced_tokens: int = 0
+
+    @property
+    def on_policy(self) -> bool:
+        """Trained on the engine's own sampled tokens."""
+        return bool(self.engine_logprobs)
 
     @property
     def trained_tokens(self) -> int:
@@ -69,6 +100,8 @@ def tokenize_conversation(
     Spans are found by rendering each prefix (which must be a prefix of the whole, as it is for ChatML
     templates) and mapped to tokens through the tokenizer's character offsets.
     """
+    if conversation.sampled:
+        return tokenize_sampled(tokenizer, conversation, advantage)
     messages = conversation.messages
     full_text = _render(tokenizer, messages, add_generation_prompt=False)
     spans: list[tuple[int, int, int, int]] = []  # (message index, span start, content end, span end)
@@ -119,6 +152,69 @@ def tokenize_conversation(
     return Sample(input_ids, mask, old, float(advantage), len(spans), aligned, misaligned, truncated)
 
 
+class MisalignedTokensError(ValueError):
+    """Sampled token ids that are not the recorded answer under this tokenizer (another model's vocabulary)."""
+
+
+def tokenize_sampled(tokenizer: Any, conversation: Conversation, advantage: float) -> Sample:
+    """An on-policy sample: each prompt rendered with the chat template as the agent's engine rendered it, then the
+    sampled token ids exactly as sampled, then the template's end of turn. Nothing is re-tokenized and nothing is
+    cut (DESIGN 5): the whole system prompt and observation are trained on as the agent saw them."""
+    messages = conversation.messages
+    input_ids: list[int] = []
+    mask: list[bool] = []
+    engine: list[float] = []
+    forced = 0
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        sampled = conversation.sampled.get(index)
+        if sampled is None:
+            raise ValueError(f"message {index} of an on-policy conversation carries no sampled tokens")
+        content = message.get("content") or ""
+        # The engine's ids may end with the end-of-turn token it sampled (its text is empty).
+        if tokenizer.decode(list(sampled.token_ids), skip_special_tokens=True) != content:
+            raise MisalignedTokensError(
+                f"the sampled token ids of message {index} do not spell its recorded answer under this tokenizer"
+            )
+        before = _render(tokenizer, messages[:index], add_generation_prompt=True)
+        through = _render(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        prefix_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
+        if input_ids and prefix_ids[: len(input_ids)] != input_ids:
+            raise ValueError("the chat template does not render conversations prefix by prefix")
+        new_prompt = prefix_ids[len(input_ids) :]
+        input_ids += new_prompt
+        mask += [False] * len(new_prompt)
+        engine += [math.nan] * len(new_prompt)
+        input_ids += list(sampled.token_ids)
+        mask += list(sampled.trained)
+        engine += list(sampled.logprobs)
+        forced += sum(1 for trained in sampled.trained if not trained)
+        # The template's end of turn after the content. Where the engine sampled the end-of-turn token itself, it is
+        # among the ids (trained or masked like any sampled token) and only the rest of the template follows.
+        end = through[len(before) + len(content) :]
+        end_ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+        if end_ids and sampled.token_ids and sampled.token_ids[-1] == end_ids[0]:
+            end_ids = end_ids[1:]
+        input_ids += end_ids
+        mask += [False] * len(end_ids)
+        engine += [math.nan] * len(end_ids)
+    if mask and mask[0]:
+        mask[0] = False
+    assistant = sum(1 for m in messages if m["role"] == "assistant")
+    return Sample(
+        input_ids,
+        mask,
+        [math.nan] * len(input_ids),
+        float(advantage),
+        assistant,
+        engine_logprobs=engine,
+        temperature=conversation.temperature,
+        behaviour_step=conversation.behaviour_step,
+        forced_tokens=forced,
+    )
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """What one optimizer step does besides the maths' fixed parts."""
@@ -129,6 +225,7 @@ class StepConfig:
     max_grad_norm: float | None = 1.0
     micro_batch_size: int = 4  # sequences per forward/backward; the step accumulates over all of them
     pad_token_id: int = 0
+    importance_weight_cap: float = 2.0  # the truncated importance weight min(pi_old / mu, cap) of on-policy tokens
 
 
 @dataclass
@@ -147,8 +244,15 @@ class StepStats:
     messages_with_behaviour_logprobs: int = 0
     clipped_fraction: float = 0.0
     mean_ratio: float = 1.0
+    p95_ratio: float = 1.0
     seconds: float = 0.0
     micro_batches: int = 0
+    on_policy_tokens: int = 0  # trained tokens with the engine's logprob
+    forced_tokens_masked: int = 0
+    importance_weight_mean: float = 1.0
+    importance_weight_capped: float = 0.0  # share of on-policy tokens whose weight hit the cap
+    engine_kl: float = 0.0  # trainer vs engine on the sampled tokens (k3 estimator, per token)
+    stale_sequences: int = 0  # sequences whose pi_old came from an older version's adapter
 
     @property
     def objective(self) -> Literal["importance_ratio_clipped", "advantage_weighted_likelihood", "mixed", "none"]:
@@ -183,16 +287,27 @@ class StepStats:
             "messages_with_behaviour_logprobs": float(self.messages_with_behaviour_logprobs),
             "clipped_fraction": self.clipped_fraction,
             "mean_ratio": self.mean_ratio,
+            "p95_ratio": self.p95_ratio,
+            "on_policy_tokens": float(self.on_policy_tokens),
+            "forced_tokens_masked": float(self.forced_tokens_masked),
+            "importance_weight_mean": self.importance_weight_mean,
+            "importance_weight_capped": self.importance_weight_capped,
+            "engine_kl": self.engine_kl,
+            "stale_sequences": float(self.stale_sequences),
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
         }
 
 
 def micro_batches(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
-    """Samples of similar length together (less padding), in a deterministic order."""
-    ordered = sorted(range(len(samples)), key=lambda i: (-len(samples[i].input_ids), i))
-    for start in range(0, len(ordered), size):
-        yield [samples[i] for i in ordered[start : start + size]]
+    """Samples of one behaviour version and similar length together (less padding), in a deterministic order."""
+    by_version: dict[int, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_version.setdefault(-1 if sample.behaviour_step is None else sample.behaviour_step, []).append(index)
+    for version in sorted(by_version):
+        ordered = sorted(by_version[version], key=lambda i: (-len(samples[i].input_ids), i))
+        for start in range(0, len(ordered), size):
+            yield [samples[i] for i in ordered[start : start + size]]
 
 
 @dataclass(frozen=True)
@@ -207,6 +322,8 @@ class Batch:
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
     keep: int
+    engine_logprobs: torch.Tensor | None = None  # NaN where unknown; None when no row is on-policy
+    temperatures: torch.Tensor | None = None  # per row; None when every row is at 1
 
 
 def collate(samples: Sequence[Sample], pad_token_id: int, device: torch.device | str = "cpu") -> Batch:
@@ -228,6 +345,16 @@ def collate(samples: Sequence[Sample], pad_token_id: int, device: torch.device |
     keep = length - first + 1  # logits at first-1 .. length-1 predict tokens first .. length-1
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    engine = None
+    if any(s.on_policy for s in samples):
+        engine = torch.full((len(samples), length), math.nan, dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            if sample.on_policy:
+                engine[row, length - len(sample.input_ids) :] = torch.tensor(sample.engine_logprobs)
+        engine = engine[:, first:].to(device)
+    temperatures = None
+    if any(s.temperature != 1.0 for s in samples):
+        temperatures = torch.tensor([s.temperature for s in samples], dtype=torch.float32).to(device)
     return Batch(
         ids.to(device),
         attention.to(device),
@@ -236,11 +363,19 @@ def collate(samples: Sequence[Sample], pad_token_id: int, device: torch.device |
         old[:, first:].to(device),
         advantages.to(device),
         keep,
+        engine,
+        temperatures,
     )
 
 
 def token_logprobs(model: Any, batch: Batch) -> torch.Tensor:
-    """Log-probability of each of the last keep - 1 tokens under the model: [rows, keep - 1]."""
+    """Log-probability of each of the last keep - 1 tokens under the model at each row's sampling temperature:
+    [rows, keep - 1]."""
+    return _token_logprobs(model, batch)[0]
+
+
+def _token_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(at the rows' temperatures, at temperature 1): the engine reports its logprobs at 1, before temperature."""
     output = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -250,9 +385,16 @@ def token_logprobs(model: Any, batch: Batch) -> torch.Tensor:
     )
     logits = output.logits[:, :-1, :].float()
     targets = batch.input_ids[:, -(batch.keep - 1) :]
-    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").view(
-        targets.shape
-    )
+
+    def gathered(scaled: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(scaled.reshape(-1, scaled.shape[-1]), targets.reshape(-1), reduction="none").view(
+            targets.shape
+        )
+
+    plain = gathered(logits)
+    if batch.temperatures is None:
+        return plain, plain
+    return gathered(logits / batch.temperatures.view(-1, 1, 1)), plain
 
 
 def token_losses(
@@ -261,19 +403,37 @@ def token_losses(
     advantages: torch.Tensor,
     config: StepConfig,
     reference: torch.Tensor | None = None,
+    *,
+    trainer_old: torch.Tensor | None = None,
+    engine: torch.Tensor | None = None,
+    trainer_old_plain: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token loss: -min(r A, clip(r) A) (+ kl_coef * k3 KL to the reference), r = exp(new - old).
+    """Per-token loss: -w min(r A, clip(r) A) (+ kl_coef * k3 KL to the reference), r = exp(new - old).
 
-    Where `old` is NaN the current policy stands in for it (detached): r = 1 with the gradient of
-    A * log p, i.e. advantage-weighted log-likelihood.
+    `old` is a recorded behaviour logprob on our tokens (NaN where none); elsewhere the trainer's own logprob of
+    the version that played stands in (`trainer_old`, detached; the current policy itself when not given): r = 1
+    at staleness 0 with the gradient of A * log p. `engine` (NaN where unknown) is the engine's logprob of the
+    sampled token, mu: w = min(exp(pi_old - mu), cap) there, 1 elsewhere, compared at temperature 1
+    (`trainer_old_plain`), since the engine reports its logprobs before temperature.
     """
     known = ~torch.isnan(old)
-    behaviour = torch.where(known, old, new.detach())
+    pi_old = new.detach() if trainer_old is None else trainer_old
+    behaviour = torch.where(known, old, pi_old)
     ratio = torch.exp(new - behaviour)
     adv = advantages.unsqueeze(1)
     high = config.clip_epsilon if config.clip_epsilon_high is None else config.clip_epsilon_high
     clipped_ratio = ratio.clamp(1.0 - config.clip_epsilon, 1.0 + high)
     policy = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    weight = torch.ones_like(new)
+    engine_known = torch.zeros_like(known)
+    engine_kl = torch.zeros_like(new)
+    if engine is not None:
+        engine_known = ~torch.isnan(engine)
+        plain_old = pi_old if trainer_old_plain is None else trainer_old_plain
+        log_weight = torch.where(engine_known, plain_old - engine, 0.0)
+        weight = torch.where(engine_known, torch.exp(log_weight).clamp(max=config.importance_weight_cap), 1.0)
+        engine_kl = torch.where(engine_known, torch.exp(log_weight) - log_weight - 1.0, 0.0)
+        policy = policy * weight.detach()
     losses = policy
     kl = torch.zeros_like(new)
     if reference is not None and config.kl_coef > 0:
@@ -286,11 +446,16 @@ def token_losses(
         "ratio": ratio.detach(),
         "known": known,
         "clipped": (ratio.detach() != clipped_ratio.detach()),
+        "weight": weight.detach(),
+        "engine_known": engine_known,
+        "engine_kl": engine_kl.detach(),
     }
     return losses, parts
 
 
 ReferenceContext = Callable[[], AbstractContextManager[Any]]
+# Enters the policy as it was at a training step (for peft: that checkpoint's adapter), for pi_old of stale play.
+BehaviourContext = Callable[[int], AbstractContextManager[Any]]
 
 
 def grpo_step(
@@ -299,12 +464,16 @@ def grpo_step(
     samples: Sequence[Sample],
     config: StepConfig,
     reference: ReferenceContext | None = None,
+    *,
+    current_step: int | None = None,
+    behaviour: BehaviourContext | None = None,
 ) -> StepStats:
     """One optimizer step over all samples, accumulated micro-batch by micro-batch.
 
     The loss is the mean over every trained token of the step (token-level, so long and short responses
     weigh by their tokens and accumulation gives the same gradient as one big batch). `reference` enters
-    the reference policy (for peft: `model.disable_adapter`), needed only when `kl_coef > 0`.
+    the reference policy (for peft: `model.disable_adapter`), needed only when `kl_coef > 0`. Samples whose
+    `behaviour_step` is not `current_step` take pi_old under `behaviour(step)`.
     """
     started = time.perf_counter()
     stats = StepStats()
@@ -316,15 +485,35 @@ def grpo_step(
     device = next(model.parameters()).device
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    ratio_sum = clipped = 0.0
+    ratio_sum = clipped = weight_sum = capped = kl_sum = 0.0
+    ratios: list[torch.Tensor] = []
     for chunk in micro_batches(samples, config.micro_batch_size):
         batch = collate(chunk, config.pad_token_id, device)
         reference_logprobs = None
         if config.kl_coef > 0 and reference is not None:
             with torch.no_grad(), reference():
                 reference_logprobs = token_logprobs(model, batch)
-        new = token_logprobs(model, batch)
-        losses, parts = token_losses(new, batch.old_logprobs, batch.advantages, config, reference_logprobs)
+        trainer_old = trainer_old_plain = None
+        version = chunk[0].behaviour_step
+        if version is not None and current_step is not None and version != current_step:
+            if behaviour is None:
+                raise ValueError(f"samples played by step {version} need the behaviour policy of that step")
+            with torch.no_grad(), behaviour(version):
+                trainer_old, trainer_old_plain = _token_logprobs(model, batch)
+            stats.stale_sequences += len(chunk)
+        new, new_plain = _token_logprobs(model, batch)
+        if trainer_old_plain is None:
+            trainer_old_plain = new_plain.detach()
+        losses, parts = token_losses(
+            new,
+            batch.old_logprobs,
+            batch.advantages,
+            config,
+            reference_logprobs,
+            trainer_old=trainer_old,
+            engine=batch.engine_logprobs,
+            trainer_old_plain=trainer_old_plain,
+        )
         mask = batch.target_mask
         # where, not a product: a padded position's value must not reach the sum even if it is NaN.
         loss = torch.where(mask, losses, 0.0).sum() / total_trained
@@ -334,7 +523,13 @@ def grpo_step(
         stats.kl += float(torch.where(mask, parts["kl"], 0.0).sum().detach()) / total_trained
         stats.tokens_with_behaviour_logprobs += int((parts["known"] & mask).sum())
         ratio_sum += float(torch.where(mask, parts["ratio"], 0.0).sum())
+        ratios.append(parts["ratio"][mask].float().cpu())
         clipped += float((parts["clipped"] & mask).sum())
+        on_policy = parts["engine_known"] & mask
+        stats.on_policy_tokens += int(on_policy.sum())
+        weight_sum += float(torch.where(on_policy, parts["weight"], 0.0).sum())
+        capped += float((on_policy & (parts["weight"] >= config.importance_weight_cap)).sum())
+        kl_sum += float(torch.where(on_policy, parts["engine_kl"], 0.0).sum())
         stats.total_tokens += int(batch.attention_mask.sum())
         stats.micro_batches += 1
     params = [p for p in model.parameters() if p.requires_grad]
@@ -351,7 +546,14 @@ def grpo_step(
     stats.messages_with_behaviour_logprobs = sum(s.logprobs_aligned for s in samples)
     stats.trained_tokens = total_trained
     stats.mean_ratio = ratio_sum / total_trained
+    all_ratios = torch.cat(ratios) if ratios else torch.ones(1)
+    stats.p95_ratio = float(torch.quantile(all_ratios, 0.95)) if all_ratios.numel() else 1.0
     stats.clipped_fraction = clipped / total_trained
+    stats.forced_tokens_masked = sum(s.forced_tokens for s in samples)
+    if stats.on_policy_tokens:
+        stats.importance_weight_mean = weight_sum / stats.on_policy_tokens
+        stats.importance_weight_capped = capped / stats.on_policy_tokens
+        stats.engine_kl = kl_sum / stats.on_policy_tokens
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -13,8 +13,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from babylon_assets.core.agent_protocol import parse_or_hold
 from babylon_assets.core.eligibility import AgentWindow
+from babylon_assets.core.on_policy import (
+    GroupAccounting,
+    GroupVerdict,
+    PolicyVersions,
+    SampledAnswer,
+    base_version,
+    judge_group,
+)
+from babylon_assets.core.policy_guards import PolicyBehaviour, reward_spread
 from babylon_assets.core.training_plan import Spread, ranks_within_groups, sample_decisions, sample_windows
+from babylon_assets.core.views import decision_answers, decision_call
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.db.training_records import StepMember, TrainingRecords
 from babylon_assets.db.window_records import WindowRecords
@@ -38,6 +49,14 @@ class TrainingOptions:
     base_model: str
     seed: int = 0
     decisions_per_trajectory: int = 0  # 0: every decision of each agent-window
+    # On-policy (issue 20): only groups one version of this policy played, at most max_steps_off_policy behind.
+    on_policy: bool = True
+    max_steps_off_policy: int = 1
+
+    @property
+    def policy_versions(self) -> PolicyVersions:
+        """How this policy's versions are named (the base as evaluation names it)."""
+        return PolicyVersions(self.model_name, base_version(self.base_model))
 
 
 @dataclass
@@ -69,6 +88,7 @@ class TrainingOutcome:
     rewards: Spread = field(default_factory=lambda: Spread.of([]))
     pnl: Spread = field(default_factory=lambda: Spread.of([]))
     agents: list[tuple[str, float, int]] = field(default_factory=list)  # (agent, mean reward, agent-windows)
+    groups: GroupAccounting = field(default_factory=GroupAccounting)  # the version rules' verdicts, all steps
 
 
 # Who else wants to hear of each step and the outcome in this process: `babylon train` runs the graph
@@ -156,11 +176,35 @@ async def _train(
     for member in members:
         by_window[str(member["window_id"])].append(member)
     agent_windows: dict[str, dict[str, AgentWindow]] = {}
+    answers: dict[str, dict[tuple[str, int], SampledAnswer]] = {}
+    policy = options.policy_versions
 
     def window(window_id: str) -> dict[str, AgentWindow]:
         if window_id not in agent_windows:
             agent_windows[window_id] = agent_windows_of(store, window_id)
+            if options.on_policy:
+                ids = [t for aw in agent_windows[window_id].values() for t in aw.trajectory_ids]
+                answers[window_id] = store.sampled_answers(ids)
         return agent_windows[window_id]
+
+    def groups_of(window_id: str) -> dict[str, list[tuple[dict[str, Any], AgentWindow]]]:
+        found = window(window_id)
+        by_group: dict[str, list[tuple[dict[str, Any], AgentWindow]]] = defaultdict(list)
+        for member in by_window[window_id]:
+            agent_window = found.get(str(member["agent_window_id"]))
+            if agent_window is not None and agent_window.llm_decisions > 0:
+                by_group[str(member["group_id"])].append((member, agent_window))
+        return by_group
+
+    def verdict(
+        window_id: str, group_id: str, pairs: list[tuple[dict[str, Any], AgentWindow]], step: int
+    ) -> GroupVerdict:
+        versions = [
+            None if answer is None else answer.model_version
+            for _, aw in pairs
+            for answer in decision_answers(aw, answers.get(window_id, {}))
+        ]
+        return judge_group(group_id, versions, policy, step, options.max_steps_off_policy)
 
     model: art.TrainableModel[Any, Any] = art.TrainableModel(
         name=options.model_name, project=options.project, base_model=options.base_model
@@ -174,17 +218,52 @@ async def _train(
     last_loss: float | None = None
     for iteration in range(1, options.iterations + 1):
         draw = first_step + iteration
-        windows = sample_windows(list(by_window), options.windows_per_iteration, options.seed, draw)
+        policy_step = first_step + iteration - 1  # the step of the policy this iteration trains from
+        candidates = list(by_window)
+        accounting = GroupAccounting()
+        trainable: dict[tuple[str, str], GroupVerdict] = {}
+        if options.on_policy:
+            # Only windows with a group of the policy's own recent play are drawn from; the rest are counted.
+            for window_id in candidates:
+                for group_id, pairs in sorted(groups_of(window_id).items()):
+                    judged = verdict(window_id, group_id, pairs, policy_step)
+                    accounting.add(judged)
+                    if judged.trainable:
+                        trainable[(window_id, group_id)] = judged
+            # The freshest play first: windows of the current version, then those one step behind, and so on.
+            by_staleness: dict[int, set[str]] = defaultdict(set)
+            for (window_id, _), judged in trainable.items():
+                by_staleness[judged.staleness or 0].add(window_id)
+            candidates = []
+            for staleness in sorted(by_staleness):
+                wanted = options.windows_per_iteration - len(candidates)
+                if wanted <= 0:
+                    break
+                fresh = sorted(by_staleness[staleness] - set(candidates))
+                candidates += sample_windows(fresh, wanted, options.seed, draw)
+            outcome.groups.trainable += accounting.trainable
+            outcome.groups.excluded.update(accounting.excluded)
+            outcome.groups.staleness.update(accounting.staleness)
+            if not candidates:
+                raise NothingToTrainError(
+                    f"no group of {options.model_name}'s own play within {options.max_steps_off_policy} step(s) of "
+                    f"step {policy_step} in the dataset ({dict(accounting.excluded)} excluded): play rollouts first "
+                    "(policy_rollouts, `babylon learn`), or set ON_POLICY=false to train on recorded play"
+                )
+        windows = (
+            candidates
+            if options.on_policy
+            else sample_windows(candidates, options.windows_per_iteration, options.seed, draw)
+        )
         groups: list[art.TrajectoryGroup] = []
         step_members: list[StepMember] = []
+        behaviour = PolicyBehaviour()
+        group_rewards: list[list[float]] = []
         for window_id in windows:
-            found = window(window_id)
-            by_group: dict[str, list[tuple[dict[str, Any], AgentWindow]]] = defaultdict(list)
-            for member in by_window[window_id]:
-                agent_window = found.get(str(member["agent_window_id"]))
-                if agent_window is not None and agent_window.llm_decisions > 0:
-                    by_group[str(member["group_id"])].append((member, agent_window))
+            by_group = groups_of(window_id)
             for group_id in sorted(by_group):
+                if options.on_policy and (window_id, group_id) not in trainable:
+                    continue
                 pairs = by_group[group_id]
                 groups.append(
                     art.TrajectoryGroup(
@@ -200,30 +279,27 @@ async def _train(
                                     draw,
                                     aw.agent_window_id,
                                 ),
+                                decision_answers(aw, answers[window_id]) if options.on_policy else None,
                             )
                             for m, aw in pairs
                         ]
                     )
                 )
+                group_rewards.append([float(m["reward"]) for m, _ in pairs])
                 for m, aw in pairs:
+                    behaviour.add_agent_window(_decisions_of(aw), _trades_of(aw))
                     step_members.append(
                         StepMember(
                             aw.agent_window_id, window_id, group_id, tuple(aw.trajectory_ids), float(m["reward"])
                         )
                     )
                     used[aw.agent_window_id] = (step_members[-1], aw)
-        result = await backend.train(
-            model,
-            groups,
-            learning_rate=options.learning_rate,
-            data_position={
-                "batch_id": outcome.batch_id,
-                "iteration": iteration,
-                "seed": options.seed,
-                "dataset_id": outcome.dataset_id,
-            },
-        )
+        # ART's backend protocol exactly: no backend-specific keyword (ART's own backends refuse them).
+        result = await backend.train(model, groups, learning_rate=options.learning_rate)
         metrics = dict(result.metrics)
+        metrics.update(accounting.as_metrics() if options.on_policy else {})
+        metrics.update({f"policy_{name}": value for name, value in behaviour.as_metrics().items()})
+        metrics.update(reward_spread(group_rewards))
         checkpoint = getattr(result, "checkpoint_path", None)
         rewards = [m.reward for m in step_members]
         metrics.update(
@@ -281,6 +357,28 @@ async def _train(
         rankings=ranks_within_groups(rewards_by_member),
         loss=last_loss,
     )
+
+
+def _decisions_of(agent_window: AgentWindow) -> list[Any]:
+    """The agent-window's decisions as parsed (an unparseable answer as the HOLD it became)."""
+    decisions = []
+    for step in agent_window.steps:
+        call = decision_call(step)
+        if call is not None:
+            decisions.append(parse_or_hold(call.response)[0])
+    return decisions
+
+
+def _trades_of(agent_window: AgentWindow) -> int:
+    """Trades its rows executed (their tradesExecuted, else its successful trading actions)."""
+    recorded = [
+        t.trades_executed if t.trades_executed is not None else t.metrics.tradesExecuted
+        for t in agent_window.trajectories
+    ]
+    if all(value is not None for value in recorded):
+        return sum(int(value or 0) for value in recorded)
+    trading = {"OPEN_LONG", "OPEN_SHORT", "CLOSE", "BUY_YES", "BUY_NO"}
+    return sum(1 for step in agent_window.steps if step.action.success and step.action.actionType in trading)
 
 
 def _std(values: list[float]) -> float:

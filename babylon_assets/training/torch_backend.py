@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from art.types import TrainResult
 
 from babylon_assets.core.advantages import group_advantages
+from babylon_assets.core.on_policy import PolicyVersions, base_version, chosen_tokens
+from babylon_assets.training.art_trajectories import TOKEN_ID_PREFIX
 from babylon_assets.training.grpo import (
     Conversation,
     Sample,
+    SampledTokens,
     StepConfig,
     StepStats,
     grpo_step,
@@ -77,6 +80,7 @@ class CheckpointRegistry(Protocol):
 
 
 OWNER_FILE = "owner.json"
+_BEHAVIOUR_ADAPTER = "behaviour-step-"
 
 
 class CheckpointOwnerError(ValueError):
@@ -101,6 +105,8 @@ class TorchTrainerConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     device: str = "auto"  # auto: the CUDA GPU when there is one, else the CPU
+    importance_weight_cap: float = 2.0
+    mask_forced_tokens: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchTrainerConfig:
@@ -119,6 +125,8 @@ class TorchTrainerConfig:
             keep_checkpoints=settings.KEEP_CHECKPOINTS,
             seed=settings.TRAIN_SEED,
             device=settings.TRAIN_DEVICE,
+            importance_weight_cap=settings.IMPORTANCE_WEIGHT_CAP,
+            mask_forced_tokens=settings.MASK_FORCED_TOKENS,
         )
 
     def resolved_device(self) -> str:
@@ -153,26 +161,56 @@ class _Session:
     data_position: dict[str, Any] = field(default_factory=dict)
 
 
-def conversations_of(trajectory: art.Trajectory) -> list[Conversation]:
-    """Every history of an ART trajectory as a Conversation, with the behaviour logprobs its Choices carry."""
+def _sampled_tokens(content: Sequence[Any], mask_forced: bool) -> SampledTokens | None:
+    """The token ids a Choice's logprobs spell as `token_id:N`, or None when they are texts (re-tokenized play)."""
+    if not content or not all(str(token.token).startswith(TOKEN_ID_PREFIX) for token in content):
+        return None
+    ids = tuple(int(str(token.token)[len(TOKEN_ID_PREFIX) :]) for token in content)
+    pieces = [bytes(token.bytes or []).decode("utf-8", errors="replace") for token in content]
+    trained = tuple(chosen_tokens(pieces)) if mask_forced else (True,) * len(ids)
+    return SampledTokens(ids, tuple(float(token.logprob) for token in content), trained)
+
+
+def conversations_of(
+    trajectory: art.Trajectory, policy: PolicyVersions | None = None, mask_forced: bool = True
+) -> list[Conversation]:
+    """Every history of an ART trajectory as a Conversation, with the behaviour logprobs its Choices carry, or their
+    sampled token ids (on-policy play: then the temperature and the step of the version that played, which
+    `policy` reads from the trajectory's metadata)."""
     from openai.types.chat.chat_completion import Choice
 
     histories = [trajectory.messages_and_choices, *(h.messages_and_choices for h in trajectory.additional_histories)]
+    metadata = trajectory.metadata or {}
+    temperature = metadata.get("temperature")
+    version = metadata.get("policy_version")
+    behaviour_step = policy.step_of(version) if policy is not None and isinstance(version, str) else None
     conversations = []
     for history in histories:
         messages: list[dict[str, Any]] = []
         logprobs: dict[int, list[float]] = {}
+        sampled: dict[int, SampledTokens] = {}
         for item in history:
             if isinstance(item, Choice):
                 messages.append({"role": "assistant", "content": item.message.content or ""})
                 content = item.logprobs.content if item.logprobs is not None else None
-                if content:
+                tokens = _sampled_tokens(content or [], mask_forced)
+                if tokens is not None:
+                    sampled[len(messages) - 1] = tokens
+                elif content:
                     logprobs[len(messages) - 1] = [float(token.logprob) for token in content]
             else:
                 text = item.get("content")
                 messages.append({"role": item["role"], "content": text if isinstance(text, str) else ""})
         if any(m["role"] == "assistant" for m in messages):
-            conversations.append(Conversation(messages, logprobs))
+            conversations.append(
+                Conversation(
+                    messages,
+                    logprobs,
+                    sampled,
+                    temperature=float(temperature) if isinstance(temperature, (int, float)) and sampled else 1.0,
+                    behaviour_step=behaviour_step if sampled else None,
+                )
+            )
     return conversations
 
 
@@ -419,9 +457,14 @@ class TorchBackend:
         return dict(json.loads((self.checkpoint_dir(model, step) / STATE_FILE).read_text()))
 
     def samples_of(
-        self, groups: Sequence[art.TrajectoryGroup], tokenizer: Any, scale_rewards: bool = True
+        self,
+        groups: Sequence[art.TrajectoryGroup],
+        tokenizer: Any,
+        scale_rewards: bool = True,
+        policy: PolicyVersions | None = None,
     ) -> tuple[list[Sample], int, int]:
-        """Samples of every decision conversation of every group with spread; (samples, used, skipped)."""
+        """Samples of every decision conversation of every group with spread; (samples, used, skipped). Sampled
+        tokens that do not spell their answer under this tokenizer are an error: they belong to another model."""
         samples: list[Sample] = []
         used = skipped = 0
         for group in groups:
@@ -432,11 +475,15 @@ class TorchBackend:
                 continue
             used += 1
             for trajectory, advantage in zip(trajectories, advantages, strict=True):
-                for conversation in conversations_of(trajectory):
+                for conversation in conversations_of(trajectory, policy, self.config.mask_forced_tokens):
                     samples.append(
                         tokenize_conversation(tokenizer, conversation, advantage, self.config.max_sequence_tokens)
                     )
         return samples, used, skipped
+
+    def policy_versions(self, model: art.Model) -> PolicyVersions:
+        """How this model's versions are named: `{name}@{step}`, its base `base:{base_model}` (the evaluation's name)."""
+        return PolicyVersions(model.name, base_version(self.config.base_model))
 
     def _train_sync(
         self,
@@ -449,7 +496,7 @@ class TorchBackend:
         data_position: dict[str, Any],
     ) -> TorchTrainResult:
         session = self.session(model)
-        samples, used, skipped = self.samples_of(groups, session.tokenizer, scale_rewards)
+        samples, used, skipped = self.samples_of(groups, session.tokenizer, scale_rewards, self.policy_versions(model))
         if not samples:
             # Nothing with a learning signal: no optimizer step, no new checkpoint, the step stays.
             log.warning("no group with spread among %d groups (%d without): nothing trained", len(groups), skipped)
@@ -459,7 +506,7 @@ class TorchBackend:
                 groups_skipped_zero_variance=skipped,
             )
         reference = session.model.disable_adapter if step_config.kl_coef > 0 else None
-        stats = self._step(session, samples, step_config, learning_rate, reference)
+        stats = self._step(session, samples, step_config, learning_rate, reference, model)
         session.groups_seen += used + skipped
         session.data_position = data_position or session.data_position
         metrics = {
@@ -470,6 +517,7 @@ class TorchBackend:
             "truncated_sequences": float(sum(s.truncated for s in samples)),
             "logprobs_aligned": float(sum(s.logprobs_aligned for s in samples)),
             "logprobs_misaligned": float(sum(s.logprobs_misaligned for s in samples)),
+            "on_policy_sequences": float(sum(s.on_policy for s in samples)),
             "reward_mean": _mean([t.reward for g in groups for t in g.trajectories]),
         }
         checkpoint = self._save(model, session, step_config, learning_rate) if save_checkpoint else None
@@ -502,15 +550,68 @@ class TorchBackend:
         )
 
     def _step(
-        self, session: _Session, samples: list[Sample], step_config: StepConfig, learning_rate: float, reference: Any
+        self,
+        session: _Session,
+        samples: list[Sample],
+        step_config: StepConfig,
+        learning_rate: float,
+        reference: Any,
+        model: art.Model | None = None,
     ) -> StepStats:
         for group in session.optimizer.param_groups:
             group["lr"] = learning_rate
-        step_config = StepConfig(**{**asdict(step_config), "pad_token_id": int(session.tokenizer.pad_token_id)})
-        stats = grpo_step(session.model, session.optimizer, samples, step_config, reference)
+        step_config = StepConfig(
+            **{
+                **asdict(step_config),
+                "pad_token_id": int(session.tokenizer.pad_token_id),
+                "importance_weight_cap": self.config.importance_weight_cap,
+            }
+        )
+        behaviour = None if model is None else self._behaviour_policy(session, model)
+        try:
+            stats = grpo_step(
+                session.model,
+                session.optimizer,
+                samples,
+                step_config,
+                reference,
+                current_step=session.step,
+                behaviour=behaviour,
+            )
+        finally:
+            for name in [n for n in session.model.peft_config if n.startswith(_BEHAVIOUR_ADAPTER)]:
+                session.model.delete_adapter(name)
         session.step += 1
         session.samples_seen += len(samples)
         return stats
+
+    def _behaviour_policy(self, session: _Session, model: art.Model) -> Any:
+        """Enters the policy of an earlier step, for pi_old of play that version made: the base with the adapter
+        disabled (step 0), else that step's checkpoint loaded as a second, frozen adapter."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def at_step(step: int) -> Any:
+            if step == 0:
+                with session.model.disable_adapter():
+                    yield
+                return
+            name = f"{_BEHAVIOUR_ADAPTER}{step}"
+            if name not in session.model.peft_config:
+                folder = self.checkpoint_dir(model, step)
+                if not (folder / "adapter_model.safetensors").is_file():
+                    raise FileNotFoundError(
+                        f"the checkpoint of step {step} ({folder}) is gone, so pi_old of its play cannot be computed: "
+                        "keep KEEP_CHECKPOINTS above MAX_STEPS_OFF_POLICY"
+                    )
+                session.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+            session.model.set_adapter(name)
+            try:
+                yield
+            finally:
+                session.model.set_adapter("default")
+
+        return at_step
 
     def _save(self, model: art.Model, session: _Session, step_config: StepConfig, learning_rate: float) -> Path:
         """Write the checkpoint beside its final place and rename it in, then prune old ones."""
