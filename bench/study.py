@@ -97,6 +97,7 @@ def study_settings(args: argparse.Namespace):
     return Settings(
         DATABASE_URL=f"sqlite:///{folder / 'study.db'}",
         DAGSTER_HOME=str(folder / "dagster"),
+        ON_POLICY=False,  # issue 12's study trained on scripted play (the offline path)
         ART_PATH=str(folder / ".art"),
         WANDB_DIR=str(folder / "wandb"),
         MODEL_NAME=args.model_name,

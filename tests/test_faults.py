@@ -23,6 +23,12 @@ from tests.judges.test_ruler import good
 from tests.orchestration.test_instance import ROOT
 
 
+@pytest.fixture(autouse=True)
+def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on scripted play, which is not the policy's own: the offline path (ON_POLICY=false)."""
+    monkeypatch.setenv("ON_POLICY", "false")
+
+
 def rows(store: Store, model) -> int:
     with store.engine.connect() as connection:
         return connection.execute(select(func.count()).select_from(table_of(model))).scalar_one()

@@ -3,6 +3,7 @@
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from dagster import AssetKey, RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from babylon_assets.core.sensing import parse_cursor, plan_window_requests
@@ -20,6 +21,12 @@ RULES = WindowRulesResource.from_settings(Settings())
 START = "2024-01-01T00:00"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+
+
+@pytest.fixture(autouse=True)
+def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on scripted play, which is not the policy's own: the offline path (ON_POLICY=false)."""
+    monkeypatch.setenv("ON_POLICY", "false")
 
 
 def tick(store: Store, cursor: str | None, now: datetime = NOW) -> SensorResult | SkipReason:

@@ -2,6 +2,8 @@
 with its sampled tokens. Not part of `window_graph`: the window graph then scores the hour like any other."""
 
 # Dagster reads the context's annotation at definition time, so annotations stay real (no __future__).
+from typing import Any
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -53,7 +55,7 @@ def policy_rollouts(
         f"({played.unparseable} unparseable) in {played.seconds:.0f} s"
         + ("" if played.replayed else " (already played: kept)")
     )
-    metadata = {
+    metadata: dict[str, Any] = {
         "policy_version": played.version,
         "agent_windows": played.agent_windows,
         "decisions": played.decisions,

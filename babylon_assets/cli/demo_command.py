@@ -30,6 +30,8 @@ DEMO_TRAINING = {
     "DECISIONS_PER_TRAJECTORY": 3,
     "MAX_SEQUENCE_TOKENS": 256,
     "MICRO_BATCH_SIZE": 4,
+    # The demo's play is scripted, not the policy's own: it shows the offline path (`babylon learn` is on-policy).
+    "ON_POLICY": False,
 }
 
 

@@ -84,8 +84,8 @@ def chosen_tokens(pieces: Sequence[str]) -> list[bool]:
     """Which tokens of a JSON answer the model chose, as opposed to the schema's grammar forcing them.
 
     A token is forced when every character of it is structure (keys, braces, colons, commas, quotes, whitespace) and
-    it does not end a number or a free string (ending one is the model's choice of its length). Values (the action,
-    the ticker, digits, the reasoning's words) are chosen. This reads the grammar off the text, not off the engine:
+    it does not end a number or a string value (ending one is the model's choice of its length). Values (the action,
+    the ticker, digits, the reasoning's words) are chosen, and so is text around the object (a markdown fence). This reads the grammar off the text, not off the engine:
     whitespace, which JSON's grammar allows but never needs, counts as structure.
     """
     text = "".join(pieces)
@@ -130,10 +130,15 @@ def chosen_tokens(pieces: Sequence[str]) -> list[bool]:
             if index > start:
                 continue
         index += 1
+    # Text around the JSON object (a markdown fence the grammar allows but never needs) is the model's choice.
+    first, last = text.find("{"), text.rfind("}")
+    for position, char in enumerate(text):
+        if (first < 0 or position < first or position > last) and char not in _STRUCTURE:
+            chosen[position] = True
     mask, position = [], 0
     for piece in pieces:
         span = range(position, position + len(piece))
-        mask.append(any(chosen[i] or ends_value[i] for i in span) or any(text[i] not in _STRUCTURE for i in span))
+        mask.append(any(chosen[i] or ends_value[i] for i in span))
         position += len(piece)
     return mask
 

@@ -88,6 +88,7 @@ class PairedDifference:
     confidence: float
     resamples: int
     unpaired: int = 0  # plays of either policy without a twin (left out, counted)
+    markets: int = 0  # the clusters resampled: markets (seed, hour), whose seats share one market
 
 
 def pair_plays(
@@ -102,26 +103,42 @@ def pair_plays(
 
 
 def paired_bootstrap(
-    differences: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, unpaired: int = 0
+    differences: Sequence[float],
+    *,
+    resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    unpaired: int = 0,
+    clusters: Sequence[Any] | None = None,
 ) -> PairedDifference:
-    """The mean difference and its percentile bootstrap interval (resampling pairs with replacement).
+    """The mean difference and its percentile bootstrap interval.
 
-    Seeded, so the same evaluation always reports the same interval. With fewer than 2 pairs the interval
-    is the whole line: nothing can be concluded, and a gate on its lower bound fails.
+    With `clusters` (one key per difference: its market, (seed, hour)) whole clusters are resampled with replacement,
+    since the seats of one market share its prices and news and are not independent; without, single pairs are.
+    Seeded, so the same evaluation always reports the same interval. With fewer than 2 clusters (or pairs) the
+    interval is the whole line: nothing can be concluded, and a gate on its lower bound fails.
     """
     n = len(differences)
+    groups: dict[Any, list[float]] = {}
+    for index, value in enumerate(differences):
+        groups.setdefault(index if clusters is None else clusters[index], []).append(value)
+    markets = len(groups) if clusters is not None else 0
     if n == 0:
-        return PairedDifference(0, 0.0, float("-inf"), float("inf"), confidence, resamples, unpaired)
+        return PairedDifference(0, 0.0, float("-inf"), float("inf"), confidence, resamples, unpaired, markets)
     mean = sum(differences) / n
-    if n == 1:
-        return PairedDifference(1, mean, float("-inf"), float("inf"), confidence, resamples, unpaired)
+    if len(groups) == 1:
+        return PairedDifference(n, mean, float("-inf"), float("inf"), confidence, resamples, unpaired, markets)
     rng = random.Random(seed)
-    values = list(differences)
-    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    sums = [(sum(values), len(values)) for _, values in sorted(groups.items(), key=lambda item: str(item[0]))]
+    means = []
+    for _ in range(resamples):
+        drawn = rng.choices(sums, k=len(sums))
+        means.append(sum(total for total, _ in drawn) / sum(count for _, count in drawn))
+    means.sort()
     tail = (1.0 - confidence) / 2
     low = means[max(0, int(tail * resamples))]
     high = means[min(resamples - 1, int((1.0 - tail) * resamples) - 1)]
-    return PairedDifference(n, mean, low, high, confidence, resamples, unpaired)
+    return PairedDifference(n, mean, low, high, confidence, resamples, unpaired, markets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +233,11 @@ def evaluate(
     """Metrics of both policies, their paired difference and the gate's verdict."""
     pairs, unpaired = pair_plays(base_plays, candidate_plays)
     paired = paired_bootstrap(
-        [c.final_pnl - b.final_pnl for b, c in pairs], resamples=resamples, seed=seed, unpaired=unpaired
+        [c.final_pnl - b.final_pnl for b, c in pairs],
+        resamples=resamples,
+        seed=seed,
+        unpaired=unpaired,
+        clusters=[(b.seed, b.window_id) for b, _ in pairs],
     )
     base, candidate = PolicyMetrics.of(base_plays), PolicyMetrics.of(candidate_plays)
     verdict = gate_verdict(

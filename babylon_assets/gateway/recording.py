@@ -142,7 +142,7 @@ class CallRecord:
         return cls(**data)
 
     def metadata_json(self) -> str:
-        """llm_call_logs.metadata: the model version, the sampled tokens (text, logprob, id) and how they were sampled."""
+        """llm_call_logs.metadata: the model version, the sampled tokens (text, logprob, id), how they were sampled."""
         metadata: dict[str, Any] = {"modelVersion": self.model_version, "logprobs": self.logprobs, "source": "gateway"}
         if self.sampling:
             metadata["sampling"] = self.sampling

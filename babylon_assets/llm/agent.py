@@ -101,8 +101,9 @@ class LlmAgent:
             "balance": observation.cash,
             "pnl": observation.pnl,
             "openPositions": len(observation.positions),
-            "at": observation.time,
         }
+        if observation.time:  # simulated time; the game's agents play in real time
+            state["at"] = observation.time
         if self.endpoint.evaluation:
             state["evaluation"] = True
         if note:

@@ -39,7 +39,6 @@ from babylon_assets.gateway.server import free_port, gateway_in_thread
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint
 from babylon_assets.play.simulator import SimulationPlan, simulate
 
-
 log = logging.getLogger(__name__)
 
 

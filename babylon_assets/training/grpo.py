@@ -152,6 +152,15 @@ def tokenize_conversation(
     return Sample(input_ids, mask, old, float(advantage), len(spans), aligned, misaligned, truncated)
 
 
+def _spells(decoded: str, content: str) -> bool:
+    """Whether decoded ids are the recorded text. A character whose UTF-8 bytes span tokens may be decoded otherwise
+    (the engine joins the bytes, a tokenizer may not), so outside ASCII only the ASCII must agree; another
+    vocabulary garbles the ASCII too."""
+    if decoded == content:
+        return True
+    return "".join(c for c in decoded if c.isascii()) == "".join(c for c in content if c.isascii())
+
+
 class MisalignedTokensError(ValueError):
     """Sampled token ids that are not the recorded answer under this tokenizer (another model's vocabulary)."""
 
@@ -173,7 +182,7 @@ def tokenize_sampled(tokenizer: Any, conversation: Conversation, advantage: floa
             raise ValueError(f"message {index} of an on-policy conversation carries no sampled tokens")
         content = message.get("content") or ""
         # The engine's ids may end with the end-of-turn token it sampled (its text is empty).
-        if tokenizer.decode(list(sampled.token_ids), skip_special_tokens=True) != content:
+        if not _spells(tokenizer.decode(list(sampled.token_ids), skip_special_tokens=True), content):
             raise MisalignedTokensError(
                 f"the sampled token ids of message {index} do not spell its recorded answer under this tokenizer"
             )

@@ -34,6 +34,7 @@ from babylon_assets.core.on_policy import PolicyVersions, base_version, chosen_t
 from babylon_assets.training.art_trajectories import TOKEN_ID_PREFIX
 from babylon_assets.training.grpo import (
     Conversation,
+    MisalignedTokensError,
     Sample,
     SampledTokens,
     StepConfig,
@@ -231,6 +232,7 @@ class TorchBackend:
         self._inference_folder = inference_folder
         self._sessions: dict[str, _Session] = {}
         self._lock = asyncio.Lock()
+        self.misaligned_samples = 0  # on-policy answers left out because their token ids do not spell them
 
     # --- where things are -------------------------------------------------------------------------------
 
@@ -476,13 +478,18 @@ class TorchBackend:
             used += 1
             for trajectory, advantage in zip(trajectories, advantages, strict=True):
                 for conversation in conversations_of(trajectory, policy, self.config.mask_forced_tokens):
-                    samples.append(
-                        tokenize_conversation(tokenizer, conversation, advantage, self.config.max_sequence_tokens)
-                    )
+                    try:
+                        samples.append(
+                            tokenize_conversation(tokenizer, conversation, advantage, self.config.max_sequence_tokens)
+                        )
+                    except MisalignedTokensError as error:
+                        # One answer whose tokens are not its text fails itself, not the step: counted, not trained.
+                        self.misaligned_samples += 1
+                        log.warning("an on-policy sample was left out: %s", error)
         return samples, used, skipped
 
     def policy_versions(self, model: art.Model) -> PolicyVersions:
-        """How this model's versions are named: `{name}@{step}`, its base `base:{base_model}` (the evaluation's name)."""
+        """How this model's versions are named: `{name}@{step}`, its base as evaluation names it."""
         return PolicyVersions(model.name, base_version(self.config.base_model))
 
     def _train_sync(
@@ -496,6 +503,7 @@ class TorchBackend:
         data_position: dict[str, Any],
     ) -> TorchTrainResult:
         session = self.session(model)
+        self.misaligned_samples = 0
         samples, used, skipped = self.samples_of(groups, session.tokenizer, scale_rewards, self.policy_versions(model))
         if not samples:
             # Nothing with a learning signal: no optimizer step, no new checkpoint, the step stays.
@@ -518,6 +526,7 @@ class TorchBackend:
             "logprobs_aligned": float(sum(s.logprobs_aligned for s in samples)),
             "logprobs_misaligned": float(sum(s.logprobs_misaligned for s in samples)),
             "on_policy_sequences": float(sum(s.on_policy for s in samples)),
+            "misaligned_samples_left_out": float(self.misaligned_samples),
             "reward_mean": _mean([t.reward for g in groups for t in g.trajectories]),
         }
         checkpoint = self._save(model, session, step_config, learning_rate) if save_checkpoint else None

@@ -33,6 +33,12 @@ HOLD = '{"action": "HOLD", "reasoning": "wait"}'
 TICKER = re.compile(r"^\s+([A-Z]{2,6}) \$", re.M)
 
 
+@pytest.fixture(autouse=True)
+def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on scripted play, which is not the policy's own: the offline path (ON_POLICY=false)."""
+    monkeypatch.setenv("ON_POLICY", "false")
+
+
 def policy_double(candidate: str) -> OpenAICompatibleTestDouble:
     """Base: always HOLD. Checkpoint: `hold`, `long` (opens a long at its first decision), or `babble`."""
 

@@ -29,6 +29,12 @@ from tests.conftest import NOW, SIM_START
 WINDOWS = ["2025-01-15T10:00", "2025-01-15T11:00", "2025-01-15T12:00"]
 
 
+@pytest.fixture(autouse=True)
+def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on scripted play, which is not the policy's own: the offline path (ON_POLICY=false)."""
+    monkeypatch.setenv("ON_POLICY", "false")
+
+
 @pytest.fixture
 def instance() -> Iterator[DagsterInstance]:
     with DagsterInstance.ephemeral() as ephemeral:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -13,6 +14,12 @@ from babylon_assets.db.store import Store
 from babylon_assets.settings import Settings
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on scripted play, which is not the policy's own: the offline path (ON_POLICY=false)."""
+    monkeypatch.setenv("ON_POLICY", "false")
 
 
 def test_train_scores_builds_the_dataset_trains_and_summarises(tmp_path, monkeypatch, tiny_model):

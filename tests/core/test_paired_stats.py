@@ -93,11 +93,39 @@ def test_the_gate_passes_only_above_the_threshold_without_more_unparseable_respo
 
 
 def test_an_evaluation_report_is_plain_json_and_plots_both_distributions():
-    base = [play("base:x", "w1", s, p) for s, p in zip("abcd", [1.0, -2.0, 3.0, 0.0], strict=True)]
-    candidate = [play("m@2", "w1", s, p + 10) for s, p in zip("abcd", [1.0, -2.0, 3.0, 0.0], strict=True)]
+    # Two markets (the bootstrap resamples markets: one market alone gives no interval).
+    windows = ["w1", "w1", "w2", "w2"]
+    base = [play("base:x", w, s, p) for w, s, p in zip(windows, "abcd", [1.0, -2.0, 3.0, 0.0], strict=True)]
+    candidate = [play("m@2", w, s, p + 10) for w, s, p in zip(windows, "abcd", [1.0, -2.0, 3.0, 0.0], strict=True)]
     report = evaluate(base, candidate, plan={"seeds": [11]}, resamples=500)
     data = report.as_json()
     assert data["paired_pnl_difference"]["mean"] == 10 and data["gate"]["passed"]
     assert data["base_policy"] == "base:x" and data["candidate_policy"] == "m@2"
     svg = pnl_distributions_svg([b.final_pnl for b in base], [c.final_pnl for c in candidate])
     assert svg.startswith("<svg") and svg.count("<rect") >= 4 and "n=4" in svg
+
+
+def test_the_bootstrap_resamples_markets_whose_seats_move_together() -> None:
+    # 10 markets of 8 seats: a market's seats share its prices, so their differences move together.
+    differences, markets = [], []
+    for market in range(10):
+        shift = 40.0 if market % 2 else -30.0
+        for seat in range(8):
+            differences.append(shift + seat * 0.1)
+            markets.append((1000 + market, "2024-09-01T00:00"))
+    by_pair = paired_bootstrap(differences, resamples=4000, seed=3)
+    by_market = paired_bootstrap(differences, resamples=4000, seed=3, clusters=markets)
+    assert by_market.markets == 10 and by_pair.markets == 0
+    assert by_market.mean == by_pair.mean
+    # Treating 80 correlated seats as independent pairs claims an interval far too narrow.
+    assert (by_market.high - by_market.low) > 2 * (by_pair.high - by_pair.low)
+    assert paired_bootstrap(differences[:8], clusters=markets[:8]).low == float("-inf")  # one market: no interval
+
+
+def test_evaluate_resamples_by_market() -> None:
+    base = [
+        PlayResult("base", seed, "2024-09-01T00:00", f"{slot}", 0.0, 3, 0, 0.0) for seed in (1, 2) for slot in range(4)
+    ]
+    candidate = [PlayResult("cand", p.seed, p.window_id, p.slot, 5.0 if p.seed == 1 else -1.0, 3, 0, 0.0) for p in base]
+    report = evaluate(base, candidate, plan={}, resamples=500)
+    assert report.paired.markets == 2 and report.paired.pairs == 8

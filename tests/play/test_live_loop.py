@@ -10,6 +10,7 @@ import json
 import re
 from datetime import timedelta
 
+import pytest
 from dagster import DagsterInstance, SensorResult
 from sqlalchemy import select
 
@@ -29,6 +30,12 @@ from babylon_assets.settings import Settings
 from tests.doubles.openai_compatible import OpenAICompatibleTestDouble, ScriptedReply
 
 TICKER = re.compile(r"^\s+([A-Z]{2,6}) \$", re.M)
+
+
+@pytest.fixture(autouse=True)
+def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests train on scripted play, which is not the policy's own: the offline path (ON_POLICY=false)."""
+    monkeypatch.setenv("ON_POLICY", "false")
 
 
 def trader_by_archetype(request: dict) -> ScriptedReply:
