@@ -18,7 +18,7 @@ from babylon_assets.resources.rollouts import RolloutResource
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
-from babylon_assets.sensors import promotion_sensor, training_sensor, window_sensor
+from babylon_assets.sensors import promotion_sensor, rollout_sensor, training_sensor, window_sensor
 from babylon_assets.settings import BuiltFromSettings, Settings, get_settings
 
 RESOURCES: dict[str, type[BuiltFromSettings]] = {
@@ -54,7 +54,7 @@ def build_definitions(
         ],
         asset_checks=ALL_CHECKS,
         jobs=[window_graph_job, training_dataset_job, training_job, promotion_job, rollouts_job],
-        sensors=[window_sensor, training_sensor, promotion_sensor],
+        sensors=[window_sensor, training_sensor, promotion_sensor, rollout_sensor],
         resources={**build_resources(settings or get_settings()), **(resource_overrides or {})},
     )
 

@@ -1,6 +1,7 @@
 """Sensors: the window sensor materializes closed windows as they come, and again when late rows arrive; the
 training sensor retrains when enough new windows are scored; the promotion sensor evaluates (and, through the
-gate, deploys) each new checkpoint."""
+gate, deploys) each new checkpoint; the rollout sensor has the newest checkpoint play the next rollout hours, so the
+on-policy loop (rollouts -> window graph -> training -> rollouts by the new checkpoint) runs unattended."""
 
 # Dagster reads the context's annotation at definition time, so annotations stay real (no __future__).
 from collections.abc import Collection
@@ -26,13 +27,13 @@ from babylon_assets.core.window_time import lookback_window_ids
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.db.window_records import WindowRecords
-from babylon_assets.jobs import promotion_job, training_job, window_graph_job
+from babylon_assets.jobs import promotion_job, rollouts_job, training_job, window_graph_job
 from babylon_assets.orchestration.run_health import reap_dead_runs
 from babylon_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from babylon_assets.play.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
-from babylon_assets.settings import get_settings
+from babylon_assets.settings import Settings, get_settings
 
 # At most this many runs per tick, each of up to SENSOR_WINDOWS_PER_RUN consecutive windows: a first tick over
 # a year of history works through it 96 windows a tick instead of launching thousands of runs, and new
@@ -211,3 +212,65 @@ def promotion_sensor(context: SensorEvaluationContext):
 
     settings = get_settings()
     return evaluate_promotion_sensor(context.instance, context.cursor, why_no_policy_server(settings.POLICY_API_BASE))
+
+
+def evaluate_rollout_sensor(
+    db: Store, instance: DagsterInstance, settings: Settings, no_server: str | None = None
+) -> SensorResult | SkipReason:
+    """One tick: the next rollout hour for the rollout policy while it has played fewer than NEW_WINDOWS_BEFORE_RETRAIN
+    hours (then training's turn: the training sensor retrains, and the new checkpoint plays the next hours)."""
+    from babylon_assets.orchestration.learning import next_rollout_hour
+    from babylon_assets.play.rollouts import RolloutPlan, rollout_policy, rollout_versions
+
+    if no_server is not None:
+        return SkipReason(f"no rollouts: {no_server}")
+    reap_dead_runs(instance, db)
+    if instance.get_runs(RunsFilter(job_name=rollouts_job.name, statuses=IN_FLIGHT), limit=1):
+        return SkipReason("a rollout run is in flight")
+    if instance.get_runs(RunsFilter(job_name=training_job.name, statuses=IN_FLIGHT), limit=1):
+        return SkipReason("a training run is in flight: the next rollouts wait for its checkpoint")
+    plan = RolloutPlan.from_settings(settings)
+    policy = rollout_policy(db, plan)
+    index = next_rollout_hour(db, plan)
+    played = rollout_versions(db, plan, index)
+    by_policy = sum(1 for version in played.values() if version == policy.version)
+    if by_policy >= settings.NEW_WINDOWS_BEFORE_RETRAIN:
+        return SkipReason(
+            f"{policy.version} has played {by_policy} rollout hours (NEW_WINDOWS_BEFORE_RETRAIN="
+            f"{settings.NEW_WINDOWS_BEFORE_RETRAIN}): training's turn"
+        )
+    hour = plan.hour(index)
+    if hour < settings.partition_start_window:
+        return SkipReason(f"the next rollout hour {hour} lies before PARTITION_START")
+    now = platform_now(settings.LIVE_CLOCK_FILE)
+    if hour not in lookback_window_ids(settings.LOOKBACK_HOURS, now):
+        # The training sensor trains on the lookback's windows: play outside it would never be trained on.
+        return SkipReason(
+            f"the next rollout hour {hour} is not a closed hour within LOOKBACK_HOURS={settings.LOOKBACK_HOURS} of now, "
+            "so training would never see it: set ROLLOUT_START to a recent hour (`babylon learn` plays any hours)"
+        )
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=f"rollouts-{hour}",
+                partition_key=hour,
+                tags={"babylon/model_version": policy.version},
+            )
+        ]
+    )
+
+
+@sensor(
+    job=rollouts_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Has the rollout policy (the newest checkpoint; the base before the first) play the next rollout hour "
+    "until it has played NEW_WINDOWS_BEFORE_RETRAIN of them; one at a time, never while training runs.",
+)
+def rollout_sensor(context: SensorEvaluationContext, store: StoreResource):
+    from babylon_assets.llm import local_server
+
+    settings = get_settings()
+    binary = local_server.server_binary()
+    no_server = None if binary.is_file() else f"llama-server is not built yet ({binary}): run `make llm-build`"
+    return evaluate_rollout_sensor(store.get_store(), context.instance, settings, no_server)

@@ -242,3 +242,12 @@ def rollout_hours_played(store: Store, plan: RolloutPlan, last: int) -> list[str
     seats = [agent for agent, _ in plan.agent_ids()]
     recorded = store.existing_trajectory_ids(gateway_trajectory_id(a, h) for h in hours for a in seats)
     return [h for h in hours if all(gateway_trajectory_id(a, h) in recorded for a in seats)]
+
+
+def rollout_versions(store: Store, plan: RolloutPlan, last: int) -> dict[str, str | None]:
+    """The version that played each of the first `last` rollout hours that were played (by its first seat's calls)."""
+    seat = plan.agent_ids()[0][0]
+    played = rollout_hours_played(store, plan, last)
+    answers = store.sampled_answers(gateway_trajectory_id(seat, hour) for hour in played)
+    by_trajectory = {trajectory: answer.model_version for (trajectory, _), answer in answers.items()}
+    return {hour: by_trajectory.get(gateway_trajectory_id(seat, hour)) for hour in played}
