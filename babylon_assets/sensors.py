@@ -246,8 +246,8 @@ def evaluate_rollout_sensor(
     if hour not in lookback_window_ids(settings.LOOKBACK_HOURS, now):
         # The training sensor trains on the lookback's windows: play outside it would never be trained on.
         return SkipReason(
-            f"the next rollout hour {hour} is not a closed hour within LOOKBACK_HOURS={settings.LOOKBACK_HOURS} of now, "
-            "so training would never see it: set ROLLOUT_START to a recent hour (`babylon learn` plays any hours)"
+            f"the next rollout hour {hour} is not a closed hour within LOOKBACK_HOURS={settings.LOOKBACK_HOURS} of "
+            "now, so training would never see it: set ROLLOUT_START to a recent hour (`babylon learn` plays any hours)"
         )
     return SensorResult(
         run_requests=[

@@ -111,13 +111,11 @@ class Settings(BaseSettings):
     ROLLOUT_START: str = "2025-03-01T00:00"
     ROLLOUT_SEED: int = 4242
     ROLLOUT_AGENTS: int = Field(default=8, ge=2)
-    ROLLOUT_DECISIONS: int = Field(default=3, ge=1, le=59)
+    ROLLOUT_DECISIONS: int = Field(default=5, ge=1, le=59)
     ROLLOUT_TEMPERATURE: float = Field(default=1.0, gt=0.0)
     ROLLOUT_PARALLEL: int = Field(default=8, ge=1)
     ROLLOUT_SERVER_PORT: int = Field(default=8091, ge=1, le=65535)
     ROLLOUT_SERVER_FOLDER: str = ".babylon/rollout-server"
-    # The reward: the outcome judge's (verifiable, from the ground truth) mixed with RULER's by this weight (0: off).
-    RULER_WEIGHT: float = Field(default=0.0, ge=0.0, le=1.0)
     GATE_MIN_PNL_DELTA: float = 0.0
     # The gate also refuses a checkpoint whose unparseable-response rate rises more than this (0: not at all).
     GATE_MAX_UNPARSEABLE_RISE: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -85,8 +85,9 @@ def chosen_tokens(pieces: Sequence[str]) -> list[bool]:
 
     A token is forced when every character of it is structure (keys, braces, colons, commas, quotes, whitespace) and
     it does not end a number or a string value (ending one is the model's choice of its length). Values (the action,
-    the ticker, digits, the reasoning's words) are chosen, and so is text around the object (a markdown fence). This reads the grammar off the text, not off the engine:
-    whitespace, which JSON's grammar allows but never needs, counts as structure.
+    the ticker, digits, the reasoning's words) are chosen, and so is text around the object (a markdown fence). This
+    reads the grammar off the text, not off the engine: whitespace, which JSON's grammar allows but never needs,
+    counts as structure.
     """
     text = "".join(pieces)
     chosen = [False] * len(text)

@@ -15,6 +15,7 @@ from dagster import DagsterInstance, Definitions
 from babylon_assets.core.window_time import parse_window_id, window_id_of
 from babylon_assets.db.store import Store
 from babylon_assets.orchestration.pipeline import materialize_rollouts, materialize_training, materialize_windows
+from babylon_assets.orchestration.run_health import reap_dead_runs
 from babylon_assets.play.rollouts import RolloutPlan, RolloutServer, rollout_hours_played
 from babylon_assets.training.run import TrainingOutcome, listening
 
@@ -63,6 +64,8 @@ def run_learning_cycles(
     """Run up to `cycles` cycles (stopping between cycles once `should_stop` says so); the rollout server is stopped
     at the end."""
     plan = RolloutPlan.from_settings(settings)
+    # A killed earlier loop's runs hold their pool slots (one rollout, one training) until failed: reap them first.
+    reap_dead_runs(instance, store)
     first = next_rollout_hour(store, plan)
     reports: list[CycleReport] = []
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
@@ -76,9 +77,29 @@ def fail_dead_runs(instance: DagsterInstance) -> list[DeadRun]:
     return dead
 
 
+def free_slots_of_finished_runs(instance: DagsterInstance, pools: Sequence[str]) -> list[str]:
+    """Free the pool slots still claimed by runs that are no longer in flight (a run failed while its step held a
+    slot keeps it claimed, and the pool's next run waits for ever); the run ids whose slots were freed."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    freed = []
+    for pool in pools:
+        for slot in storage.get_concurrency_info(pool).claimed_slots:
+            run = instance.get_run_by_id(slot.run_id)
+            if run is None or run.status not in (*IN_FLIGHT, DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED):
+                storage.free_concurrency_slots_for_run(slot.run_id)
+                freed.append(slot.run_id)
+    return freed
+
+
 def reap_dead_runs(instance: DagsterInstance, store: Store) -> list[DeadRun]:
-    """`fail_dead_runs`, and each dead training run's batch failed with the reason (it stays `training` else)."""
+    """`fail_dead_runs`, and each dead training run's batch failed with the reason (it stays `training` else); slots
+    that finished runs still hold are freed."""
     dead = fail_dead_runs(instance)
+    from babylon_assets.orchestration.instance import ROLLOUTS_POOL, TRAINING_POOL
+
+    free_slots_of_finished_runs(instance, (TRAINING_POOL, ROLLOUTS_POOL))
     records = TrainingRecords(store)
     for run in dead:
         batch_id = f"batch-{run.run_id}"
