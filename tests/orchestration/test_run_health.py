@@ -101,3 +101,21 @@ def test_a_steps_subprocess_tags_the_run_worker_that_lives_for_the_whole_run():
     child.start()
     child.join(timeout=60)
     assert queue.get(timeout=5) == os.getpid()  # the parent, not the short-lived step process
+
+
+def test_a_pool_slot_a_finished_run_still_holds_is_freed(tmp_path):
+    from babylon_assets.orchestration.instance import ROLLOUTS_POOL, prepare_dagster_home
+    from babylon_assets.orchestration.run_health import free_slots_of_finished_runs
+
+    settings = Settings(DAGSTER_HOME=str(tmp_path / "home"))
+    home = prepare_dagster_home(settings)
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        for run_id, status in (("d" * 32, DagsterRunStatus.FAILURE), ("e" * 32, DagsterRunStatus.STARTED)):
+            instance.add_run(DagsterRun(job_name="rollouts_job", run_id=run_id, status=status))
+        # The failed run's step still claims the pool's one slot; the live one waits behind it.
+        assert storage.claim_concurrency_slot(ROLLOUTS_POOL, "d" * 32, "policy_rollouts").is_claimed
+        assert not storage.claim_concurrency_slot(ROLLOUTS_POOL, "e" * 32, "policy_rollouts").is_claimed
+        assert free_slots_of_finished_runs(instance, [ROLLOUTS_POOL]) == ["d" * 32]
+        assert storage.claim_concurrency_slot(ROLLOUTS_POOL, "e" * 32, "policy_rollouts").is_claimed
+        assert free_slots_of_finished_runs(instance, [ROLLOUTS_POOL]) == []  # a live run keeps its slot
