@@ -105,6 +105,12 @@ def fingerprint(checkpoint: Path | None) -> str:
     return hashlib.sha256((checkpoint / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
 
 
+def committed_steps(adapter: Path) -> int:
+    """The training steps of an arm's committed final adapter (0 when none is committed)."""
+    state = adapter / "trainer_state.json"
+    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+
+
 def learn(plan: dict, arm: dict, folder: Path, out_of_time) -> Path | None:
     """Run the arm's remaining cycles; the newest checkpoint's folder once all are done (else None)."""
     from dagster import DagsterInstance
@@ -251,12 +257,19 @@ def main() -> int:
     for arm in plan["arms"]:
         folder = Path(args.root).resolve() / arm["name"]
         folder.mkdir(parents=True, exist_ok=True)
-        checkpoint = learn(plan, arm, folder, out_of_time)
+        adapter = HERE / "adapters" / arm["name"]
+        if committed_steps(adapter) >= arm["cycles"]:
+            # Trained in an earlier session: its committed final adapter is what plays (a new checkout has no store).
+            checkpoint = adapter
+            log(f"{arm['name']}: trained ({committed_steps(adapter)} steps), its committed adapter plays")
+        else:
+            checkpoint = learn(plan, arm, folder, out_of_time)
         if checkpoint is None:
             log(f"chunk over ({args.chunk_minutes:g} min) while {arm['name']} learns: run again to go on")
             return 0
-        adapter = HERE / "adapters" / arm["name"]
-        if not (adapter / "adapter_model.safetensors").is_file() or fingerprint(adapter) != fingerprint(checkpoint):
+        if checkpoint != adapter and (
+            not (adapter / "adapter_model.safetensors").is_file() or fingerprint(adapter) != fingerprint(checkpoint)
+        ):
             adapter.mkdir(parents=True, exist_ok=True)
             for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
                 shutil.copyfile(checkpoint / name, adapter / name)
