@@ -69,7 +69,7 @@ def test_one_full_cycle_of_the_live_loop_on_the_tiny_model(tmp_path, tiny_model,
             LEARNING_RATE=1e-3,
             MAX_SEQUENCE_TOKENS=256,
             EVAL_SEEDS="3",
-            EVAL_WINDOWS=1,
+            EVAL_WINDOWS=2,  # two markets: the bootstrap resamples markets, and one gives no interval
             EVAL_AGENTS=2,
             EVAL_DURATION_MINUTES=2,
             EVAL_MAX_TOKENS=16,

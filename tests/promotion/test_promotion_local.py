@@ -55,7 +55,7 @@ def test_the_tiny_model_is_evaluated_on_llama_cpp_and_deployed_with_its_adapter(
         DATABASE_URL=url,
         BASE_MODEL=str(tiny_model),
         EVAL_SEEDS="3",
-        EVAL_WINDOWS=1,
+        EVAL_WINDOWS=2,  # two markets: the bootstrap resamples markets, and one gives no interval
         EVAL_AGENTS=2,
         EVAL_DURATION_MINUTES=2,
         EVAL_MAX_TOKENS=24,
@@ -73,8 +73,9 @@ def test_the_tiny_model_is_evaluated_on_llama_cpp_and_deployed_with_its_adapter(
         assert run.success
         row = EvaluationRecords(store).model("babylon-mmo@1")
         assert row.status == "deployed"
-        assert row.evalMetrics["paired_pnl_difference"]["pairs"] == 2
-        assert row.evalMetrics["candidate"]["decisions"] == 4
+        assert row.evalMetrics["paired_pnl_difference"]["pairs"] == 4  # 2 markets x 2 seats
+        assert row.evalMetrics["paired_pnl_difference"]["markets"] == 2
+        assert row.evalMetrics["candidate"]["decisions"] == 8
         assert (checkpoint / "adapter.gguf").is_file()
         # the evaluation servers are gone; the deployed one serves the base GGUF with the adapter under its version
         assert local_server.status(tmp_path / "serving" / "eval" / "base") is None
