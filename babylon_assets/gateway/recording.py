@@ -36,6 +36,11 @@ def refused_for_content(error: BaseException) -> bool:
     )
 
 
+def gateway_trajectory_id(agent_id: str, window_id: str) -> str:
+    """The gateway's trajectory of an agent's hour, created by its first call."""
+    return f"gw-{agent_id}-{window_id}"
+
+
 @dataclass(slots=True)
 class CallRecord:
     """One call through the gateway, as it will be stored."""
@@ -69,7 +74,7 @@ class CallRecord:
     @property
     def trajectory_id(self) -> str:
         """The agent's trajectory for the hour, created by its first call."""
-        return f"gw-{self.agent_id}-{self.window_id}"
+        return gateway_trajectory_id(self.agent_id, self.window_id)
 
     def step(self, number: int) -> Step:
         """The call as a step of the game's stepsJson."""

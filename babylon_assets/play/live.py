@@ -23,6 +23,7 @@ from babylon_assets.core.window_time import WINDOW, as_utc, utcnow, window_id_of
 from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import Upstream
+from babylon_assets.gateway.recording import gateway_trajectory_id
 from babylon_assets.gateway.server import gateway_in_thread
 from babylon_assets.gateway.serving import ServingFile
 from babylon_assets.llm.agent import LlmEndpoint
@@ -149,7 +150,7 @@ def run_live(
             if hour + WINDOW > utcnow():
                 break  # the simulated clock has caught up with the present: every window must be closed
             window_id = window_id_of(hour)
-            ids = {f"gw-{agent.agent_id}-{window_id}" for agent in agents}
+            ids = {gateway_trajectory_id(agent.agent_id, window_id) for agent in agents}
             if (
                 endpoint is not None
                 and store.existing_trajectory_ids(ids) == ids
@@ -182,7 +183,7 @@ def run_live(
                 running.recorder.drain_from_thread(timeout_s=120.0)
                 PlayRecords(store).settle_simulated_play(
                     {
-                        f"gw-{p.agent_id}-{window_id}": {
+                        gateway_trajectory_id(p.agent_id, window_id): {
                             "finalPnL": round(p.final_pnl, 2),
                             "finalBalance": round(p.final_balance, 2),
                             "tradesExecuted": p.trades,

@@ -26,6 +26,7 @@ from babylon_assets.db.evaluation_records import EvaluationRecords
 from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
 from babylon_assets.gateway.app import Upstream
+from babylon_assets.gateway.recording import gateway_trajectory_id
 from babylon_assets.gateway.server import gateway_in_thread
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint
 from babylon_assets.play.simulator import SimulationPlan, simulate
@@ -157,11 +158,6 @@ class RolloutWindow:
     replayed: bool  # False: the hour had been played already and was kept
     behaviour: PolicyBehaviour = field(default_factory=PolicyBehaviour)
     seconds: float = 0.0
-
-
-def gateway_trajectory_id(agent_id: str, window_id: str) -> str:
-    """The gateway's trajectory of an agent's hour."""
-    return f"gw-{agent_id}-{window_id}"
 
 
 def play_rollout_window(

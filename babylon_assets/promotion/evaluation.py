@@ -35,6 +35,7 @@ from babylon_assets.db.play_records import PlayRecords
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainedModelRecord
 from babylon_assets.gateway.app import Upstream
+from babylon_assets.gateway.recording import gateway_trajectory_id
 from babylon_assets.gateway.server import free_port, gateway_in_thread
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint
 from babylon_assets.play.simulator import SimulationPlan, simulate
@@ -126,11 +127,6 @@ def agent_id(plan: EvaluationPlan, policy: str, slot: str) -> str:
     no two policies or plans may share an agent id)."""
     tag = hashlib.sha256(f"{plan.key}:{policy}".encode()).hexdigest()[:10]
     return f"eval-{tag}-{slot}"
-
-
-def gateway_trajectory_id(agent: str, window_id: str) -> str:
-    """The gateway's trajectory of an agent's hour (see gateway.recording.CallRecord)."""
-    return f"gw-{agent}-{window_id}"
 
 
 @dataclass
