@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     JUDGE_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
     # The first wait before a failed judge call is retried; each retry waits twice as long.
     JUDGE_BACKOFF_SECONDS: float = Field(default=1.0, ge=0)
+    # Unset: the judge JUDGE_MODEL chooses (RULER with it, the outcome judge without). Set: the reward is
+    # RULER_WEIGHT x RULER + (1 - RULER_WEIGHT) x the outcome judge (needs JUDGE_MODEL); 0 is the outcome judge alone.
+    RULER_WEIGHT: float | None = Field(default=None, ge=0, le=1)
 
     # Training (DESIGN 6)
     # torch: ours (transformers + peft, CPU or one CUDA GPU); art-local, serverless: ART's own (not verified here).

@@ -26,8 +26,8 @@ ARCHETYPES: dict[str, str] = {
 }
 
 # The prompt's version: play under another version of the system prompt or the observation is other play (an
-# evaluation plan's key includes it).
-PROMPT_VERSION = "prompt-v1"
+# evaluation plan's key includes it). v2 (issue 20): rules first, the agent's identity last (a shared cached prefix).
+PROMPT_VERSION = "prompt-v2"
 
 RESPONSE_FORMAT = (
     'Answer with exactly one JSON object and nothing else: {"action": "OPEN_LONG" | "OPEN_SHORT" | '
@@ -114,17 +114,26 @@ class Observation:
         return next((p for p in self.positions if p.ticker == ticker), None)
 
 
+# The rules every agent shares come first and the agent's identity last, so that the server's prompt cache reuses the
+# shared prefix across all seats of a window (prompt-v1 began with the agent's name: nothing after it was shared).
+RULES = (
+    "You are a trader in Babylon, a market of fictional companies. Each minute you see prices, news and your "
+    "account, and make one decision. Perpetual futures: OPEN_LONG or OPEN_SHORT commits `amount` of cash as margin "
+    "at `leverage`; a position is liquidated (its margin lost) when the price moves against it by about 1/leverage; "
+    "longs pay shorts funding when the rate is positive. CLOSE takes profit or loss. Prediction markets: BUY_YES or "
+    "BUY_NO spends `amount` on shares at the current price; a winning share pays $1 when the hour ends. Everything "
+    "is settled at the end of the hour."
+)
+
+
+def agent_identity(agent_name: str, archetype: str) -> str:
+    """Who this agent is: the only part of the system prompt that differs between seats."""
+    return f"You are {agent_name}. {ARCHETYPES[archetype]}"
+
+
 def system_prompt(agent_name: str, archetype: str) -> str:
-    """The agent's system prompt: who it is, the market's rules, the answer format."""
-    return (
-        f"You are {agent_name}, a trader in Babylon, a market of fictional companies. {ARCHETYPES[archetype]}\n"
-        "Each minute you see prices, news and your account, and make one decision. Perpetual futures: OPEN_LONG or "
-        "OPEN_SHORT commits `amount` of cash as margin at `leverage`; a position is liquidated (its margin lost) "
-        "when the price moves against it by about 1/leverage; longs pay shorts funding when the rate is positive. "
-        "CLOSE takes profit or loss. Prediction markets: BUY_YES or BUY_NO spends `amount` on shares at the "
-        "current price; a winning share pays $1 when the hour ends. Everything is settled at the end of the hour.\n"
-        + RESPONSE_FORMAT
-    )
+    """The agent's system prompt: the market's rules and the answer format (shared by every seat), then who it is."""
+    return f"{RULES}\n{RESPONSE_FORMAT}\n{agent_identity(agent_name, archetype)}"
 
 
 def observation_prompt(obs: Observation) -> str:

@@ -261,3 +261,51 @@ class OutcomeJudge:
             except Exception as error:  # noqa: BLE001 - one group's failure is its own, never its run's
                 result.failures[group.group_id] = f"{type(error).__name__}: {error}"
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class MixedJudge:
+    """The outcome judge's reward with RULER mixed in (RULER_WEIGHT): per agent-window, weight x RULER + (1 - weight)
+    x outcome. The outcome part keeps the reward tied to the ground truth; RULER adds a judgment of the reasoning.
+    A group either judge could not score fails alone."""
+
+    outcome: Judge
+    ruler: Judge
+    ruler_weight: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ruler_weight <= 1.0:
+            raise ValueError(f"RULER_WEIGHT={self.ruler_weight}: mix RULER in with a weight in (0, 1]")
+
+    @property
+    def name(self) -> str:
+        return f"outcome+{self.ruler.name}"
+
+    @property
+    def version(self) -> str:
+        # Another weight is another reward: scores made with it are not reused. Kept short: the store holds 200 chars.
+        return f"{self.ruler.version}+{self.outcome.version.split()[0]}@{self.ruler_weight:g}"
+
+    @property
+    def is_llm(self) -> bool:
+        return True
+
+    async def score(self, groups: Sequence[JudgeGroup]) -> JudgeResult:
+        outcome, ruler = await self.outcome.score(groups), await self.ruler.score(groups)
+        failures = {**outcome.failures, **ruler.failures}
+        scores: dict[str, Judgment] = {}
+        for group in groups:
+            if group.group_id in failures:
+                continue
+            for member in group.members:
+                key = member.agent_window_id
+                by_outcome, by_ruler = outcome.scores[key], ruler.scores[key]
+                mixed = self.ruler_weight * by_ruler.score + (1 - self.ruler_weight) * by_outcome.score
+                scores[key] = Judgment(
+                    score=round(min(1.0, max(0.0, mixed)), 6),
+                    reasoning=(
+                        f"{1 - self.ruler_weight:g} x outcome {by_outcome.score:.3f} + {self.ruler_weight:g} x RULER "
+                        f"{by_ruler.score:.3f}. RULER: {by_ruler.reasoning}"
+                    ),
+                )
+        return JudgeResult(scores=scores, usage=ruler.usage, failures=failures, usage_by_window=ruler.usage_by_window)

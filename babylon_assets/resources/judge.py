@@ -6,13 +6,14 @@ from typing import ClassVar
 
 from dagster import ConfigurableResource
 
-from babylon_assets.core.judging import Judge, OutcomeJudge
+from babylon_assets.core.judging import Judge, MixedJudge, OutcomeJudge
 from babylon_assets.judges.ruler import JudgeCache, RulerConfig, RulerJudge
 from babylon_assets.settings import BuiltFromSettings
 
 
 class JudgeResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[misc]
-    """`outcome` (deterministic, not an LLM) without JUDGE_MODEL; `ruler` (ART's RULER via litellm) with it."""
+    """`outcome` (deterministic, not an LLM) without JUDGE_MODEL; `ruler` (ART's RULER via litellm) with it; the
+    outcome judge with RULER mixed in at RULER_WEIGHT when that is set."""
 
     SETTING_FIELDS: ClassVar[dict[str, str]] = {
         "judge_model": "JUDGE_MODEL",
@@ -26,6 +27,7 @@ class JudgeResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[mi
         "mode": "JUDGE_MODE",
         "timeout_s": "JUDGE_TIMEOUT_SECONDS",
         "backoff_s": "JUDGE_BACKOFF_SECONDS",
+        "ruler_weight": "RULER_WEIGHT",
     }
 
     judge_model: str | None
@@ -39,6 +41,7 @@ class JudgeResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[mi
     mode: str
     timeout_s: float
     backoff_s: float
+    ruler_weight: float | None
 
     def ruler_config(self) -> RulerConfig:
         """RULER's configuration, taken field by field from this resource."""
@@ -62,6 +65,11 @@ class JudgeResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[mi
 
     def get_judge(self, cache: JudgeCache | None = None) -> Judge:
         """The configured judge, with the store as RULER's cache."""
-        if not self.judge_model:
+        if self.ruler_weight is not None and self.ruler_weight > 0 and not self.judge_model:
+            raise ValueError(f"RULER_WEIGHT={self.ruler_weight:g} mixes RULER in: set JUDGE_MODEL too")
+        if not self.judge_model or self.ruler_weight == 0:
             return OutcomeJudge()
-        return RulerJudge(self.ruler_config(), cache=cache)
+        ruler = RulerJudge(self.ruler_config(), cache=cache)
+        if self.ruler_weight is None:
+            return ruler
+        return MixedJudge(OutcomeJudge(), ruler, self.ruler_weight)

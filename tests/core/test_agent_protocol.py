@@ -1,5 +1,7 @@
 """One prompt format and one parser for every agent."""
 
+import os
+
 import pytest
 
 from babylon_assets.core.agent_protocol import (
@@ -42,3 +44,10 @@ def test_bad_answers_are_unparseable_with_a_reason(text, problem):
 def test_the_system_prompt_names_the_agent_its_style_and_the_format():
     prompt = system_prompt("agent-01", "contrarian")
     assert "agent-01" in prompt and ARCHETYPES["contrarian"] in prompt and '"action"' in prompt
+
+
+def test_every_seat_shares_the_system_prompt_up_to_its_identity():
+    # The rules and the format come first, so a server's prompt cache reuses them across seats.
+    first, second = system_prompt("agent-01", "contrarian"), system_prompt("agent-02", "momentum")
+    shared = len(os.path.commonprefix([first, second]))
+    assert first[:shared].endswith("You are agent-0") and shared > len(first) - 200

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +14,9 @@ from babylon_assets.core.judging import (
     InvalidJudgment,
     JudgeGroup,
     JudgeResult,
+    JudgeUsage,
     Judgment,
+    MixedJudge,
     OutcomeJudge,
     average_ranks,
     spearman,
@@ -155,3 +158,45 @@ def test_a_group_that_cannot_be_scored_fails_alone():
     broken = JudgeGroup("g2", good.window_id, [None], CRASH)  # type: ignore[list-item]
     result = asyncio.run(OutcomeJudge().score([good, broken]))
     assert set(result.failures) == {"g2"} and len(result.scores) == 3
+
+
+@dataclass(frozen=True)
+class ConstantJudgeDouble:
+    """A TEST DOUBLE for RULER: every member gets the same score, and one named group fails."""
+
+    value: float
+    failing_group: str | None = None
+    name: str = "ruler"
+    version: str = "double-v1"
+    is_llm: bool = True
+
+    async def score(self, groups):
+        result = JudgeResult(scores={}, usage=JudgeUsage(calls=len(groups)))
+        for group in groups:
+            if group.group_id == self.failing_group:
+                result.failures[group.group_id] = "the double refuses this group"
+                continue
+            result.scores.update({m.agent_window_id: Judgment(self.value, "constant") for m in group.members})
+        return result
+
+
+def test_the_mixed_judge_weighs_ruler_into_the_outcome_reward():
+    group = constructed_window()
+    outcome = asyncio.run(OutcomeJudge().score([group])).scores
+    mixed = MixedJudge(OutcomeJudge(), ConstantJudgeDouble(1.0), ruler_weight=0.25)
+    result = asyncio.run(mixed.score([group]))
+    validate_result([group], result)
+    for key, judgment in result.scores.items():
+        assert judgment.score == pytest.approx(0.75 * outcome[key].score + 0.25)
+    assert "0.25 x RULER 1.000" in result.scores["t-skilled"].reasoning and result.usage.calls == 1
+    # A constant RULER keeps the outcome judge's order: the ground truth still ranks the group.
+    assert result.scores["t-skilled"].score > result.scores["t-careful"].score > result.scores["t-reckless"].score
+
+
+def test_a_group_the_ruler_part_fails_fails_alone_and_weights_are_bounded():
+    good, other = constructed_window(), replace(constructed_window(), group_id="g2")
+    mixed = MixedJudge(OutcomeJudge(), ConstantJudgeDouble(0.5, failing_group="g2"), ruler_weight=0.5)
+    result = asyncio.run(mixed.score([good, other]))
+    assert set(result.failures) == {"g2"} and len(result.scores) == 3
+    with pytest.raises(ValueError, match="RULER_WEIGHT"):
+        MixedJudge(OutcomeJudge(), ConstantJudgeDouble(0.5), ruler_weight=1.5)

@@ -41,3 +41,17 @@ def test_the_judge_config_is_built_from_its_resource():
     config = build_resources(settings)["judge"].ruler_config()  # type: ignore[attr-defined]
     assert (config.model, config.retries, config.backoff_s, config.mode) == ("openai/judge", 5, 0.5, "pinned")
     assert config.timeout_s == Settings().JUDGE_TIMEOUT_SECONDS
+
+
+def judge_of(**values):
+    return build_resources(Settings(**values))["judge"].get_judge()  # type: ignore[attr-defined]
+
+
+def test_ruler_weight_chooses_the_mixed_judge_and_needs_a_judge_model():
+    assert judge_of().name == "outcome"
+    assert judge_of(JUDGE_MODEL="openai/judge").name == "ruler"
+    mixed = judge_of(JUDGE_MODEL="openai/judge", RULER_WEIGHT=0.25)
+    assert mixed.name == "outcome+ruler" and mixed.version.endswith("+outcome-v1@0.25")
+    assert judge_of(JUDGE_MODEL="openai/judge", RULER_WEIGHT=0).name == "outcome"
+    with pytest.raises(ValueError, match="set JUDGE_MODEL"):
+        judge_of(RULER_WEIGHT=0.5)

@@ -1,0 +1,371 @@
+"""How fast the on-policy loop runs on this machine (issue 20, item 6), as ratios measured in one run.
+
+    make llm-build                                  # once: llama-server
+    .venv/bin/python bench/learning_loop.py [--seats 8] [--decisions 3] [--repeats 2] [--skip-cycle] [--skip-sensors]
+
+Real SmolLM2-135M-Instruct on llama.cpp with `--parallel <seats>` slots, the decision schema as response_format:
+
+1. throughput  one window (seats x decisions) played by the simulator's LLM agents straight to llama-server, then
+               the same window through the gateway (recording into a SQLite store), greedy so both passes do the
+               same work; alternated --repeats times. Goal: gateway / direct >= 0.9 (decisions per second).
+2. prefix      the window's calls sent again straight to llama-server, one decision of every seat at a time, from
+               cold slots, with the system prompt laid out identity first (as prompt-v1 was) and rules first
+               (prompt-v2): prompt tokens the server reused from its cache / prompt tokens sent.
+3. cycle       two cycles of `babylon learn` (run_learning_cycles) on a fresh store: rollouts of one window, the
+               window graph, one GRPO step on full prompts. The second cycle is the steady state (its rollouts
+               export the first checkpoint's adapter and restart the server with it). Each phase's seconds and
+               the peak RSS of this process and its children (llama-server included). Goal: a cycle under 180 s.
+4. sensors     the same loop driven by the sensors under `dagster-daemon` (runs launched in their own processes):
+               from the daemon's start until the new checkpoint has played its first rollout hour.
+
+On 2 shared cores the absolute numbers move with whatever else runs; the ratios are taken within this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("PYTHON_DOTENV_DISABLED", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from babylon_assets.core.agent_protocol import RESPONSE_FORMAT, RULES, Observation, agent_identity  # noqa: E402
+from babylon_assets.core.decision_schema import max_answer_tokens, response_format  # noqa: E402
+from babylon_assets.core.window_play import AgentReply  # noqa: E402
+from babylon_assets.db.store import Store  # noqa: E402
+from babylon_assets.gateway.recording import Upstream  # noqa: E402
+from babylon_assets.gateway.server import gateway_in_thread  # noqa: E402
+from babylon_assets.llm import local_server  # noqa: E402
+from babylon_assets.llm.agent import LlmAgent, LlmEndpoint  # noqa: E402
+from babylon_assets.play.rollouts import SLOT_CONTEXT_TOKENS  # noqa: E402
+from babylon_assets.play.simulator import SimulationPlan, build_agents, simulate  # noqa: E402
+
+WINDOW = datetime(2025, 6, 2, 10, tzinfo=UTC)
+SEED = 4242
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
+
+
+class CapturingAgent(LlmAgent):
+    """An LLM agent that keeps every prompt it sent, so the prefix measurement replays the window's own calls."""
+
+    def __init__(self, *args, sent: list[tuple[str, str, str, Observation]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent = sent
+
+    def respond(self, system: str, user: str, observation: Observation) -> AgentReply:
+        self.sent.append((self.agent_id, self.archetype, user, observation))
+        return super().respond(system, user, observation)
+
+
+def fresh_store(folder: Path) -> Store:
+    from babylon_assets.settings import Settings
+
+    store = Store.from_settings(Settings(DATABASE_URL=f"sqlite:///{folder / 'store.db'}"))
+    store.upgrade()
+    return store
+
+
+def play_window(store: Store, endpoint: LlmEndpoint, seats: int, decisions: int, sent=None) -> tuple[float, int, list]:
+    """Play the bench's window; its seconds, decisions made and the answers in order."""
+    plan = SimulationPlan(
+        agents=seats, windows=1, duration_minutes=decisions, seed=SEED, start=WINDOW, llm=endpoint, concurrency=seats
+    )
+    agents = [
+        CapturingAgent(agent.agent_id, agent.archetype, endpoint, sent=sent if sent is not None else [])
+        for agent in build_agents(plan)
+    ]
+    started = time.perf_counter()
+    summary = simulate(store, plan, now=WINDOW + timedelta(days=1), agents=list(agents))
+    seconds = time.perf_counter() - started
+    (window,) = summary.windows
+    answers = [d.reply.text for play in window.plays for d in play.decisions]
+    return seconds, len(answers), answers
+
+
+def throughput(server: local_server.ServerState, seats: int, decisions: int, repeats: int, work: Path) -> dict:
+    direct_endpoint = LlmEndpoint(
+        "openai/smollm2", server.base_url, temperature=0.0, max_tokens=64, timeout_s=600, retries=0, structured=True
+    )
+    sent: list = []
+    direct, gateway, same = [], [], []
+    for repeat in range(repeats):
+        seconds, made, direct_answers = play_window(
+            fresh_store(Path(tempfile.mkdtemp(dir=work))), direct_endpoint, seats, decisions, sent if not sent else None
+        )
+        direct.append(made / seconds)
+        log(f"  direct  #{repeat + 1}: {made} decisions in {seconds:.1f} s")
+        store = fresh_store(Path(tempfile.mkdtemp(dir=work)))
+        upstream = Upstream(model="openai/smollm2", api_base=server.base_url, version="smollm2")
+        with gateway_in_thread(store, upstream) as (url, recorder, api_key):
+            endpoint = LlmEndpoint(
+                "openai/policy",
+                url,
+                api_key=api_key,
+                temperature=0.0,
+                max_tokens=64,
+                timeout_s=600,
+                retries=0,
+                via_gateway=True,
+                structured=True,
+            )
+            seconds, made, gateway_answers = play_window(store, endpoint, seats, decisions)
+            recorder.drain_from_thread(timeout_s=120.0)
+        gateway.append(made / seconds)
+        same.append(sum(a == b for a, b in zip(direct_answers, gateway_answers, strict=True)) / made)
+        log(f"  gateway #{repeat + 1}: {made} decisions in {seconds:.1f} s")
+    return {
+        "direct_decisions_per_s": round(statistics.median(direct), 3),
+        "gateway_decisions_per_s": round(statistics.median(gateway), 3),
+        "gateway_over_direct": round(statistics.median(gateway) / statistics.median(direct), 3),
+        "answers_identical_share": round(min(same), 3),
+        "_sent": sent,
+    }
+
+
+def _prompt(layout: str, agent: str, archetype: str) -> str:
+    if layout == "identity first (prompt-v1)":
+        return f"{agent_identity(agent, archetype)}\n{RULES}\n{RESPONSE_FORMAT}"
+    return f"{RULES}\n{RESPONSE_FORMAT}\n{agent_identity(agent, archetype)}"
+
+
+def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
+    """Cached / sent prompt tokens for the same calls under both layouts, each from a freshly started server."""
+    rounds = [sent[i : i + seats] for i in range(0, len(sent), seats)]
+    results = {}
+    for layout in ("identity first (prompt-v1)", "rules first (prompt-v2)"):
+        server = local_server.restart(work / "server", **server_args)
+        cached = processed = 0
+        with httpx.Client(timeout=600) as client:
+
+            def call(item) -> dict:
+                agent, archetype, user, observation = item
+                body = {
+                    "model": "smollm2",
+                    "messages": [
+                        {"role": "system", "content": _prompt(layout, agent, archetype)},
+                        {"role": "user", "content": user},
+                    ],
+                    "temperature": 0.0,
+                    "max_tokens": max(64, max_answer_tokens(response_format(observation)["json_schema"]["schema"])),
+                    "response_format": response_format(observation),
+                }
+                answer = client.post(f"{server.base_url}/chat/completions", json=body)
+                answer.raise_for_status()
+                return answer.json()["timings"]
+
+            with ThreadPoolExecutor(seats) as pool:
+                for one_round in rounds:
+                    for timings in pool.map(call, one_round):
+                        cached += int(timings.get("cache_n", 0))
+                        processed += int(timings["prompt_n"])
+        results[layout] = {
+            "prompt_tokens_sent": cached + processed,
+            "cached": cached,
+            "cached_over_sent": round(cached / (cached + processed), 3),
+        }
+        log(f"  {layout}: {cached} of {cached + processed} prompt tokens cached")
+    return results
+
+
+class PeakRss:
+    """The peak resident memory of this process and all its children (llama-server, runs) per phase, sampled."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.phase = "setup"
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval_s,), daemon=True)
+
+    def _sample(self, interval_s: float) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(interval_s):
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), total / 2**30)
+
+    @contextmanager
+    def running(self) -> Iterator[PeakRss]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def loop_settings(folder: Path, seats: int, decisions: int, **extra):
+    from babylon_assets.settings import Settings
+
+    return Settings(
+        DATABASE_URL=f"sqlite:///{folder / 'store.db'}",
+        DAGSTER_HOME=str(folder / "dagster"),
+        ART_PATH=str(folder / ".art"),
+        WANDB_DIR=str(folder / "wandb"),
+        ROLLOUT_SERVER_FOLDER=str(folder / "rollout-server"),
+        ROLLOUT_SERVER_PORT=local_server_port(),
+        MODEL_NAME="bench-loop",
+        ON_POLICY=True,
+        ITERATIONS=1,
+        WINDOWS_PER_ITERATION=1,
+        NEW_WINDOWS_BEFORE_RETRAIN=1,
+        MIN_ACTIONS=decisions,
+        ROLLOUT_START="2025-03-01T00:00",
+        ROLLOUT_AGENTS=seats,
+        ROLLOUT_DECISIONS=decisions,
+        ROLLOUT_PARALLEL=seats,
+        WANDB_MODE="offline",
+        **extra,
+    )
+
+
+def local_server_port() -> int:
+    from babylon_assets.gateway.server import free_port
+
+    return free_port()
+
+
+def cycle(seats: int, decisions: int, work: Path) -> dict:
+    from dagster import DagsterInstance
+
+    from babylon_assets.definitions import build_definitions
+    from babylon_assets.orchestration.instance import prepare_dagster_home
+    from babylon_assets.orchestration.learning import run_learning_cycles
+
+    folder = work / "cycle"
+    folder.mkdir()
+    settings = loop_settings(folder, seats, decisions)
+    os.environ["DAGSTER_HOME"] = settings.DAGSTER_HOME
+    prepare_dagster_home(settings)
+    store = Store.from_settings(settings)
+    store.upgrade()
+    defs = build_definitions(settings)
+    rss = PeakRss()
+    with rss.running(), DagsterInstance.get() as instance:
+
+        def on_phase(number: int, phase: str) -> None:
+            rss.phase = f"cycle {number} {phase}"
+            log(f"  cycle {number}: {phase}")
+
+        reports = run_learning_cycles(defs, instance, store, settings, 2, 1, on_phase=on_phase)
+    out = {}
+    for report in reports:
+        phases = {
+            phase: {"seconds": round(seconds, 1), "peak_rss_gb": round(rss.peaks.get(f"cycle {report.cycle} {phase}", 0), 2)}
+            for phase, seconds in report.seconds.items()
+        }
+        out[f"cycle {report.cycle}"] = {
+            "phases": phases,
+            "seconds": round(sum(report.seconds.values()), 1),
+            "samples_trained": report.metrics.get("samples"),
+            "engine_kl": report.metrics.get("policy_engine_kl"),
+        }
+    return out
+
+
+def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dict:
+    """The loop under dagster-daemon: its sensors, run queue and runs in their own processes, as under `make ui`."""
+    from babylon_assets.orchestration.instance import prepare_dagster_home
+    from babylon_assets.play.rollouts import RolloutPlan, rollout_versions
+
+    folder = work / "sensors"
+    folder.mkdir()
+    # The rollout sensor only plays hours inside the lookback: start the rollout hours a few hours back.
+    start = (datetime.now(UTC) - timedelta(hours=6)).replace(minute=0, second=0, microsecond=0)
+    settings = loop_settings(folder, seats, decisions, ROLLOUT_START=start.strftime("%Y-%m-%dT%H:%M"))
+    prepare_dagster_home(settings)
+    store = Store.from_settings(settings)
+    store.upgrade()
+    env = {**os.environ, **{k: str(v) for k, v in settings.model_dump().items() if v is not None and k.isupper()}}
+    env["DAGSTER_HOME"] = settings.DAGSTER_HOME
+    started = time.perf_counter()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "--workspace", str(ROOT / "workspace.yaml"), "--port", str(local_server_port())],
+        cwd=ROOT,
+        env=env,
+        stdout=open(folder / "dagster-dev.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    plan = RolloutPlan.from_settings(settings)
+    marks: dict[str, float] = {}
+    try:
+        while time.perf_counter() - started < timeout_s:
+            versions = rollout_versions(store, plan, 3)
+            played = [version for version in versions.values() if version]
+            if played and "first rollout hour played" not in marks:
+                marks["first rollout hour played"] = time.perf_counter() - started
+            if any(version.startswith("bench-loop@") for version in played):
+                marks["the new checkpoint's first hour played"] = time.perf_counter() - started
+                break
+            time.sleep(2)
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        local_server.stop(Path(settings.ROLLOUT_SERVER_FOLDER))
+    return {name: round(seconds, 1) for name, seconds in marks.items()} | {"timed_out": len(marks) < 2}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seats", type=int, default=8)
+    parser.add_argument("--decisions", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-cycle", action="store_true")
+    parser.add_argument("--skip-sensors", action="store_true")
+    parser.add_argument("--sensor-timeout", type=float, default=1800.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    results: dict = {"seats": args.seats, "decisions": args.decisions, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="babylon-loop-bench-") as scratch:
+        work = Path(scratch)
+        server_args = {"port": local_server_port(), "context": SLOT_CONTEXT_TOKENS, "parallel": args.seats}
+        try:
+            log("throughput: direct vs through the gateway")
+            server = local_server.restart(work / "server", **server_args)
+            measured = throughput(server, args.seats, args.decisions, args.repeats, work)
+            sent = measured.pop("_sent")
+            results["throughput"] = measured
+            log("prefix cache: identity first vs rules first")
+            results["prefix_cache"] = prefix_cache(server_args, sent, args.seats, work)
+        finally:
+            local_server.stop(work / "server")
+        if not args.skip_cycle:
+            log("one cycle, per phase")
+            results["cycle"] = cycle(args.seats, args.decisions, work)
+        if not args.skip_sensors:
+            log("the sensor-driven loop under dagster dev")
+            results["sensors"] = sensor_loop(args.seats, args.decisions, work, args.sensor_timeout)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
