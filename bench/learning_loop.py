@@ -24,6 +24,7 @@ On 2 shared cores the absolute numbers move with whatever else runs; the ratios 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -149,6 +150,25 @@ def _prompt(layout: str, agent: str, archetype: str) -> str:
     return f"{RULES}\n{RESPONSE_FORMAT}\n{agent_identity(agent, archetype)}"
 
 
+def _timings_of_call(client: httpx.Client, base_url: str, layout: str, item: tuple) -> dict:
+    """One of the window's calls, sent straight to llama-server with the layout's system prompt: its timings."""
+    agent, archetype, user, observation = item
+    schema = response_format(observation)
+    body = {
+        "model": "smollm2",
+        "messages": [
+            {"role": "system", "content": _prompt(layout, agent, archetype)},
+            {"role": "user", "content": user},
+        ],
+        "temperature": 0.0,
+        "max_tokens": max(64, max_answer_tokens(schema["json_schema"]["schema"])),
+        "response_format": schema,
+    }
+    answer = client.post(f"{base_url}/chat/completions", json=body)
+    answer.raise_for_status()
+    return answer.json()["timings"]
+
+
 def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
     """Cached / sent prompt tokens for the same calls under both layouts, each from a freshly started server."""
     rounds = [sent[i : i + seats] for i in range(0, len(sent), seats)]
@@ -157,23 +177,7 @@ def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
         server = local_server.restart(work / "server", **server_args)
         cached = processed = 0
         with httpx.Client(timeout=600) as client:
-
-            def call(item) -> dict:
-                agent, archetype, user, observation = item
-                body = {
-                    "model": "smollm2",
-                    "messages": [
-                        {"role": "system", "content": _prompt(layout, agent, archetype)},
-                        {"role": "user", "content": user},
-                    ],
-                    "temperature": 0.0,
-                    "max_tokens": max(64, max_answer_tokens(response_format(observation)["json_schema"]["schema"])),
-                    "response_format": response_format(observation),
-                }
-                answer = client.post(f"{server.base_url}/chat/completions", json=body)
-                answer.raise_for_status()
-                return answer.json()["timings"]
-
+            call = functools.partial(_timings_of_call, client, server.base_url, layout)
             with ThreadPoolExecutor(seats) as pool:
                 for one_round in rounds:
                     for timings in pool.map(call, one_round):
@@ -275,7 +279,10 @@ def cycle(seats: int, decisions: int, work: Path) -> dict:
     out = {}
     for report in reports:
         phases = {
-            phase: {"seconds": round(seconds, 1), "peak_rss_gb": round(rss.peaks.get(f"cycle {report.cycle} {phase}", 0), 2)}
+            phase: {
+                "seconds": round(seconds, 1),
+                "peak_rss_gb": round(rss.peaks.get(f"cycle {report.cycle} {phase}", 0), 2),
+            }
             for phase, seconds in report.seconds.items()
         }
         out[f"cycle {report.cycle}"] = {
@@ -303,11 +310,21 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
     env = {**os.environ, **{k: str(v) for k, v in settings.model_dump().items() if v is not None and k.isupper()}}
     env["DAGSTER_HOME"] = settings.DAGSTER_HOME
     started = time.perf_counter()
+    log_file = (folder / "dagster-dev.log").open("wb")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "--workspace", str(ROOT / "workspace.yaml"), "--port", str(local_server_port())],
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "--workspace",
+            str(ROOT / "workspace.yaml"),
+            "--port",
+            str(local_server_port()),
+        ],
         cwd=ROOT,
         env=env,
-        stdout=open(folder / "dagster-dev.log", "wb"),
+        stdout=log_file,
         stderr=subprocess.STDOUT,
     )
     plan = RolloutPlan.from_settings(settings)
@@ -328,6 +345,7 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
             daemon.wait(60)
         except subprocess.TimeoutExpired:
             daemon.kill()
+        log_file.close()
         local_server.stop(Path(settings.ROLLOUT_SERVER_FOLDER))
     return {name: round(seconds, 1) for name, seconds in marks.items()} | {"timed_out": len(marks) < 2}
 
