@@ -12,7 +12,7 @@ export PYTHON_DOTENV_DISABLED := 1
 
 UI_PORT ?= 3000
 
-.PHONY: demo test lint ui clean bench local-llm llm-build
+.PHONY: demo test lint ui clean bench local-llm llm-build worker
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=... to use another 3.11+)"; exit 1; }
@@ -35,6 +35,11 @@ demo: $(STAMP)
 # The UI on 127.0.0.1 with the demo data (webserver + daemon, so the window sensor runs).
 ui: demo
 	$(BIN)/babylon ui --port $(UI_PORT)
+
+# A Celery worker for runs (CELERY_BROKER_URL, CELERY_BACKEND_URL and DAGSTER_PG_HOST set): `make worker QUEUE=gpu`.
+QUEUE ?= cpu
+worker: $(STAMP)
+	$(BIN)/babylon worker --queue $(QUEUE)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest

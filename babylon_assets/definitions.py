@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from collections.abc import Iterable
+
+from dagster import Definitions, in_process_executor
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
 from babylon_assets.assets.datasets import training_dataset
@@ -19,7 +21,7 @@ from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
 from babylon_assets.sensors import promotion_sensor, rollout_sensor, training_sensor, window_sensor
-from babylon_assets.settings import BuiltFromSettings, Settings, get_settings
+from babylon_assets.settings import SECRET_SETTINGS, BuiltFromSettings, Settings, get_settings
 
 RESOURCES: dict[str, type[BuiltFromSettings]] = {
     "store": StoreResource,
@@ -31,6 +33,20 @@ RESOURCES: dict[str, type[BuiltFromSettings]] = {
 }
 
 
+def resource_config_of(settings: Settings, overridden: Iterable[str]) -> dict[str, dict[str, object]]:
+    """Settings given for one run, as run config: the whole config of each resource that reads one of them (Dagster
+    replaces a resource's config as a whole), secrets as references to their environment variables."""
+    config: dict[str, dict[str, object]] = {}
+    wanted = set(overridden)
+    for name, resource in RESOURCES.items():
+        if wanted & set(resource.SETTING_FIELDS.values()):
+            config[name] = {
+                field: {"env": setting} if setting in SECRET_SETTINGS else getattr(settings, setting)
+                for field, setting in resource.SETTING_FIELDS.items()
+            }
+    return config
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
     """Every resource built from the environment's settings: the one place they are chosen."""
     return {name: resource.from_settings(settings) for name, resource in RESOURCES.items()}
@@ -40,6 +56,7 @@ def build_definitions(
     settings: Settings | None = None, resource_overrides: dict[str, object] | None = None
 ) -> Definitions:
     """The code location: window assets, the dataset, checks, jobs, sensors and resources."""
+    settings = settings or get_settings()
     return Definitions(
         assets=[
             trajectories,
@@ -55,7 +72,10 @@ def build_definitions(
         asset_checks=ALL_CHECKS,
         jobs=[window_graph_job, training_dataset_job, training_job, promotion_job, rollouts_job],
         sensors=[window_sensor, training_sensor, promotion_sensor, rollout_sensor],
-        resources={**build_resources(settings or get_settings()), **(resource_overrides or {})},
+        resources={**build_resources(settings), **(resource_overrides or {})},
+        # On Celery workers each run executes in the worker's own process: a killed worker then takes its run's steps
+        # with it (a step in a subprocess of its own would go on training, orphaned, beside the run's retry).
+        executor=in_process_executor if settings.CELERY_BROKER_URL else None,
     )
 
 

@@ -164,6 +164,18 @@ class Settings(BaseSettings):
     # simulated hour counts as closed when its play has ended, not when the real hour has.
     LIVE_CLOCK_FILE: str = ".babylon/live_clock.json"
 
+    # Runs on Celery workers (DESIGN 8, issue 21): setting CELERY_BROKER_URL (with DAGSTER_PG_HOST) chooses
+    # dagster.celery.yaml. The broker is RabbitMQ, results and run heartbeats live in Redis.
+    CELERY_BROKER_URL: str | None = None
+    CELERY_BACKEND_URL: str | None = None
+    # Prefixes the queues (cpu, gpu, serve), their exchange and the heartbeat keys: several deployments (or a test)
+    # can share one broker and one Redis.
+    CELERY_QUEUE_PREFIX: str = ""
+    # A running run's worker refreshes its heartbeat this often; three missed beats fail the run.
+    CELERY_HEARTBEAT_SECONDS: int = Field(default=5, ge=1)
+    # Where `--submit` points a person for their runs.
+    DAGSTER_UI_URL: str = "http://127.0.0.1:3000"
+
     @field_validator("PARTITION_START")
     @classmethod
     def _partition_start_is_a_window(cls, value: str) -> str:
@@ -215,7 +227,9 @@ class Settings(BaseSettings):
 
 
 # Settings that are or may hold secrets (DATABASE_URL may carry a password): Dagster sees them only as EnvVar.
-SECRET_SETTINGS = frozenset({"DATABASE_URL", "JUDGE_API_KEY", "AGENT_API_KEY", "WANDB_API_KEY"})
+SECRET_SETTINGS = frozenset(
+    {"DATABASE_URL", "JUDGE_API_KEY", "AGENT_API_KEY", "WANDB_API_KEY", "CELERY_BROKER_URL", "CELERY_BACKEND_URL"}
+)
 
 
 class BuiltFromSettings:

@@ -10,7 +10,8 @@ Real SmolLM2-135M-Instruct on llama.cpp with `--parallel <seats>` slots, the dec
                same work; alternated --repeats times. Goal: gateway / direct >= 0.9 (decisions per second).
 2. prefix      the window's calls sent again straight to llama-server, one decision of every seat at a time, from
                cold slots, with the system prompt laid out identity first (as prompt-v1 was) and rules first
-               (prompt-v2): prompt tokens the server reused from its cache / prompt tokens sent.
+               (prompt-v2): prompt tokens the server reused from its cache / prompt tokens sent; with a slot per
+               seat, and with a quarter as many slots as seats.
 3. cycle       two cycles of `babylon learn` (run_learning_cycles) on a fresh store: rollouts of one window, the
                window graph, one GRPO step on full prompts. The second cycle is the steady state (its rollouts
                export the first checkpoint's adapter and restart the server with it). Each phase's seconds and
@@ -52,7 +53,7 @@ from babylon_assets.core.agent_protocol import RESPONSE_FORMAT, RULES, Observati
 from babylon_assets.core.decision_schema import max_answer_tokens, response_format  # noqa: E402
 from babylon_assets.core.window_play import AgentReply  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
-from babylon_assets.gateway.recording import Upstream  # noqa: E402
+from babylon_assets.gateway.app import Upstream  # noqa: E402
 from babylon_assets.gateway.server import gateway_in_thread  # noqa: E402
 from babylon_assets.llm import local_server  # noqa: E402
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint  # noqa: E402
@@ -108,11 +109,13 @@ def throughput(server: local_server.ServerState, seats: int, decisions: int, rep
     direct_endpoint = LlmEndpoint(
         "openai/smollm2", server.base_url, temperature=0.0, max_tokens=64, timeout_s=600, retries=0, structured=True
     )
+    # A first, unmeasured pass loads the model's pages and fills the slots; it also keeps the window's prompts.
     sent: list = []
+    play_window(fresh_store(Path(tempfile.mkdtemp(dir=work))), direct_endpoint, seats, decisions, sent)
     direct, gateway, same = [], [], []
     for repeat in range(repeats):
         seconds, made, direct_answers = play_window(
-            fresh_store(Path(tempfile.mkdtemp(dir=work))), direct_endpoint, seats, decisions, sent if not sent else None
+            fresh_store(Path(tempfile.mkdtemp(dir=work))), direct_endpoint, seats, decisions
         )
         direct.append(made / seconds)
         log(f"  direct  #{repeat + 1}: {made} decisions in {seconds:.1f} s")
@@ -170,25 +173,27 @@ def _timings_of_call(client: httpx.Client, base_url: str, layout: str, item: tup
 
 
 def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
-    """Cached / sent prompt tokens for the same calls under both layouts, each from a freshly started server."""
+    """Cached / sent prompt tokens for the same calls under both layouts, each from a freshly started server: with a
+    slot per seat (each seat's calls can land on its own slot) and with a quarter as many slots as seats (a slot
+    serves other seats in turn, as when a game's agents outnumber the server's slots)."""
     rounds = [sent[i : i + seats] for i in range(0, len(sent), seats)]
-    results = {}
-    for layout in ("identity first (prompt-v1)", "rules first (prompt-v2)"):
-        server = local_server.restart(work / "server", **server_args)
-        cached = processed = 0
-        with httpx.Client(timeout=600) as client:
-            call = functools.partial(_timings_of_call, client, server.base_url, layout)
-            with ThreadPoolExecutor(seats) as pool:
+    results: dict = {}
+    for slots in (seats, max(1, seats // 4)):
+        for layout in ("identity first (prompt-v1)", "rules first (prompt-v2)"):
+            server = local_server.restart(work / "server", **{**server_args, "parallel": slots})
+            cached = processed = 0
+            with httpx.Client(timeout=600) as client, ThreadPoolExecutor(seats) as pool:
+                call = functools.partial(_timings_of_call, client, server.base_url, layout)
                 for one_round in rounds:
                     for timings in pool.map(call, one_round):
                         cached += int(timings.get("cache_n", 0))
                         processed += int(timings["prompt_n"])
-        results[layout] = {
-            "prompt_tokens_sent": cached + processed,
-            "cached": cached,
-            "cached_over_sent": round(cached / (cached + processed), 3),
-        }
-        log(f"  {layout}: {cached} of {cached + processed} prompt tokens cached")
+            results[f"{slots} slots, {layout}"] = {
+                "prompt_tokens_sent": cached + processed,
+                "cached": cached,
+                "cached_over_sent": round(cached / (cached + processed), 3),
+            }
+            log(f"  {slots} slots, {layout}: {cached} of {cached + processed} prompt tokens cached")
     return results
 
 

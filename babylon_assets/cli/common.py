@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,6 +23,24 @@ if TYPE_CHECKING:
 # Wide enough that CI logs keep the report's rows on one line.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
+
+
+# `--submit` on the commands that start work: hand the runs to the instance's queue instead of running in-process.
+SubmitOption = Annotated[
+    bool,
+    typer.Option(
+        "--submit",
+        help="Hand the runs to the instance (its daemon and run launcher: Celery workers with dagster.celery.yaml) "
+        "and print their ids, instead of running them here.",
+    ),
+]
+RunKeyOption = Annotated[
+    str,
+    typer.Option(
+        help="With --submit: a suffix for the runs' keys. A key that names a queued, running or successful run is "
+        "that run, not a second (submit again with another suffix to redo work that succeeded)."
+    ),
+]
 
 
 def fail(error: object, code: int = 2) -> NoReturn:
@@ -132,3 +150,33 @@ def parse_hour(value: str | None) -> datetime | None:
         return parse_window_id(value)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+
+
+def submit_and_print(settings: Settings, submissions: list) -> None:
+    """Hand runs to the instance (`--submit`): print each run's id, status and UI link; a key already standing for a
+    run names that run instead of submitting a second."""
+    from dagster import DagsterInstance
+
+    from babylon_assets.orchestration.instance import InstanceConfigError, instance_file, prepare_dagster_home
+    from babylon_assets.orchestration.submit import submit_runs
+
+    try:
+        chosen = instance_file()
+    except InstanceConfigError as error:
+        fail(error)
+    prepare_dagster_home(settings)
+    with DagsterInstance.get() as instance:
+        runs = submit_runs(instance, submissions)
+    for run in runs:
+        verb = "already submitted as" if run.already_submitted else "submitted"
+        link = f"{settings.DAGSTER_UI_URL.rstrip('/')}/runs/{run.run_id}"
+        console.print(
+            f"{run.label}: {verb} run {run.run_id} ({run.status}) {link}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"{sum(not r.already_submitted for r in runs)} run(s) submitted to the instance ({chosen}); the daemon "
+        "launches them (`babylon ui` runs one)",
+        highlight=False,
+    )

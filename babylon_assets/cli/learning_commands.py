@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from babylon_assets.cli.common import console, dagster_session, err_console, open_store, progress_bar
+from babylon_assets.cli.common import (
+    RunKeyOption,
+    SubmitOption,
+    console,
+    dagster_session,
+    err_console,
+    open_store,
+    progress_bar,
+    submit_and_print,
+)
 from babylon_assets.cli.main import app
 from babylon_assets.settings import get_settings
 
@@ -18,6 +27,8 @@ def learn(
     windows_per_cycle: Annotated[
         int | None, typer.Option(min=1, help="Rollout hours a cycle plays [NEW_WINDOWS_BEFORE_RETRAIN].")
     ] = None,
+    submit: SubmitOption = False,
+    run_key: RunKeyOption = "",
 ) -> None:
     """The on-policy loop, in-process on the instance: each cycle the rollout policy (the newest checkpoint; the base
     before the first) plays the next rollout hours, the window graph scores them, and ITERATIONS steps train on the
@@ -28,6 +39,20 @@ def learn(
     if not settings.ON_POLICY:
         err_console.print("[yellow]ON_POLICY=false: training also takes recorded play that is not the policy's own")
     per_cycle = windows_per_cycle or settings.NEW_WINDOWS_BEFORE_RETRAIN
+    if submit:
+        # Only the first cycle's rollouts are submitted: the window sensor scores them, the training sensor trains
+        # once they are in, and the rollout sensor plays the next hours with the new checkpoint (under the daemon).
+        from babylon_assets.orchestration.learning import next_rollout_hour
+        from babylon_assets.orchestration.submit import rollout_submissions
+        from babylon_assets.play.rollouts import RolloutPlan
+
+        plan = RolloutPlan.from_settings(settings)
+        with open_store(settings) as store:
+            first = next_rollout_hour(store, plan)
+        hours = [plan.hour(first + i) for i in range(per_cycle)]
+        submit_and_print(settings, rollout_submissions(hours, run_key))
+        console.print("the sensors take the loop on from these rollouts (--cycles counts only in-process)")
+        return
     with open_store(settings) as store, dagster_session(settings) as (defs, instance), progress_bar() as progress:
         task = progress.add_task("Learning", total=3 * cycles)
 

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from babylon_assets.cli.common import console, dagster_session, err_console, fail, open_store, progress_bar
+from babylon_assets.cli.common import (
+    RunKeyOption,
+    SubmitOption,
+    console,
+    dagster_session,
+    err_console,
+    fail,
+    open_store,
+    progress_bar,
+    submit_and_print,
+)
 from babylon_assets.cli.main import app
 from babylon_assets.db.store import Store, StoreError
 from babylon_assets.settings import get_settings
@@ -20,9 +30,12 @@ def evaluate(
     deploy: Annotated[
         bool, typer.Option("--deploy/--no-deploy", help="Deploy the checkpoint when the gate passes it.")
     ] = False,
+    submit: SubmitOption = False,
+    run_key: RunKeyOption = "",
 ) -> None:
     """Evaluate the newest checkpoint against its base on the held-out markets (paired), in-process on the
-    instance, and print the gate's verdict; with --deploy, a passing checkpoint is deployed."""
+    instance, and print the gate's verdict; with --deploy, a passing checkpoint is deployed. With --submit, the
+    evaluation run goes to the instance (the `serve` queue) instead."""
     from babylon_assets.db.evaluation_records import EvaluationRecords
     from babylon_assets.orchestration.pipeline import materialize_promotion
     from babylon_assets.promotion.evaluation import EvaluationPlan, listening
@@ -34,6 +47,12 @@ def evaluate(
         if newest is None:
             err_console.print(f"no checkpoint of {settings.MODEL_NAME} yet: `babylon train` makes one")
             raise typer.Exit(1)
+        if submit:
+            from babylon_assets.orchestration.submit import promotion_submission
+
+            key = f"evaluation:{newest.modelId}:{'deploy' if deploy else 'gate'}{run_key}"
+            submit_and_print(settings, [promotion_submission(key, deploy)])
+            return
         with progress_bar() as progress, dagster_session(settings) as (defs, instance):
             task = progress.add_task(
                 f"Evaluating {newest.modelId} against {settings.BASE_MODEL} (markets played)", total=markets

@@ -191,3 +191,56 @@ def db_upgrade() -> None:
             console.print(f"{store.target.redacted()}: schema up to date ({kind}).")
     except StoreError as error:
         fail(error)
+
+
+@app.command()
+def worker(
+    queue: Annotated[str, typer.Option(help="The queue to take runs from: cpu, gpu or serve.")] = "cpu",
+    name: Annotated[str | None, typer.Option(help="The worker's name (default: <queue>-<pid>@<host>).")] = None,
+) -> None:
+    """A Celery worker for runs (CELERY_BROKER_URL, CELERY_BACKEND_URL, on the PostgreSQL instance): one run at a time
+    in this process (solo pool), each with the in-process executor. This process becomes the worker (same pid)."""
+    import os
+    import sys
+
+    from babylon_assets.core.run_queues import QUEUES
+    from babylon_assets.orchestration.instance import InstanceConfigError, instance_file, prepare_dagster_home
+    from babylon_assets.orchestration.workers import queue_name
+
+    if queue not in QUEUES:
+        fail(f"--queue {queue!r}: the queues are {', '.join(QUEUES)}")
+    settings = get_settings()
+    try:
+        chosen = instance_file()
+    except InstanceConfigError as error:
+        fail(error)
+    if not settings.CELERY_BROKER_URL:
+        fail(
+            f"set CELERY_BROKER_URL (and CELERY_BACKEND_URL, DAGSTER_PG_HOST) to run workers; the instance is {chosen}"
+        )
+    prepare_dagster_home(settings)
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "babylon_assets.orchestration.worker_app",
+        "worker",
+        "--queues",
+        queue_name(settings.CELERY_QUEUE_PREFIX, queue),
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--hostname",
+        name or f"{queue}-{os.getpid()}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    console.print(f"worker for queue {queue} ({command[8]}), instance {settings.dagster_home}")
+    sys.stdout.flush()
+    os.execv(sys.executable, command)

@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from babylon_assets.cli.common import (
+    RunKeyOption,
+    SubmitOption,
     console,
     dagster_session,
     err_console,
@@ -16,6 +18,7 @@ from babylon_assets.cli.common import (
     inside_partitions,
     open_store,
     progress_bar,
+    submit_and_print,
 )
 from babylon_assets.cli.main import app
 from babylon_assets.core.window_time import lookback_window_ids, utcnow
@@ -104,8 +107,12 @@ def train(
     decisions_per_trajectory: Annotated[
         int | None, typer.Option(help="Decisions of each agent-window per step, 0 for all [DECISIONS_PER_TRAJECTORY].")
     ] = None,
+    submit: SubmitOption = False,
+    run_key: RunKeyOption = "",
 ) -> None:
-    """Score the lookback's windows, build the dataset and train a checkpoint, in-process on the instance."""
+    """Score the lookback's windows, build the dataset and train a checkpoint, in-process on the instance. With
+    --submit, one training run (the dataset and the checkpoint) is handed to the instance: it trains on the windows
+    already scored (`babylon score --submit`, or the sensors, score them)."""
     overrides = {
         name: value
         for name, value in (
@@ -122,6 +129,13 @@ def train(
         if value is not None
     }
     settings = Settings.model_validate({**get_settings().model_dump(), **overrides})
+    if submit:
+        from babylon_assets.definitions import resource_config_of
+        from babylon_assets.orchestration.submit import training_submission
+
+        key = f"training:{settings.MODEL_NAME}:{utcnow():%Y-%m-%dT%H:%M}{run_key}"
+        submit_and_print(settings, [training_submission(key, resources=resource_config_of(settings, overrides))])
+        return
     with open_store(settings) as store:
         window_ids = sorted(store.windows_with_rows(lookback_window_ids(settings.LOOKBACK_HOURS, utcnow())))
     if not window_ids:

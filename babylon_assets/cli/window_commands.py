@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from babylon_assets.cli.common import (
+    RunKeyOption,
+    SubmitOption,
     console,
     dagster_session,
     err_console,
@@ -19,6 +21,7 @@ from babylon_assets.cli.common import (
     parse_until,
     progress_bar,
     row_progress,
+    submit_and_print,
 )
 from babylon_assets.cli.main import app
 from babylon_assets.core.eligibility import (
@@ -182,12 +185,18 @@ def materialize_graph(settings: Settings, window_ids: list[str]) -> bool:
     return not failed
 
 
-def _run_windows(settings: Settings, window_ids: list[str], max_per_run: int) -> None:
+def _run_windows(
+    settings: Settings, window_ids: list[str], max_per_run: int, submit: bool = False, run_key: str = ""
+) -> None:
     from babylon_assets.orchestration.pipeline import materialize_windows
+    from babylon_assets.orchestration.submit import window_submissions
 
     window_ids = inside_partitions(settings, window_ids)
     if not window_ids:
         console.print("No window with trajectories in that range: nothing to do.")
+        return
+    if submit:
+        submit_and_print(settings, window_submissions(window_ids, max_per_run, run_key))
         return
     with dagster_session(settings) as (defs, instance), progress_bar() as progress:
         task = progress.add_task("Materializing windows", total=len(window_ids))
@@ -220,6 +229,8 @@ def backfill(
     start: Annotated[str, typer.Option("--from", help="First window (UTC hour), e.g. 2025-01-15T00:00.")],
     end: Annotated[str, typer.Option("--to", help="Last window (UTC hour), inclusive.")],
     per_run: Annotated[int, typer.Option(min=1, help="Windows per run (default: a week in one run).")] = 168,
+    submit: SubmitOption = False,
+    run_key: RunKeyOption = "",
 ) -> None:
     """Materialize the window graph for a range of windows on the instance, as a few ranged runs."""
     first, last = parse_hour(start), parse_hour(end)
@@ -228,17 +239,19 @@ def backfill(
         raise typer.BadParameter("--to is before --from")
     hours = int((last - first).total_seconds() // 3600) + 1
     window_ids = [window_id_of(first + timedelta(hours=i)) for i in range(hours)]
-    _run_windows(get_settings(), window_ids, per_run)
+    _run_windows(get_settings(), window_ids, per_run, submit, run_key)
 
 
 @app.command()
 def score(
     lookback_hours: Annotated[int | None, typer.Option(help="Hours to look back [LOOKBACK_HOURS].")] = None,
     until: Annotated[str | None, typer.Option(help="End of the lookback (UTC); default: now.")] = None,
+    submit: SubmitOption = False,
+    run_key: RunKeyOption = "",
 ) -> None:
     """Materialize the window assets of every window with trajectories in the lookback, on the instance."""
     settings = get_settings()
     hours = settings.LOOKBACK_HOURS if lookback_hours is None else lookback_hours
     with open_store(settings) as store:
         window_ids = sorted(store.windows_with_rows(lookback_window_ids(hours, parse_until(until) or utcnow())))
-    _run_windows(settings, window_ids, 168)
+    _run_windows(settings, window_ids, 168, submit, run_key)

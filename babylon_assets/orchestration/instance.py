@@ -10,6 +10,8 @@ from babylon_assets.settings import Settings
 
 SQLITE_INSTANCE_FILE = "dagster.yaml"
 POSTGRES_INSTANCE_FILE = "dagster.postgres.yaml"
+# Runs on Celery workers (issue 21): PostgreSQL storage, the Celery run launcher; chosen by CELERY_BROKER_URL.
+CELERY_INSTANCE_FILE = "dagster.celery.yaml"
 # dagster.postgres.yaml reads these; setting DAGSTER_PG_HOST chooses it.
 POSTGRES_INSTANCE_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 # The concurrency pool of trained_checkpoint and its one slot: one training run at a time on the instance, whether
@@ -31,9 +33,22 @@ def project_root() -> Path:
     )
 
 
+class InstanceConfigError(ValueError):
+    """Settings that choose no instance configuration that can work."""
+
+
 def instance_file(environ: dict[str, str] | None = None) -> str:
-    """Which instance configuration applies: PostgreSQL when DAGSTER_PG_HOST is set, else SQLite."""
+    """Which instance configuration applies: Celery workers when CELERY_BROKER_URL is set (on PostgreSQL: workers on
+    other machines cannot share a SQLite file), PostgreSQL when DAGSTER_PG_HOST is set, else SQLite."""
     environ = dict(os.environ) if environ is None else environ
+    if environ.get("CELERY_BROKER_URL"):
+        if not environ.get("DAGSTER_PG_HOST"):
+            raise InstanceConfigError(
+                "CELERY_BROKER_URL is set but DAGSTER_PG_HOST is not: runs on workers need the instance on PostgreSQL"
+            )
+        if not environ.get("CELERY_BACKEND_URL"):
+            raise InstanceConfigError("CELERY_BROKER_URL is set but CELERY_BACKEND_URL is not: name the Redis backend")
+        return CELERY_INSTANCE_FILE
     return POSTGRES_INSTANCE_FILE if environ.get("DAGSTER_PG_HOST") else SQLITE_INSTANCE_FILE
 
 
@@ -46,6 +61,10 @@ def prepare_dagster_home(settings: Settings, environ: dict[str, str] | None = No
     if not target.exists() or target.read_bytes() != source.read_bytes():
         shutil.copyfile(source, target)
     os.environ["DAGSTER_HOME"] = str(home)
+    # dagster.celery.yaml reads these from the environment (the daemon's, the webserver's and the workers'): their
+    # defaults come from the settings.
+    os.environ.setdefault("CELERY_QUEUE_PREFIX", settings.CELERY_QUEUE_PREFIX)
+    os.environ.setdefault("CELERY_HEARTBEAT_SECONDS", str(settings.CELERY_HEARTBEAT_SECONDS))
     set_pool_limits(home)
     return home
 

@@ -213,6 +213,7 @@ async def _train(
     # Draws continue from the model's step: a run that goes on from an earlier checkpoint samples what one
     # long run would have sampled, not the first run's windows again.
     first_step = await model.get_step()
+    _register_unrecorded_checkpoints(backend, model, records, options, outcome.batch_id)
     records.mark_training(outcome.batch_id)
     used: dict[str, tuple[StepMember, AgentWindow]] = {}
     last_loss: float | None = None
@@ -386,3 +387,26 @@ def _std(values: list[float]) -> float:
         return 0.0
     mean = sum(values) / len(values)
     return float((sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5)
+
+
+def _register_unrecorded_checkpoints(
+    backend: Any, model: Any, records: TrainingRecords, options: TrainingOptions, batch_id: str
+) -> None:
+    """A run killed after its backend wrote a checkpoint and before the store registered it leaves the checkpoint on
+    disk only, and its retry trains on from it (`get_step`): register it first, so the lineage has no hole. Its step
+    members died with the killed run; the row says which batch made it."""
+    steps_on_disk = getattr(backend, "checkpoint_steps", None)
+    if steps_on_disk is None:  # ART's own backends: their checkpoints are registered from the train() result only
+        return
+    registered = {row.modelId for row in records.checkpoints()}
+    for step in steps_on_disk(model):
+        version = f"{options.model_name}@{step}"
+        if version not in registered:
+            records.add_checkpoint(
+                model_version=version,
+                base_model=options.base_model,
+                batch_id=batch_id,
+                storage_path=str(backend.checkpoint_dir(model, step)),
+                avg_reward=None,
+                wandb_run_id=None,
+            )
