@@ -109,6 +109,10 @@ def listening(
         _listeners.remove(entry)
 
 
+# A checkpoint that lives in W&B (ServerlessBackend), not in a folder.
+WANDB_ARTIFACT_SCHEME = "wandb-artifact://"
+
+
 class NothingToTrainError(StoreError):
     """No training dataset, or one without a group to learn from."""
 
@@ -301,7 +305,7 @@ async def _train(
         metrics.update(accounting.as_metrics() if options.on_policy else {})
         metrics.update({f"policy_{name}": value for name, value in behaviour.as_metrics().items()})
         metrics.update(reward_spread(group_rewards))
-        checkpoint = getattr(result, "checkpoint_path", None)
+        checkpoint = checkpoint_of(result)
         rewards = [m.reward for m in step_members]
         metrics.update(
             {"reward_mean": Spread.of(rewards).mean, "reward_std": _std(rewards), "windows": float(len(windows))}
@@ -410,3 +414,15 @@ def _register_unrecorded_checkpoints(
                 avg_reward=None,
                 wandb_run_id=None,
             )
+
+
+def checkpoint_of(result: Any) -> str | None:
+    """Where the backend put this step's checkpoint, as its own result type says: a folder for ART's LocalBackend
+    (`LocalTrainResult.checkpoint_path`) and ours, a W&B artifact for ART's ServerlessBackend
+    (`ServerlessTrainResult.artifact_name`, kept as `wandb-artifact://<entity/project/model:stepN>`)."""
+    from art.types import ServerlessTrainResult
+
+    if isinstance(result, ServerlessTrainResult):
+        return f"{WANDB_ARTIFACT_SCHEME}{result.artifact_name}" if result.artifact_name else None
+    path = getattr(result, "checkpoint_path", None)
+    return None if path is None else str(path)
