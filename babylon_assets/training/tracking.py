@@ -66,16 +66,18 @@ class WandbTracker:
         if self._run is not None:
             self._run.summary.update(values)
 
-    def log_adapter(self, checkpoint: str, name: str) -> str:
-        """The checkpoint's adapter files as a model artifact; returns the artifact's name."""
+    def log_adapter(self, checkpoint: str, model_version: str) -> str:
+        """The checkpoint's adapter files as a version of the model's one artifact (named after the model), aliased
+        `step-N` and `latest`; returns the alias it was logged under. Offline runs keep it until `wandb sync`."""
         import wandb
 
-        artifact = wandb.Artifact(name=name.replace("@", "-step-"), type="model")
+        name, step = artifact_name_and_aliases(model_version)
+        artifact = wandb.Artifact(name=name, type="model", metadata={"model_version": model_version})
         for file in sorted(Path(checkpoint).iterdir()):
             if file.name.startswith("adapter_"):
                 artifact.add_file(str(file))
-        self._run.log_artifact(artifact)
-        return artifact.name
+        self._run.log_artifact(artifact, aliases=[step, "latest"])
+        return f"{name}:{step}"
 
     def finish(self, failed: bool = False) -> TrackedRun | None:
         """Close the run (exit code 1 when the training failed)."""
@@ -85,3 +87,11 @@ class WandbTracker:
         self._run.finish(exit_code=1 if failed else 0)
         self._run = None
         return tracked
+
+
+def artifact_name_and_aliases(model_version: str) -> tuple[str, str]:
+    """`babylon-mmo@3` -> the artifact `babylon-mmo` and its alias `step-3` (one artifact per model, not per step)."""
+    name, _, step = model_version.rpartition("@")
+    if not name or not step.isdigit():
+        raise ValueError(f"{model_version!r} is not a checkpoint version like model@3")
+    return name, f"step-{step}"

@@ -127,6 +127,9 @@ def test_a_checkpoint_with_its_records_lineage_and_wandb_run(database_url, insta
         b"tokens_per_second",
     ):
         assert metric in logged, metric
+    # The adapter is a version of the model's one artifact, aliased step-2 and latest (not an artifact per step).
+    assert b"babylon-mmo" in logged and b"step-2" in logged and b"latest" in logged
+    assert b"babylon-mmo-step-2" not in logged
     store.dispose()
 
 
