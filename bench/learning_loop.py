@@ -32,11 +32,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,7 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import psutil  # noqa: E402
 
 from babylon_assets.core.agent_protocol import RESPONSE_FORMAT, RULES, Observation, agent_identity  # noqa: E402
 from babylon_assets.core.decision_schema import max_answer_tokens, response_format  # noqa: E402
@@ -59,6 +55,7 @@ from babylon_assets.llm import local_server  # noqa: E402
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint  # noqa: E402
 from babylon_assets.play.rollouts import SLOT_CONTEXT_TOKENS  # noqa: E402
 from babylon_assets.play.simulator import SimulationPlan, build_agents, simulate  # noqa: E402
+from bench.measure import PeakRss  # noqa: E402
 
 WINDOW = datetime(2025, 6, 2, 10, tzinfo=UTC)
 SEED = 4242
@@ -182,49 +179,23 @@ def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
         for layout in ("identity first (prompt-v1)", "rules first (prompt-v2)"):
             server = local_server.restart(work / "server", **{**server_args, "parallel": slots})
             cached = processed = 0
+            started = time.perf_counter()
             with httpx.Client(timeout=600) as client, ThreadPoolExecutor(seats) as pool:
                 call = functools.partial(_timings_of_call, client, server.base_url, layout)
                 for one_round in rounds:
                     for timings in pool.map(call, one_round):
                         cached += int(timings.get("cache_n", 0))
                         processed += int(timings["prompt_n"])
+            seconds = time.perf_counter() - started
             results[f"{slots} slots, {layout}"] = {
+                # The same calls as bare HTTP requests (no agent, no litellm): the engine's own pace, from cold slots.
+                "bare_decisions_per_s": round(len(sent) / seconds, 3),
                 "prompt_tokens_sent": cached + processed,
                 "cached": cached,
                 "cached_over_sent": round(cached / (cached + processed), 3),
             }
             log(f"  {slots} slots, {layout}: {cached} of {cached + processed} prompt tokens cached")
     return results
-
-
-class PeakRss:
-    """The peak resident memory of this process and all its children (llama-server, runs) per phase, sampled."""
-
-    def __init__(self, interval_s: float = 0.25) -> None:
-        self.phase = "setup"
-        self.peaks: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, args=(interval_s,), daemon=True)
-
-    def _sample(self, interval_s: float) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(interval_s):
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                try:
-                    total += process.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), total / 2**30)
-
-    @contextmanager
-    def running(self) -> Iterator[PeakRss]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
 
 
 def loop_settings(folder: Path, seats: int, decisions: int, **extra):
