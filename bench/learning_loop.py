@@ -213,6 +213,7 @@ def loop_settings(folder: Path, seats: int, decisions: int, **extra):
         ITERATIONS=1,
         WINDOWS_PER_ITERATION=1,
         NEW_WINDOWS_BEFORE_RETRAIN=1,
+        MIN_READY_WINDOWS=1,
         MIN_ACTIONS=decisions,
         ROLLOUT_START="2025-03-01T00:00",
         ROLLOUT_AGENTS=seats,
