@@ -16,7 +16,9 @@ Real SmolLM2-135M-Instruct on llama.cpp with `--parallel <seats>` slots, the dec
                window graph, one GRPO step on full prompts. The second cycle is the steady state (its rollouts
                export the first checkpoint's adapter and restart the server with it). Each phase's seconds and
                the peak RSS of this process and its children (llama-server included). Goal: a cycle under 180 s.
-4. sensors     the same loop driven by the sensors under `dagster-daemon` (runs launched in their own processes):
+4. masking     one step from the base on the cycle's first hour, with the grammar-forced tokens masked from the
+               loss and without (same seed, same samples): the step's trained tokens, loss and gradient norm.
+5. sensors     the same loop driven by the sensors under `dagster-daemon` (runs launched in their own processes):
                from the daemon's start until the new checkpoint has played its first rollout hour.
 
 On 2 shared cores the absolute numbers move with whatever else runs; the ratios are taken within this run.
@@ -271,6 +273,36 @@ def cycle(seats: int, decisions: int, work: Path) -> dict:
     return out
 
 
+def masking(seats: int, decisions: int, work: Path) -> dict:
+    """One GRPO step from the base on the cycle's store (its first rollout hour is the base's own play), once with
+    the tokens the grammar forced masked from the loss (MASK_FORCED_TOKENS, the default) and once without, with the
+    same seed and samples: what masking changes in the step."""
+    from babylon_assets.resources.trainer import TrainerResource
+    from babylon_assets.training.run import run_training
+
+    folder = work / "cycle"
+    out = {}
+    for masked in (True, False):
+        label = "masked" if masked else "not masked"
+        settings = loop_settings(
+            folder,
+            seats,
+            decisions,
+            ART_PATH=str(work / f"art-{'on' if masked else 'off'}"),
+            MODEL_NAME=f"mask-{'on' if masked else 'off'}",
+            MASK_FORCED_TOKENS=masked,
+        )
+        store = Store.from_settings(settings)
+        trainer = TrainerResource.from_settings(settings.model_copy(update={"WANDB_MODE": "disabled"}))
+        outcome = run_training(store, trainer.backend(store), trainer.options())
+        metrics = outcome.steps[-1].metrics
+        wanted = ("sequences", "trained_tokens", "forced_tokens_masked", "loss", "policy_loss", "grad_norm")
+        out[label] = {name: round(float(metrics[name]), 5) for name in (*wanted, "clipped_fraction") if name in metrics}
+        store.dispose()
+        log(f"  {label}: {out[label]}")
+    return out
+
+
 def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dict:
     """The loop under dagster-daemon: its sensors, run queue and runs in their own processes, as under `make ui`."""
     from babylon_assets.orchestration.instance import prepare_dagster_home
@@ -354,6 +386,8 @@ def main() -> None:
         if not args.skip_cycle:
             log("one cycle, per phase")
             results["cycle"] = cycle(args.seats, args.decisions, work)
+            log("forced tokens masked from the loss, and not")
+            results["masking"] = masking(args.seats, args.decisions, work)
         if not args.skip_sensors:
             log("the sensor-driven loop under dagster dev")
             results["sensors"] = sensor_loop(args.seats, args.decisions, work, args.sensor_timeout)
