@@ -51,3 +51,16 @@ def test_postgres_instance_storage_when_its_variables_are_set(monkeypatch, tmp_p
     # the run is in PostgreSQL, not in a file under DAGSTER_HOME
     with DagsterInstance.get() as again:
         assert len(again.get_runs()) == 1
+
+
+def test_the_celery_instance_file_needs_postgres_and_a_result_backend():
+    from babylon_assets.orchestration.instance import InstanceConfigError, instance_file
+
+    broker = {"CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    with pytest.raises(InstanceConfigError, match="DAGSTER_PG_HOST"):
+        instance_file(broker)
+    with pytest.raises(InstanceConfigError, match="CELERY_BACKEND_URL"):
+        instance_file({**broker, "DAGSTER_PG_HOST": "db"})
+    chosen = instance_file({**broker, "DAGSTER_PG_HOST": "db", "CELERY_BACKEND_URL": "redis://127.0.0.1:6379/0"})
+    assert chosen == "dagster.celery.yaml"
+    assert instance_file({"DAGSTER_PG_HOST": "db"}) == "dagster.postgres.yaml" and instance_file({}) == "dagster.yaml"
