@@ -159,3 +159,28 @@ def test_rows_before_partition_start_are_reported_and_quarantined_never_a_crash(
     )
     assert store.quarantine_counts() == {"before_partition_start": 10}
     store.dispose()
+
+
+def test_backfill_submit_hands_ranged_runs_to_the_queue_and_a_key_is_one_run():
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    from babylon_assets.orchestration.submit import RUN_KEY_TAG
+
+    assert runner.invoke(app, DEMO_PLAY).exit_code == 0
+    hours = ["--from", "2025-01-15T10:00", "--to", "2025-01-15T13:00", "--per-run", "2"]
+    first = runner.invoke(app, ["backfill", *hours, "--submit"])
+    assert first.exit_code == 0, first.output
+    assert first.output.count("submitted run ") == 2 and "http://127.0.0.1:3000/runs/" in first.output
+    again = runner.invoke(app, ["backfill", *hours, "--submit"])
+    assert again.exit_code == 0 and again.output.count("already submitted as run ") == 2, again.output
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+        # Queued for the daemon, not executed here; each run key names one run; the jobs' queue tag is on them.
+        assert len(runs) == 2 and {run.status for run in runs} == {DagsterRunStatus.QUEUED}
+        assert {run.tags[RUN_KEY_TAG] for run in runs} == {
+            "window_graph:2025-01-15T10:00:2025-01-15T11:00",
+            "window_graph:2025-01-15T12:00:2025-01-15T13:00",
+        }
+        assert {run.tags["dagster-celery/queue"] for run in runs} == {"cpu"}
+    anew = runner.invoke(app, ["backfill", *hours, "--submit", "--run-key", ":again"])
+    assert anew.exit_code == 0 and anew.output.count("submitted run ") == 2, anew.output
