@@ -275,3 +275,22 @@ def _stop_every_sensor(instance: DagsterInstance) -> None:
         for repository in location.get_repositories().values():
             for sensor in repository.get_sensors():
                 instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+
+
+def test_the_launchers_health_check_believes_a_fresh_heartbeat_over_celerys_pending(services):
+    import redis
+    from dagster import DagsterRun
+    from dagster._core.launcher import WorkerStatus
+    from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+
+    from babylon_assets.orchestration.workers import BabylonCeleryRunLauncher, heartbeat_key
+
+    prefix = services["CELERY_QUEUE_PREFIX"]
+    launcher = BabylonCeleryRunLauncher(broker=AMQP_URL, backend=REDIS_URL, queue_prefix=prefix, heartbeat_seconds=2)
+    task_id = f"task-{uuid.uuid4().hex}"  # Celery knows nothing of it: PENDING
+    run = DagsterRun(job_name="window_graph", run_id=uuid.uuid4().hex, tags={DAGSTER_CELERY_TASK_ID_TAG: task_id})
+    assert launcher.celery.AsyncResult(task_id).state == "PENDING"
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.UNKNOWN
+    redis.Redis.from_url(REDIS_URL).set(heartbeat_key(prefix, task_id), "cpu-one@host pid 7", ex=6)
+    healthy = launcher.check_run_worker_health(run)
+    assert healthy.status == WorkerStatus.RUNNING and "cpu-one@host pid 7" in str(healthy.msg)
