@@ -142,22 +142,46 @@ def dagster_backfill(store: Store, window_ids: list[str], home: Path, per_run: i
     return sum(1 for w in window_ids for m in WindowRecords(store).group_members(w) if m.score is not None)
 
 
+# A trajectory's one closed step: the shape the sensor benches fill stores with (their rows are counted, not read).
+ONE_STEP = json.dumps(
+    [
+        {
+            "stepNumber": 0,
+            "timestamp": 0,
+            "environmentState": {"agentBalance": 1.0, "agentPnL": 0.0, "openPositions": 0},
+            "llmCalls": [],
+            "action": {"actionType": "HOLD", "success": True},
+            "reward": 0.0,
+        }
+    ]
+)
+
+
+def one_step_row(window_id: str, n: int, at: datetime) -> dict[str, object]:
+    """A minimal trajectory row of a window: agent `a<n>`, one HOLD step at `at` (naive UTC)."""
+    return {
+        "id": f"r{window_id}-{n}",
+        "trajectoryId": f"t{window_id}-{n}",
+        "agentId": f"a{n}",
+        "startTime": at,
+        "endTime": at,
+        "durationMs": 0,
+        "windowId": window_id,
+        "stepsJson": ONE_STEP,
+        "rewardComponentsJson": "{}",
+        "metricsJson": "{}",
+        "metadataJson": "{}",
+        "totalReward": 0.0,
+        "episodeLength": 1,
+        "finalStatus": "completed",
+        "updatedAt": at,
+    }
+
+
 def sensor_store(path: Path, windows: int, rows: int) -> Store:
     store = Store(f"sqlite:///{path}", clock=lambda: NOW)
     store.upgrade()
     first = NOW - timedelta(hours=windows + 2)
-    steps = json.dumps(
-        [
-            {
-                "stepNumber": 0,
-                "timestamp": 0,
-                "environmentState": {"agentBalance": 1.0, "agentPnL": 0.0, "openPositions": 0},
-                "llmCalls": [],
-                "action": {"actionType": "HOLD", "success": True},
-                "reward": 0.0,
-            }
-        ]
-    )
     per_window = rows // windows
     batch: list[dict[str, object]] = []
     outcomes: list[dict[str, object]] = []
@@ -169,26 +193,7 @@ def sensor_store(path: Path, windows: int, rows: int) -> Store:
                 {"id": f"o{w}", "windowId": window_id, "stockTicker": "NVDX", "startPrice": 1, "endPrice": 1}
             )
             for n in range(per_window):
-                at = naive_utc(start + timedelta(minutes=n % 60))
-                batch.append(
-                    {
-                        "id": f"r{w}-{n}",
-                        "trajectoryId": f"t{w}-{n}",
-                        "agentId": f"a{n}",
-                        "startTime": at,
-                        "endTime": at,
-                        "durationMs": 0,
-                        "windowId": window_id,
-                        "stepsJson": steps,
-                        "rewardComponentsJson": "{}",
-                        "metricsJson": "{}",
-                        "metadataJson": "{}",
-                        "totalReward": 0.0,
-                        "episodeLength": 1,
-                        "finalStatus": "completed",
-                        "updatedAt": at,
-                    }
-                )
+                batch.append(one_step_row(window_id, n, naive_utc(start + timedelta(minutes=n % 60))))
             if len(batch) >= 20_000:
                 connection.execute(table_of(Trajectory).insert(), batch)
                 batch.clear()

@@ -47,6 +47,7 @@ from babylon_assets.core.window_time import window_id_of  # noqa: E402
 from babylon_assets.db.engine import naive_utc  # noqa: E402
 from babylon_assets.db.schema import MarketOutcome, Trajectory, table_of  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
+from bench.backfill import one_step_row  # noqa: E402
 from bench.measure import PeakRss  # noqa: E402
 from bench.window_read import make_row  # noqa: E402
 
@@ -55,18 +56,6 @@ AMQP_URL = os.environ.get("BABYLON_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.
 REDIS_URL = os.environ.get("BABYLON_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 NOW = datetime(2025, 1, 22, 0, 30, tzinfo=UTC)
 WEEK_START = datetime(2025, 1, 15, 0, tzinfo=UTC)
-ONE_STEP = json.dumps(
-    [
-        {
-            "stepNumber": 0,
-            "timestamp": 0,
-            "environmentState": {"agentBalance": 1.0, "agentPnL": 0.0, "openPositions": 0},
-            "llmCalls": [],
-            "action": {"actionType": "HOLD", "success": True},
-            "reward": 0.0,
-        }
-    ]
-)
 
 
 def log(message: str) -> None:
@@ -121,24 +110,7 @@ def fill(store: Store, windows: int, per_window: int) -> None:
                     "endTime": naive_utc(at + timedelta(minutes=10)),
                 }
             else:
-                at = naive_utc(start + timedelta(minutes=n % 60))
-                row = {
-                    "id": f"r{w}-{n}",
-                    "trajectoryId": f"t{w}-{n}",
-                    "agentId": f"a{n}",
-                    "startTime": at,
-                    "endTime": at,
-                    "durationMs": 0,
-                    "windowId": window_id,
-                    "stepsJson": ONE_STEP,
-                    "rewardComponentsJson": "{}",
-                    "metricsJson": "{}",
-                    "metadataJson": "{}",
-                    "totalReward": 0.0,
-                    "episodeLength": 1,
-                    "finalStatus": "completed",
-                    "updatedAt": at,
-                }
+                row = one_step_row(window_id, n, naive_utc(start + timedelta(minutes=n % 60)))
             batch.append(row)
         if len(batch) >= 20_000 or w == windows - 1:
             # Rows of two shapes: insert each shape on its own (executemany wants one set of keys).
