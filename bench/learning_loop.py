@@ -1,7 +1,7 @@
 """How fast the on-policy loop runs on this machine (issue 20, item 6), as ratios measured in one run.
 
     make llm-build                                  # once: llama-server
-    .venv/bin/python bench/learning_loop.py [--seats 8] [--decisions 3] [--repeats 2] [--skip-cycle] [--skip-sensors]
+    .venv/bin/python bench/learning_loop.py [--seats 8] [--decisions 3] [--repeats 3] [--parts PARTS] [--json FILE]
 
 Real SmolLM2-135M-Instruct on llama.cpp with `--parallel <seats>` slots, the decision schema as response_format:
 
@@ -203,27 +203,27 @@ def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
 def loop_settings(folder: Path, seats: int, decisions: int, **extra):
     from babylon_assets.settings import Settings
 
-    return Settings(
-        DATABASE_URL=f"sqlite:///{folder / 'store.db'}",
-        DAGSTER_HOME=str(folder / "dagster"),
-        ART_PATH=str(folder / ".art"),
-        WANDB_DIR=str(folder / "wandb"),
-        ROLLOUT_SERVER_FOLDER=str(folder / "rollout-server"),
-        ROLLOUT_SERVER_PORT=local_server_port(),
-        MODEL_NAME="bench-loop",
-        ON_POLICY=True,
-        ITERATIONS=1,
-        WINDOWS_PER_ITERATION=1,
-        NEW_WINDOWS_BEFORE_RETRAIN=1,
-        MIN_READY_WINDOWS=1,
-        MIN_ACTIONS=decisions,
-        ROLLOUT_START="2025-03-01T00:00",
-        ROLLOUT_AGENTS=seats,
-        ROLLOUT_DECISIONS=decisions,
-        ROLLOUT_PARALLEL=seats,
-        WANDB_MODE="offline",
-        **extra,
-    )
+    values = {
+        "DATABASE_URL": f"sqlite:///{folder / 'store.db'}",
+        "DAGSTER_HOME": str(folder / "dagster"),
+        "ART_PATH": str(folder / ".art"),
+        "WANDB_DIR": str(folder / "wandb"),
+        "ROLLOUT_SERVER_FOLDER": str(folder / "rollout-server"),
+        "ROLLOUT_SERVER_PORT": local_server_port(),
+        "MODEL_NAME": "bench-loop",
+        "ON_POLICY": True,
+        "ITERATIONS": 1,
+        "WINDOWS_PER_ITERATION": 1,
+        "NEW_WINDOWS_BEFORE_RETRAIN": 1,
+        "MIN_READY_WINDOWS": 1,
+        "MIN_ACTIONS": decisions,
+        "ROLLOUT_START": "2025-03-01T00:00",
+        "ROLLOUT_AGENTS": seats,
+        "ROLLOUT_DECISIONS": decisions,
+        "ROLLOUT_PARALLEL": seats,
+        "WANDB_MODE": "offline",
+    }
+    return Settings(**{**values, **extra})
 
 
 def local_server_port() -> int:
@@ -359,41 +359,55 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
     return {name: round(seconds, 1) for name, seconds in marks.items()} | {"timed_out": len(marks) < 2}
 
 
+PARTS = ("throughput", "cycle", "masking", "sensors")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seats", type=int, default=8)
     parser.add_argument("--decisions", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-cycle", action="store_true")
-    parser.add_argument("--skip-sensors", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"which to run, of {','.join(PARTS)} (throughput includes the prefix)"
+    )
     parser.add_argument("--sensor-timeout", type=float, default=1800.0)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results here, after each part")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS) or ("masking" in parts and "cycle" not in parts):
+        parser.error(f"--parts: some of {','.join(PARTS)} (masking trains on the cycle's store: give cycle too)")
     results: dict = {"seats": args.seats, "decisions": args.decisions, "cores": os.cpu_count()}
+
+    def landed(part: str, value: object) -> None:
+        # Each part is written as it lands: a later part that fails keeps the earlier ones.
+        results[part] = value
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="babylon-loop-bench-") as scratch:
         work = Path(scratch)
         server_args = {"port": local_server_port(), "context": SLOT_CONTEXT_TOKENS, "parallel": args.seats}
-        try:
-            log("throughput: direct vs through the gateway")
-            server = local_server.restart(work / "server", **server_args)
-            measured = throughput(server, args.seats, args.decisions, args.repeats, work)
-            sent = measured.pop("_sent")
-            results["throughput"] = measured
-            log("prefix cache: identity first vs rules first")
-            results["prefix_cache"] = prefix_cache(server_args, sent, args.seats, work)
-        finally:
-            local_server.stop(work / "server")
-        if not args.skip_cycle:
+        if "throughput" in parts:
+            try:
+                log("throughput: direct vs through the gateway")
+                server = local_server.restart(work / "server", **server_args)
+                measured = throughput(server, args.seats, args.decisions, args.repeats, work)
+                sent = measured.pop("_sent")
+                landed("throughput", measured)
+                log("prefix cache: identity first vs rules first")
+                landed("prefix_cache", prefix_cache(server_args, sent, args.seats, work))
+            finally:
+                local_server.stop(work / "server")
+        if "cycle" in parts:
             log("one cycle, per phase")
-            results["cycle"] = cycle(args.seats, args.decisions, work)
+            landed("cycle", cycle(args.seats, args.decisions, work))
+        if "masking" in parts:
             log("forced tokens masked from the loss, and not")
-            results["masking"] = masking(args.seats, args.decisions, work)
-        if not args.skip_sensors:
+            landed("masking", masking(args.seats, args.decisions, work))
+        if "sensors" in parts:
             log("the sensor-driven loop under dagster dev")
-            results["sensors"] = sensor_loop(args.seats, args.decisions, work, args.sensor_timeout)
+            landed("sensors", sensor_loop(args.seats, args.decisions, work, args.sensor_timeout))
     print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
