@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from dagster import Definitions, in_process_executor
 
 from babylon_assets.assets.checkpoints import trained_checkpoint
@@ -21,7 +19,7 @@ from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
 from babylon_assets.resources.trainer import TrainerResource
 from babylon_assets.sensors import promotion_sensor, rollout_sensor, training_sensor, window_sensor
-from babylon_assets.settings import SECRET_SETTINGS, BuiltFromSettings, Settings, get_settings
+from babylon_assets.settings import BuiltFromSettings, Settings, get_settings
 
 RESOURCES: dict[str, type[BuiltFromSettings]] = {
     "store": StoreResource,
@@ -31,20 +29,6 @@ RESOURCES: dict[str, type[BuiltFromSettings]] = {
     "promotion": PromotionResource,
     "rollouts": RolloutResource,
 }
-
-
-def resource_config_of(settings: Settings, overridden: Iterable[str]) -> dict[str, dict[str, object]]:
-    """Settings given for one run, as run config: the whole config of each resource that reads one of them (Dagster
-    replaces a resource's config as a whole), secrets as references to their environment variables."""
-    config: dict[str, dict[str, object]] = {}
-    wanted = set(overridden)
-    for name, resource in RESOURCES.items():
-        if wanted & set(resource.SETTING_FIELDS.values()):
-            config[name] = {
-                field: {"env": setting} if setting in SECRET_SETTINGS else getattr(settings, setting)
-                for field, setting in resource.SETTING_FIELDS.items()
-            }
-    return config
 
 
 def build_resources(settings: Settings) -> dict[str, object]:

@@ -72,10 +72,13 @@ def dagster_session(settings: Settings) -> Iterator[tuple[Definitions, DagsterIn
     from dagster import DagsterInstance
 
     from babylon_assets.definitions import build_definitions
-    from babylon_assets.orchestration.instance import prepare_dagster_home
+    from babylon_assets.orchestration.instance import InstanceConfigError, prepare_dagster_home
     from babylon_assets.orchestration.run_health import reap_dead_runs
 
-    prepare_dagster_home(settings)
+    try:
+        prepare_dagster_home(settings)
+    except InstanceConfigError as error:
+        fail(error)
     defs = build_definitions(settings)
     with DagsterInstance.get() as instance:
         with open_store(settings) as store:
@@ -162,9 +165,9 @@ def submit_and_print(settings: Settings, submissions: list) -> None:
 
     try:
         chosen = instance_file()
+        prepare_dagster_home(settings)
     except InstanceConfigError as error:
         fail(error)
-    prepare_dagster_home(settings)
     with DagsterInstance.get() as instance:
         runs = submit_runs(instance, submissions)
     for run in runs:

@@ -130,11 +130,17 @@ def train(
     }
     settings = Settings.model_validate({**get_settings().model_dump(), **overrides})
     if submit:
-        from babylon_assets.definitions import resource_config_of
         from babylon_assets.orchestration.submit import training_submission
 
+        if overrides:
+            # A submitted run takes the settings of the worker that runs it (its ART_PATH, device, backend): flags
+            # set here would pin this machine's values onto it.
+            fail(
+                f"--submit runs with the workers' settings: set {', '.join(sorted(overrides))} in their environment, "
+                "or run without --submit"
+            )
         key = f"training:{settings.MODEL_NAME}:{utcnow():%Y-%m-%dT%H:%M}{run_key}"
-        submit_and_print(settings, [training_submission(key, resources=resource_config_of(settings, overrides))])
+        submit_and_print(settings, [training_submission(key)])
         return
     with open_store(settings) as store:
         window_ids = sorted(store.windows_with_rows(lookback_window_ids(settings.LOOKBACK_HOURS, utcnow())))

@@ -295,6 +295,14 @@ class MixedJudge:
         failures = {**outcome.failures, **ruler.failures}
         scores: dict[str, Judgment] = {}
         for group in groups:
+            missing = [
+                m.agent_window_id
+                for m in group.members
+                if m.agent_window_id not in outcome.scores or m.agent_window_id not in ruler.scores
+            ]
+            if missing and group.group_id not in failures:
+                # A judge that skipped a member without failing its group fails that group here, alone.
+                failures[group.group_id] = f"InvalidJudgment: no score for {len(missing)} member(s) {missing[:3]}"
             if group.group_id in failures:
                 continue
             for member in group.members:

@@ -12,6 +12,7 @@ SQLITE_INSTANCE_FILE = "dagster.yaml"
 POSTGRES_INSTANCE_FILE = "dagster.postgres.yaml"
 # Runs on Celery workers (issue 21): PostgreSQL storage, the Celery run launcher; chosen by CELERY_BROKER_URL.
 CELERY_INSTANCE_FILE = "dagster.celery.yaml"
+CELERY_LAUNCHER_CLASS = "BabylonCeleryRunLauncher"
 # dagster.postgres.yaml reads these; setting DAGSTER_PG_HOST chooses it.
 POSTGRES_INSTANCE_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 # The concurrency pool of trained_checkpoint and its one slot: one training run at a time on the instance, whether
@@ -56,8 +57,16 @@ def prepare_dagster_home(settings: Settings, environ: dict[str, str] | None = No
     """Make DAGSTER_HOME absolute, create it, put the chosen instance file in it, export it."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    source = project_root() / instance_file(environ)
+    chosen = instance_file(environ)
+    source = project_root() / chosen
     target = home / "dagster.yaml"
+    runs_on_workers = target.exists() and CELERY_LAUNCHER_CLASS in target.read_text(errors="replace")
+    if runs_on_workers and chosen != CELERY_INSTANCE_FILE:
+        # A shell without the Celery settings would otherwise turn the daemon's instance back into local runs.
+        raise InstanceConfigError(
+            f"{home} holds the Celery instance (runs on workers); set CELERY_BROKER_URL, CELERY_BACKEND_URL and "
+            "DAGSTER_PG_* as its daemon and workers have them, or give another DAGSTER_HOME"
+        )
     if not target.exists() or target.read_bytes() != source.read_bytes():
         shutil.copyfile(source, target)
     os.environ["DAGSTER_HOME"] = str(home)

@@ -4,7 +4,9 @@ submitted to the run queue, whose daemon launches it.
 
 Dagster dedupes run keys only on sensor and schedule ticks, so a submission checks its own: a run key that already
 names a queued, running or successful run is that run, not a second one. A key whose runs all failed or were
-canceled is submitted again (that is the retry).
+canceled is submitted again (that is the retry). The check and the creation are two steps: two submissions of one
+key at the same moment can both create a run (a person at a terminal; the sensors, which do race, use Dagster's own
+run keys).
 """
 
 from __future__ import annotations
@@ -75,11 +77,9 @@ def rollout_submissions(window_ids: Sequence[str], key_suffix: str = "") -> list
     ]
 
 
-def training_submission(run_key: str, until: str = "", resources: Mapping[str, Any] | None = None) -> RunSubmission:
-    """The dataset and a checkpoint trained on it (resources' config: settings given on the command line)."""
+def training_submission(run_key: str, until: str = "") -> RunSubmission:
+    """The dataset and a checkpoint trained on it, with the settings of the worker that runs it."""
     config: dict[str, Any] = {**QUIET, "ops": {"training_dataset": {"config": {"until": until}}}}
-    if resources:
-        config["resources"] = {name: {"config": dict(values)} for name, values in resources.items()}
     return RunSubmission("training_job", "training", run_key, run_config=config)
 
 

@@ -13,6 +13,8 @@ fails the run (then run retries re-execute it from its failed step).
 
 from __future__ import annotations
 
+import _thread
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -23,16 +25,16 @@ from celery.signals import task_postrun, task_prerun
 from dagster import DagsterInstance, DagsterRun, Field, IntSource, StringSource
 from dagster._core.events import EngineEventData
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClassData, unpack_value
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.make_app import make_app
-from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID_TAG
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_RUN_PRIORITY_TAG, DAGSTER_CELERY_TASK_ID_TAG
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 from kombu import Exchange, Queue
 
 from babylon_assets.core.run_queues import CPU, QUEUES, queue_of_run, worker_health
 
+_log = logging.getLogger(__name__)
 HEARTBEAT_KEY = "babylon-heartbeat:"
 # The run's tag naming the worker that executes it (also reported as an engine event with its pid).
 WORKER_TAG = "babylon/worker"
@@ -43,6 +45,8 @@ CELERY_CONFIG: dict[str, Any] = {
     # A run is one long task: a worker takes one at a time and acknowledges it on receipt, so a killed worker's
     # run is failed by run monitoring and retried by Dagster, never silently redelivered into a second execution.
     "worker_prefetch_multiplier": 1,
+    # A busy solo worker reserves no second run (it would wait there while a sibling worker idles).
+    "worker_disable_prefetch": True,
     "task_acks_late": False,
     "broker_connection_retry_on_startup": True,
     "result_extended": True,
@@ -55,10 +59,9 @@ def queue_name(prefix: str, queue: str) -> str:
 
 
 def configure_app(app: Celery, prefix: str) -> None:
-    """Declare our queues (one topic exchange per prefix, each queue bound to `<queue>.#`, as dagster-celery routes
-    `<queue>.<task>`) and our Celery settings on an app."""
+    """Declare our queues on an app (one topic exchange per prefix, each queue bound to `<queue>.#`, as dagster-celery
+    routes `<queue>.<task>`); our Celery settings come in through the app's config source."""
     exchange = Exchange(f"{prefix}dagster", type="topic")
-    app.conf.update(CELERY_CONFIG)
     app.conf.task_queues = [
         Queue(
             queue_name(prefix, queue),
@@ -132,7 +135,9 @@ class BabylonCeleryRunLauncher(CeleryRunLauncher):
         queue = queue_of_run(run.job_name, assets, run.tags)
         broker_queue = queue_name(self.queue_prefix, queue)
         self._instance.report_engine_event(f"Sending the run to Celery queue {broker_queue}", run, cls=self.__class__)
-        result = task_signature.apply_async(queue=broker_queue, routing_key=f"{broker_queue}.{routing_key}")
+        result = task_signature.apply_async(
+            priority=_run_priority(run), queue=broker_queue, routing_key=f"{broker_queue}.{routing_key}"
+        )
         self._instance.add_run_tags(
             run.run_id, {DAGSTER_CELERY_TASK_ID_TAG: result.task_id, DAGSTER_CELERY_QUEUE_TAG: queue}
         )
@@ -142,6 +147,21 @@ class BabylonCeleryRunLauncher(CeleryRunLauncher):
             EngineEventData({"Celery task id": result.task_id, "Celery queue": broker_queue}),
             cls=self.__class__,
         )
+
+    @property
+    def supports_resume_run(self) -> bool:
+        # A run whose worker died is failed and retried from its failed step (run retries), never resumed in place.
+        return False
+
+    def terminate(self, run_id: str) -> bool:
+        """Revoke a queued run's task. A running one is stopped by its own worker: its heartbeat thread sees the run
+        CANCELING and interrupts it (a solo pool cannot kill the task it is running)."""
+        run = self._instance.get_run_by_id(run_id)
+        task_id = None if run is None else run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
+        if task_id is None:
+            return False
+        self.celery.AsyncResult(task_id).revoke(terminate=False)
+        return True
 
     def heartbeat_of(self, task_id: str) -> str | None:
         """The worker (name and pid) beating for a task, or None when no beat is fresh."""
@@ -159,6 +179,13 @@ class BabylonCeleryRunLauncher(CeleryRunLauncher):
         return CheckRunHealthResult(WorkerStatus[verdict.health.value], verdict.message)
 
 
+def _run_priority(run: DagsterRun) -> int:
+    try:
+        return int(run.tags.get(DAGSTER_CELERY_RUN_PRIORITY_TAG, 0))
+    except ValueError:
+        return 0
+
+
 def heartbeat_key(prefix: str, task_id: str) -> str:
     return f"{prefix}{HEARTBEAT_KEY}{task_id}"
 
@@ -169,29 +196,63 @@ def heartbeat_ttl(seconds: int) -> int:
 
 
 class Heartbeat:
-    """Refreshes a run's heartbeat key from a thread of the worker's process until stopped (then deletes it)."""
+    """Refreshes a run's heartbeat key from a thread of the worker's process until stopped (then deletes it), and
+    watches the run: once the instance no longer has it running (canceled, or failed by run monitoring after a beat
+    was lost), the run is interrupted here, so it never goes on beside its retry."""
 
-    def __init__(self, client: Any, key: str, value: str, seconds: int) -> None:
-        self.client, self.key, self.value, self.seconds = client, key, value, seconds
+    def __init__(self, client: Any, key: str, value: str, seconds: int, run_id: str | None = None) -> None:
+        self.client, self.key, self.value, self.seconds, self.run_id = client, key, value, seconds, run_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {key}", daemon=True)
+        self.interrupted: str | None = None
 
     def start(self) -> None:
         # The first beat is written before the task body runs (and before Celery stores STARTED).
-        self.client.set(self.key, self.value, ex=heartbeat_ttl(self.seconds))
+        self._write()
         self._thread.start()
+
+    def _write(self) -> bool:
+        try:
+            self.client.set(self.key, self.value, ex=heartbeat_ttl(self.seconds))
+            return True
+        except Exception as error:  # noqa: BLE001 - a missed beat is retried next time; three in a row fail the run
+            _log.warning("heartbeat %s not written: %s: %s", self.key, type(error).__name__, error)
+            return False
 
     def _beat(self) -> None:
         while not self._stop.wait(self.seconds):
-            try:
-                self.client.set(self.key, self.value, ex=heartbeat_ttl(self.seconds))
-            except Exception:  # noqa: BLE001 - a missed beat is retried next time; three in a row fail the run
-                continue
+            self._write()
+            status = _run_status(self.run_id)
+            if status is not None and status not in _STILL_RUNNING and self.interrupted is None:
+                self.interrupted = status
+                _log.warning("run %s is %s on the instance: interrupting it on this worker", self.run_id, status)
+                _thread.interrupt_main()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.seconds + 1)
-        self.client.delete(self.key)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.seconds + 1)
+        try:
+            self.client.delete(self.key)
+        except Exception as error:  # noqa: BLE001 - the key expires by itself
+            _log.warning("heartbeat %s not deleted: %s", self.key, error)
+
+
+# The instance statuses of a run its worker should go on executing.
+_STILL_RUNNING = frozenset({"NOT_STARTED", "STARTING", "STARTED"})
+
+
+def _run_status(run_id: str | None) -> str | None:
+    """The run's status on the instance, or None when it cannot be read (then nothing is decided)."""
+    if run_id is None:
+        return None
+    try:
+        with DagsterInstance.get() as instance:
+            run = instance.get_run_by_id(run_id)
+            return None if run is None else run.status.value
+    except Exception as error:  # noqa: BLE001 - an instance that cannot be read decides nothing
+        _log.warning("the status of run %s could not be read: %s", run_id, error)
+        return None
 
 
 def make_worker_app(broker: str, backend: str, prefix: str, heartbeat_seconds: int) -> Celery:
@@ -213,10 +274,12 @@ def make_worker_app(broker: str, backend: str, prefix: str, heartbeat_seconds: i
 
     def started(task_id: str, task: Any, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         worker = f"{task.request.hostname} pid {os.getpid()}"
+        run_id = _run_id_of(kwargs or {})
         if client is not None:
-            beats[task_id] = Heartbeat(client, heartbeat_key(prefix, task_id), worker, heartbeat_seconds)
+            beats[task_id] = Heartbeat(client, heartbeat_key(prefix, task_id), worker, heartbeat_seconds, run_id)
             beats[task_id].start()
-        _mark_worker(kwargs or {}, worker)
+        if run_id is not None:
+            _mark_worker(run_id, worker)
 
     def finished(task_id: str, **_: Any) -> None:
         beat = beats.pop(task_id, None)
@@ -228,15 +291,17 @@ def make_worker_app(broker: str, backend: str, prefix: str, heartbeat_seconds: i
     return app
 
 
-def _mark_worker(task_kwargs: dict[str, Any], worker: str) -> None:
-    """Tag the run with its worker and say so in its event log (what the UI and the tests see)."""
-    packed = task_kwargs.get("execute_job_args_packed")
-    if packed is None:
-        return
-    run_id = unpack_value(packed, as_type=ExecuteRunArgs).run_id
+def _run_id_of(task_kwargs: dict[str, Any]) -> str | None:
+    packed = task_kwargs.get("execute_job_args_packed") or task_kwargs.get("resume_job_args_packed")
+    return None if packed is None else unpack_value(packed).run_id  # type: ignore[union-attr]
+
+
+def _mark_worker(run_id: str, worker: str) -> None:
+    """Tag the run with its worker and say so in its event log (what the UI and the tests see); a run that already
+    started elsewhere or finished (a redelivered message, which Dagster ignores) keeps its own worker's tag."""
     with DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
-        if run is None:
+        if run is None or run.status.value not in ("NOT_STARTED", "STARTING"):
             return
         instance.add_run_tags(run_id, {WORKER_TAG: worker})
         instance.report_engine_event(

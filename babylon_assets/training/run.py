@@ -398,7 +398,8 @@ def _register_unrecorded_checkpoints(
 ) -> None:
     """A run killed after its backend wrote a checkpoint and before the store registered it leaves the checkpoint on
     disk only, and its retry trains on from it (`get_step`): register it first, so the lineage has no hole. Its step
-    members died with the killed run; the row says which batch made it."""
+    members died with the killed run; the row names the batch of the run that registered it (the retry of the same
+    dataset). ART_PATH is shared storage (DESIGN 8): every host that trains sees the same checkpoints."""
     steps_on_disk = getattr(backend, "checkpoint_steps", None)
     if steps_on_disk is None:  # ART's own backends: their checkpoints are registered from the train() result only
         return

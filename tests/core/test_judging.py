@@ -200,3 +200,21 @@ def test_a_group_the_ruler_part_fails_fails_alone_and_weights_are_bounded():
     assert set(result.failures) == {"g2"} and len(result.scores) == 3
     with pytest.raises(ValueError, match="RULER_WEIGHT"):
         MixedJudge(OutcomeJudge(), ConstantJudgeDouble(0.5), ruler_weight=1.5)
+
+
+@dataclass(frozen=True)
+class SkippingJudgeDouble(ConstantJudgeDouble):
+    """A TEST DOUBLE for a RULER that leaves one member unscored without failing its group."""
+
+    skipped: str = "t-careful"
+
+    async def score(self, groups):
+        result = await super().score(groups)
+        result.scores.pop(self.skipped, None)
+        return result
+
+
+def test_a_member_either_judge_skipped_fails_its_group_alone():
+    good, other = constructed_window(), replace(constructed_window(), group_id="g2")
+    result = asyncio.run(MixedJudge(OutcomeJudge(), SkippingJudgeDouble(0.5), ruler_weight=0.5).score([good, other]))
+    assert set(result.failures) == {"g1", "g2"} and "no score" in result.failures["g1"] and result.scores == {}

@@ -27,7 +27,6 @@ from sqlalchemy import select
 
 from babylon_assets.db.schema import TrainedModel, table_of
 from babylon_assets.db.store import Store
-from babylon_assets.definitions import resource_config_of
 from babylon_assets.orchestration.instance import instance_file, prepare_dagster_home, project_root
 from babylon_assets.orchestration.submit import RUN_KEY_TAG, submit_runs, training_submission, window_submissions
 from babylon_assets.orchestration.workers import WORKER_TAG, queue_name
@@ -195,6 +194,7 @@ def test_runs_execute_on_their_queues_workers_and_survive_a_killed_worker(servic
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("MIN_AGENTS", "4")
     monkeypatch.setenv("WINDOWS_PER_ITERATION", "2")
+    monkeypatch.setenv("ITERATIONS", str(ITERATIONS))  # the workers' settings: their environment
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     settings = Settings()
     assert instance_file() == "dagster.celery.yaml"
@@ -224,12 +224,7 @@ def test_runs_execute_on_their_queues_workers_and_survive_a_killed_worker(servic
 
             # Training on the gpu queue's worker; the worker is killed once the first checkpoint is registered.
             until = "2025-01-15T14:00"
-            submission = training_submission(
-                "training:test",
-                until=until,
-                resources=resource_config_of(Settings(ITERATIONS=ITERATIONS), ["ITERATIONS"]),
-            )
-            (training,) = submit_runs(instance, [submission])
+            (training,) = submit_runs(instance, [training_submission("training:test", until=until)])
             wait_for("the first checkpoint", lambda: checkpoint_steps(store, "tiny-celery"), 300, processes)
             os.kill(gpu.pid, signal.SIGKILL)
             killed_at = time.monotonic()
@@ -260,6 +255,17 @@ def test_runs_execute_on_their_queues_workers_and_survive_a_killed_worker(servic
             steps = checkpoint_steps(store, "tiny-celery")
             assert steps == list(range(1, steps[-1] + 1)), steps
             assert steps[-1] - ITERATIONS in (steps_before[-1], steps_before[-1] + 1), (steps_before, steps)
+
+            # Canceled while it trains: its own worker interrupts it (a solo pool cannot kill the task it runs).
+            (canceled,) = submit_runs(instance, [training_submission("training:cancel", until=until)])
+            wait_for("the run to train", lambda: checkpoint_steps(store, "tiny-celery")[-1] > steps[-1], 300, processes)
+            instance.run_coordinator.cancel_run(canceled.run_id)
+            stopped = wait_for("the cancel", lambda: finished(instance, canceled.run_id), 60, processes)
+            assert stopped.status == DagsterRunStatus.CANCELED, processes.log_tail()
+            trained_when_canceled = checkpoint_steps(store, "tiny-celery")[-1]
+            assert trained_when_canceled < steps[-1] + ITERATIONS, "the run finished before it was canceled"
+            time.sleep(8)  # no step goes on after the cancel
+            assert checkpoint_steps(store, "tiny-celery")[-1] <= trained_when_canceled + 1
     finally:
         processes.stop()
         store.dispose()

@@ -6,7 +6,7 @@ import pytest
 from dagster import DagsterInstance, asset, materialize
 
 from babylon_assets.orchestration.instance import TRAINING_POOL, prepare_dagster_home
-from babylon_assets.settings import get_settings
+from babylon_assets.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,16 @@ def test_the_celery_instance_file_needs_postgres_and_a_result_backend():
     chosen = instance_file({**broker, "DAGSTER_PG_HOST": "db", "CELERY_BACKEND_URL": "redis://127.0.0.1:6379/0"})
     assert chosen == "dagster.celery.yaml"
     assert instance_file({"DAGSTER_PG_HOST": "db"}) == "dagster.postgres.yaml" and instance_file({}) == "dagster.yaml"
+
+
+def test_a_shell_without_the_celery_settings_cannot_turn_a_celery_home_back(monkeypatch, tmp_path):
+    import shutil
+
+    from babylon_assets.orchestration.instance import InstanceConfigError, prepare_dagster_home, project_root
+
+    home = tmp_path / "celery-home"
+    home.mkdir()
+    shutil.copyfile(project_root() / "dagster.celery.yaml", home / "dagster.yaml")
+    with pytest.raises(InstanceConfigError, match="holds the Celery instance"):
+        prepare_dagster_home(Settings(DAGSTER_HOME=str(home)), environ={})
+    assert (home / "dagster.yaml").read_bytes() == (project_root() / "dagster.celery.yaml").read_bytes()
