@@ -40,6 +40,13 @@ from babylon_assets.settings import Settings, get_settings
 # windows in normal operation are picked up in small, quick runs.
 MAX_RUNS_PER_TICK = 4
 SENSOR_WINDOWS_PER_RUN = 24
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 
 def evaluate_window_sensor(
@@ -49,12 +56,15 @@ def evaluate_window_sensor(
     now: datetime,
     partition_start: str,
     materialized: Collection[str] = frozenset(),
+    being_played: Collection[str] = frozenset(),
 ) -> SensorResult | SkipReason:
     """One tick: run requests for closed windows with new rows, and the new cursor (or why nothing). Windows in
     `materialized` (the window graph's last asset has them) whose stored state has the rows they have now were
-    materialized elsewhere (the CLI, a backfill from the UI) and are not requested again."""
+    materialized elsewhere (the CLI, a backfill from the UI) and are not requested again. Windows `being_played`
+    (a rollout run of that hour in flight) wait: a rollout hour lies in the past, so it counts as closed while its
+    seats are still being written and settled, and a graph run then would score half-played, unsettled rows."""
     requested = parse_cursor(cursor)
-    row_counts = db.window_row_counts(partition_start)
+    row_counts = {w: n for w, n in db.window_row_counts(partition_start).items() if w not in being_played}
     unrequested = [
         w for w, count in row_counts.items() if w in materialized and requested.get(w) != rows_fingerprint(count)
     ]
@@ -95,6 +105,7 @@ def evaluate_window_sensor(
 )
 def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules: WindowRulesResource):
     settings = get_settings()
+    playing = context.instance.get_runs(RunsFilter(job_name=rollouts_job.name, statuses=IN_FLIGHT))
     return evaluate_window_sensor(
         store.get_store(),
         rules,
@@ -102,16 +113,8 @@ def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules:
         platform_now(settings.LIVE_CLOCK_FILE),
         settings.PARTITION_START,
         materialized=context.instance.get_materialized_partitions(ruler_scores.key),
+        being_played={run.tags["dagster/partition"] for run in playing if "dagster/partition" in run.tags},
     )
-
-
-IN_FLIGHT = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 
 
 def evaluate_training_sensor(

@@ -75,3 +75,26 @@ def test_hours_outside_the_lookback_are_never_requested(tmp_path) -> None:
         skipped = evaluate_rollout_sensor(store, instance, settings)
     assert isinstance(skipped, SkipReason) and "LOOKBACK_HOURS" in str(skipped.skip_message)
     store.dispose()
+
+
+def test_the_window_sensor_waits_for_an_hour_whose_rollouts_are_still_playing(tmp_path) -> None:
+    from babylon_assets.resources.rules import WindowRulesResource
+    from babylon_assets.sensors import evaluate_window_sensor
+
+    now = datetime.now(UTC)
+    start = window_id_of(window_start(now) - timedelta(hours=10))
+    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'store.db'}", ROLLOUT_START=start)
+    store = Store.from_settings(settings)
+    store.upgrade()
+    plan = RolloutPlan.from_settings(settings)
+    hour = plan.hour(0)
+    played_by(store, plan, hour, f"base:{settings.BASE_MODEL}")  # some seats are in, the rest still playing
+    rules = WindowRulesResource.from_settings(settings)
+    # A rollout hour lies in the past, so it counts as closed: while its run is in flight it is not requested.
+    waiting = evaluate_window_sensor(store, rules, None, now, start, being_played={hour})
+    assert isinstance(waiting, SkipReason)
+    played = evaluate_window_sensor(store, rules, None, now, start)
+    assert (
+        isinstance(played, SensorResult) and played.run_requests[0].tags["dagster/asset_partition_range_start"] == hour
+    )
+    store.dispose()
