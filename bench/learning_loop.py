@@ -30,6 +30,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -335,6 +336,7 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the webserver, daemon, code server, runs and servers
     )
     plan = RolloutPlan.from_settings(settings)
     marks: dict[str, float] = {}
@@ -349,11 +351,11 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
                 break
             time.sleep(2)
     finally:
-        daemon.terminate()
+        os.killpg(daemon.pid, signal.SIGTERM)
         try:
             daemon.wait(60)
         except subprocess.TimeoutExpired:
-            daemon.kill()
+            os.killpg(daemon.pid, signal.SIGKILL)
         log_file.close()
         local_server.stop(Path(settings.ROLLOUT_SERVER_FOLDER))
     return {name: round(seconds, 1) for name, seconds in marks.items()} | {"timed_out": len(marks) < 2}
