@@ -158,8 +158,10 @@ class BabylonCeleryRunLauncher(CeleryRunLauncher):
         CANCELING and interrupts it (a solo pool cannot kill the task it is running)."""
         run = self._instance.get_run_by_id(run_id)
         task_id = None if run is None else run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
-        if task_id is None:
+        if run is None or task_id is None:
             return False
+        # As Dagster's own launchers do: the run is CANCELING from now on, which its worker acts on.
+        self._instance.report_run_canceling(run)
         self.celery.AsyncResult(task_id).revoke(terminate=False)
         return True
 
