@@ -184,3 +184,23 @@ def test_backfill_submit_hands_ranged_runs_to_the_queue_and_a_key_is_one_run():
         assert {run.tags["dagster-celery/queue"] for run in runs} == {"cpu"}
     anew = runner.invoke(app, ["backfill", *hours, "--submit", "--run-key", ":again"])
     assert anew.exit_code == 0 and anew.output.count("submitted run ") == 2, anew.output
+
+
+def test_learn_submit_queues_the_next_rollout_hours_once():
+    from dagster import DagsterInstance
+
+    from babylon_assets.play.rollouts import RolloutPlan
+    from babylon_assets.settings import get_settings
+
+    plan = RolloutPlan.from_settings(get_settings())
+    first = runner.invoke(app, ["learn", "--submit", "--windows-per-cycle", "2"])
+    assert first.exit_code == 0 and first.output.count("submitted run ") == 2, first.output
+    assert "the sensors take the loop on" in first.output
+    again = runner.invoke(app, ["learn", "--submit", "--windows-per-cycle", "2"])
+    assert again.exit_code == 0 and again.output.count("already submitted as run ") == 2, again.output
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+    assert sorted(run.tags["dagster/partition"] for run in runs) == [plan.hour(0), plan.hour(1)]
+    assert {run.job_name for run in runs} == {"rollouts_job"} and {
+        run.tags["dagster-celery/queue"] for run in runs
+    } == {"serve"}

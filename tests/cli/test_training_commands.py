@@ -61,3 +61,17 @@ def test_train_scores_builds_the_dataset_trains_and_summarises(tmp_path, monkeyp
 def test_train_on_an_empty_store_says_what_to_do():
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 1 and "nothing to train on" in result.output
+
+
+def test_train_submit_queues_one_training_run_with_the_workers_settings():
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    refused = runner.invoke(app, ["train", "--submit", "--iterations", "3"])
+    assert refused.exit_code == 2 and "set ITERATIONS in their environment" in refused.output
+    submitted = runner.invoke(app, ["train", "--submit"])
+    assert submitted.exit_code == 0 and "training: submitted run " in submitted.output, submitted.output
+    with DagsterInstance.get() as instance:
+        (run,) = instance.get_runs()
+    # Queued for the daemon on the gpu queue, with no run config of this machine's settings.
+    assert run.job_name == "training_job" and run.status == DagsterRunStatus.QUEUED
+    assert run.tags["dagster-celery/queue"] == "gpu" and "resources" not in run.run_config
