@@ -152,6 +152,12 @@ def base_version(base_model: str) -> str:
 _VERSION = re.compile(r"^(?P<name>.+)@(?P<step>\d+)$")
 
 
+def split_version(version: str) -> tuple[str, int] | None:
+    """A checkpoint's version `{model_name}@{step}` as (model name, step); None for anything else (a base, say)."""
+    match = _VERSION.match(version)
+    return None if match is None else (match.group("name"), int(match.group("step")))
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyVersions:
     """How the policy being trained names its versions: `{model_name}@{step}`, and its base `base_version` (step 0)."""
@@ -165,10 +171,10 @@ class PolicyVersions:
             return None
         if version == self.base_version:
             return 0
-        match = _VERSION.match(version)
-        if match is None or match.group("name") != self.model_name:
+        split = split_version(version)
+        if split is None or split[0] != self.model_name:
             return None
-        return int(match.group("step"))
+        return split[1]
 
     def version_at(self, step: int) -> str:
         """The version name of a step (the base at 0)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 
+from babylon_assets.core.on_policy import split_version
 from babylon_assets.db.engine import insert_many, naive_utc
 from babylon_assets.db.schema import (
     JudgmentRecord,
@@ -263,16 +264,17 @@ class TrainingRecords:
 
     def lineage(self, model_version: str) -> Lineage:
         """Every step, window, agent-window, game trajectory, judgment and batch behind `{name}@{step}`."""
-        name, _, step_text = model_version.rpartition("@")
-        if not name or not step_text.isdigit():
+        split = split_version(model_version)
+        if split is None:
             raise ValueError(f"{model_version!r} is not a model version ({{MODEL_NAME}}@{{step}})")
+        name, step = split
         table, judgments = table_of(TrainingStepMember), table_of(JudgmentRecord)
         with self.store.engine.connect() as connection:
             rows = [
                 dict(r)
                 for r in connection.execute(
                     select(table)
-                    .where(table.c.model_name == name, table.c.step <= int(step_text))
+                    .where(table.c.model_name == name, table.c.step <= step)
                     .order_by(table.c.step, table.c.window_id, table.c.agent_window_id)
                 ).mappings()
             ]

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from babylon_assets.core.on_policy import split_version
 from babylon_assets.db.store import Store
 from babylon_assets.db.training_records import TrainingRecords
 
@@ -42,9 +43,10 @@ def history(store: Store, model_name: str) -> list[CheckpointLine]:
     lines = []
     for row in records.checkpoints():
         version = str(row.modelId)
-        name, _, step = version.rpartition("@")
-        if name != model_name or not step.isdigit():
+        split = split_version(version)
+        if split is None or split[0] != model_name:
             continue
+        step = split[1]
         lineage = records.lineage(version)
         metrics = row.evalMetrics
         lines.append(

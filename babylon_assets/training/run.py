@@ -311,7 +311,7 @@ async def _train(
             {"reward_mean": Spread.of(rewards).mean, "reward_std": _std(rewards), "windows": float(len(windows))}
         )
         if checkpoint:
-            version = f"{options.model_name}@{result.step}"
+            version = policy.version_at(result.step)
             records.record_step(
                 model_name=options.model_name, step=result.step, batch_id=outcome.batch_id, members=step_members
             )
@@ -405,7 +405,7 @@ def _register_unrecorded_checkpoints(
         return
     registered = {row.modelId for row in records.checkpoints()}
     for step in steps_on_disk(model):
-        version = f"{options.model_name}@{step}"
+        version = options.policy_versions.version_at(step)
         if version not in registered:
             records.add_checkpoint(
                 model_version=version,

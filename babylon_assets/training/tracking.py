@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from babylon_assets.core.on_policy import split_version
+
 
 @dataclass
 class TrackedRun:
@@ -91,7 +93,7 @@ class WandbTracker:
 
 def artifact_name_and_aliases(model_version: str) -> tuple[str, str]:
     """`babylon-mmo@3` -> the artifact `babylon-mmo` and its alias `step-3` (one artifact per model, not per step)."""
-    name, _, step = model_version.rpartition("@")
-    if not name or not step.isdigit():
+    split = split_version(model_version)
+    if split is None:
         raise ValueError(f"{model_version!r} is not a checkpoint version like model@3")
-    return name, f"step-{step}"
+    return split[0], f"step-{split[1]}"
