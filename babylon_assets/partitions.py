@@ -19,3 +19,5 @@ WINDOW_PARTITIONS = build_window_partitions(get_settings().PARTITION_START)
 # itself for single-run backfills (spelled out here, not imported from Dagster's private modules).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# The tag of a one-partition run (a rollout hour).
+PARTITION_TAG = "dagster/partition"

@@ -29,7 +29,7 @@ from babylon_assets.db.training_records import TrainingRecords
 from babylon_assets.db.window_records import WindowRecords
 from babylon_assets.jobs import promotion_job, rollouts_job, training_job, window_graph_job
 from babylon_assets.orchestration.run_health import reap_dead_runs
-from babylon_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
+from babylon_assets.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 from babylon_assets.play.live import platform_now
 from babylon_assets.resources.rules import WindowRulesResource
 from babylon_assets.resources.store import StoreResource
@@ -113,7 +113,7 @@ def window_sensor(context: SensorEvaluationContext, store: StoreResource, rules:
         platform_now(settings.LIVE_CLOCK_FILE),
         settings.PARTITION_START,
         materialized=context.instance.get_materialized_partitions(ruler_scores.key),
-        being_played={run.tags["dagster/partition"] for run in playing if "dagster/partition" in run.tags},
+        being_played={run.tags[PARTITION_TAG] for run in playing if PARTITION_TAG in run.tags},
     )
 
 

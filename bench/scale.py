@@ -138,6 +138,13 @@ def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
     return best, value
 
 
+def bare_steps(store: Store, where: str, params: dict) -> int:
+    """The baseline read: the rows' stepsJson by a bare SELECT, each json.loads'ed; the steps counted."""
+    with store.engine.connect() as connection:
+        rows = connection.execute(text(f'SELECT "stepsJson" FROM trajectories WHERE {where}'), params)
+        return sum(len(json.loads(steps)) for (steps,) in rows)
+
+
 def store_reads(store: Store, rss: PeakRss, repeat: int) -> dict:
     from babylon_assets.core.sensing import rows_fingerprint
     from babylon_assets.resources.rules import WindowRulesResource
@@ -171,12 +178,8 @@ def store_reads(store: Store, rss: PeakRss, repeat: int) -> dict:
     week_start, week_end = naive_utc(WEEK_START), naive_utc(WEEK_START + timedelta(hours=168))
 
     def bare_week() -> int:
-        with store.engine.connect() as connection:
-            rows = connection.execute(
-                text('SELECT "stepsJson" FROM trajectories WHERE "startTime" >= :a AND "startTime" < :b'),
-                {"a": week_start, "b": week_end},
-            )
-            return sum(len(json.loads(steps)) for (steps,) in rows)
+        where = '"startTime" >= :a AND "startTime" < :b'
+        return bare_steps(store, where, {"a": week_start, "b": week_end})
 
     rss.phase = "check-windows"
     baseline, _ = best_of(repeat, bare_week)
@@ -193,11 +196,7 @@ def store_reads(store: Store, rss: PeakRss, repeat: int) -> dict:
     window_id = window_id_of(WEEK_START + timedelta(hours=100))
 
     def bare_window() -> int:
-        with store.engine.connect() as connection:
-            rows = connection.execute(
-                text('SELECT "stepsJson" FROM trajectories WHERE "windowId" = :w'), {"w": window_id}
-            )
-            return sum(len(json.loads(steps)) for (steps,) in rows)
+        return bare_steps(store, '"windowId" = :w', {"w": window_id})
 
     rss.phase = "one window"
     baseline, _ = best_of(repeat, bare_window)
@@ -259,13 +258,11 @@ def backfill_in_process(databases: Databases, agents: int, rss: PeakRss, work: P
 
 
 def backfill_on_workers(databases: Databases, agents: int, rss: PeakRss, work: Path) -> dict:
-    import kombu
-    import redis
     from dagster import DagsterInstance
 
     from babylon_assets.orchestration.instance import prepare_dagster_home
     from babylon_assets.orchestration.submit import submit_runs, window_submissions
-    from babylon_assets.orchestration.workers import queue_name
+    from babylon_assets.orchestration.workers import remove_prefix
     from babylon_assets.settings import Settings
 
     prefix = f"scale-{uuid.uuid4().hex[:8]}-"
@@ -322,13 +319,7 @@ def backfill_on_workers(databases: Databases, agents: int, rss: PeakRss, work: P
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        with kombu.Connection(AMQP_URL) as connection:
-            for queue in ("cpu", "gpu", "serve"):
-                connection.default_channel.queue_delete(queue_name(prefix, queue))
-            connection.default_channel.exchange_delete(f"{prefix}dagster")
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+        remove_prefix(AMQP_URL, REDIS_URL, prefix)
     return {
         "runs": len(ids),
         "seconds": round(seconds, 1),

@@ -219,6 +219,7 @@ def worker(
             f"set CELERY_BROKER_URL (and CELERY_BACKEND_URL, DAGSTER_PG_HOST) to run workers; the instance is {chosen}"
         )
     prepare_dagster_home(settings)
+    broker_queue = queue_name(settings.CELERY_QUEUE_PREFIX, queue)
     command = [
         sys.executable,
         "-m",
@@ -227,7 +228,7 @@ def worker(
         "babylon_assets.orchestration.worker_app",
         "worker",
         "--queues",
-        queue_name(settings.CELERY_QUEUE_PREFIX, queue),
+        broker_queue,
         "--pool",
         "solo",
         "--concurrency",
@@ -241,6 +242,6 @@ def worker(
         "--without-gossip",
         "--without-mingle",
     ]
-    console.print(f"worker for queue {queue} ({command[8]}), instance {settings.dagster_home}")
+    console.print(f"worker for queue {queue} ({broker_queue}), instance {settings.dagster_home}")
     sys.stdout.flush()
     os.execv(sys.executable, command)

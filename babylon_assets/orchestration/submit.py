@@ -20,7 +20,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from babylon_assets.orchestration.instance import project_root
 from babylon_assets.orchestration.pipeline import QUIET, window_ranges
-from babylon_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
+from babylon_assets.partitions import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 RUN_KEY_TAG = "babylon/run_key"
 LOCATION_NAME = "babylon_assets"
@@ -72,7 +72,7 @@ def window_submissions(window_ids: Sequence[str], max_per_run: int, key_suffix: 
 def rollout_submissions(window_ids: Sequence[str], key_suffix: str = "") -> list[RunSubmission]:
     """One rollout run per hour (the server switches versions only between runs)."""
     return [
-        RunSubmission("rollouts_job", hour, f"rollouts:{hour}{key_suffix}", {"dagster/partition": hour})
+        RunSubmission("rollouts_job", hour, f"rollouts:{hour}{key_suffix}", {PARTITION_TAG: hour})
         for hour in sorted(set(window_ids))
     ]
 

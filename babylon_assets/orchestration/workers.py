@@ -58,10 +58,33 @@ def queue_name(prefix: str, queue: str) -> str:
     return f"{prefix}{queue}"
 
 
+def exchange_name(prefix: str) -> str:
+    """The topic exchange our queues of one prefix are bound to."""
+    return f"{prefix}dagster"
+
+
+def remove_prefix(broker: str, backend: str, prefix: str) -> None:
+    """Delete one prefix's queues, its exchange and every Redis key under it (a test's, a bench's or a retired
+    deployment's); nothing of another prefix is touched."""
+    import kombu
+    import redis
+
+    if not prefix:
+        raise ValueError("remove_prefix needs a prefix: without one it would delete every key in the Redis database")
+    with kombu.Connection(broker) as connection:
+        channel = connection.default_channel
+        for queue in QUEUES:
+            channel.queue_delete(queue_name(prefix, queue))
+        channel.exchange_delete(exchange_name(prefix))
+    client = redis.Redis.from_url(backend)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
 def configure_app(app: Celery, prefix: str) -> None:
     """Declare our queues on an app (one topic exchange per prefix, each queue bound to `<queue>.#`, as dagster-celery
     routes `<queue>.<task>`); our Celery settings come in through the app's config source."""
-    exchange = Exchange(f"{prefix}dagster", type="topic")
+    exchange = Exchange(exchange_name(prefix), type="topic")
     app.conf.task_queues = [
         Queue(
             queue_name(prefix, queue),
@@ -213,22 +236,26 @@ class Heartbeat:
         self._write()
         self._thread.start()
 
-    def _write(self) -> bool:
+    def _write(self) -> None:
         try:
             self.client.set(self.key, self.value, ex=heartbeat_ttl(self.seconds))
-            return True
         except Exception as error:  # noqa: BLE001 - a missed beat is retried next time; three in a row fail the run
             _log.warning("heartbeat %s not written: %s: %s", self.key, type(error).__name__, error)
-            return False
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.seconds):
-            self._write()
-            status = _run_status(self.run_id)
-            if status is not None and status not in _STILL_RUNNING and self.interrupted is None:
-                self.interrupted = status
-                _log.warning("run %s is %s on the instance: interrupting it on this worker", self.run_id, status)
-                _thread.interrupt_main()
+        # One instance for the thread's life: the run's status is read every beat.
+        instance = _instance_or_none() if self.run_id is not None else None
+        try:
+            while not self._stop.wait(self.seconds):
+                self._write()
+                status = _run_status(instance, self.run_id)
+                if status is not None and status not in _STILL_RUNNING and self.interrupted is None:
+                    self.interrupted = status
+                    _log.warning("run %s is %s on the instance: interrupting it on this worker", self.run_id, status)
+                    _thread.interrupt_main()
+        finally:
+            if instance is not None:
+                instance.dispose()
 
     def stop(self) -> None:
         self._stop.set()
@@ -244,14 +271,21 @@ class Heartbeat:
 _STILL_RUNNING = frozenset({"NOT_STARTED", "STARTING", "STARTED"})
 
 
-def _run_status(run_id: str | None) -> str | None:
+def _instance_or_none() -> DagsterInstance | None:
+    try:
+        return DagsterInstance.get()
+    except Exception as error:  # noqa: BLE001 - without the instance the heartbeat still beats, and decides nothing
+        _log.warning("the instance could not be opened for the heartbeat: %s", error)
+        return None
+
+
+def _run_status(instance: DagsterInstance | None, run_id: str | None) -> str | None:
     """The run's status on the instance, or None when it cannot be read (then nothing is decided)."""
-    if run_id is None:
+    if instance is None or run_id is None:
         return None
     try:
-        with DagsterInstance.get() as instance:
-            run = instance.get_run_by_id(run_id)
-            return None if run is None else run.status.value
+        run = instance.get_run_by_id(run_id)
+        return None if run is None else run.status.value
     except Exception as error:  # noqa: BLE001 - an instance that cannot be read decides nothing
         _log.warning("the status of run %s could not be read: %s", run_id, error)
         return None

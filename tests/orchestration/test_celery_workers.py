@@ -29,7 +29,7 @@ from babylon_assets.db.schema import TrainedModel, table_of
 from babylon_assets.db.store import Store
 from babylon_assets.orchestration.instance import instance_file, prepare_dagster_home, project_root
 from babylon_assets.orchestration.submit import RUN_KEY_TAG, submit_runs, training_submission, window_submissions
-from babylon_assets.orchestration.workers import WORKER_TAG, queue_name
+from babylon_assets.orchestration.workers import WORKER_TAG, remove_prefix
 from babylon_assets.play.simulator import SimulationPlan, simulate
 from babylon_assets.settings import Settings
 from tests.conftest import IN_CI, PG_ADMIN_DSN
@@ -97,14 +97,7 @@ def services(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     try:
         yield environment
     finally:
-        with kombu.Connection(AMQP_URL) as connection:
-            channel = connection.default_channel
-            for queue in ("cpu", "gpu", "serve"):
-                channel.queue_delete(queue_name(prefix, queue))
-            channel.exchange_delete(f"{prefix}dagster")
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+        remove_prefix(AMQP_URL, REDIS_URL, prefix)
         with admin.cursor() as cursor:
             for name in names.values():
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
