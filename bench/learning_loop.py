@@ -53,7 +53,7 @@ from babylon_assets.core.decision_schema import max_answer_tokens, response_form
 from babylon_assets.core.window_play import AgentReply  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
 from babylon_assets.gateway.app import Upstream  # noqa: E402
-from babylon_assets.gateway.server import gateway_in_thread  # noqa: E402
+from babylon_assets.gateway.server import free_port, gateway_in_thread  # noqa: E402
 from babylon_assets.llm import local_server  # noqa: E402
 from babylon_assets.llm.agent import LlmAgent, LlmEndpoint  # noqa: E402
 from babylon_assets.play.rollouts import SLOT_CONTEXT_TOKENS  # noqa: E402
@@ -210,7 +210,7 @@ def loop_settings(folder: Path, seats: int, decisions: int, **extra):
         "ART_PATH": str(folder / ".art"),
         "WANDB_DIR": str(folder / "wandb"),
         "ROLLOUT_SERVER_FOLDER": str(folder / "rollout-server"),
-        "ROLLOUT_SERVER_PORT": local_server_port(),
+        "ROLLOUT_SERVER_PORT": free_port(),
         "MODEL_NAME": "bench-loop",
         "ON_POLICY": True,
         "ITERATIONS": 1,
@@ -225,12 +225,6 @@ def loop_settings(folder: Path, seats: int, decisions: int, **extra):
         "WANDB_MODE": "offline",
     }
     return Settings(**{**values, **extra})
-
-
-def local_server_port() -> int:
-    from babylon_assets.gateway.server import free_port
-
-    return free_port()
 
 
 def cycle(seats: int, decisions: int, work: Path) -> dict:
@@ -268,8 +262,8 @@ def cycle(seats: int, decisions: int, work: Path) -> dict:
         out[f"cycle {report.cycle}"] = {
             "phases": phases,
             "seconds": round(sum(report.seconds.values()), 1),
-            "samples_trained": report.metrics.get("samples"),
-            "engine_kl": report.metrics.get("policy_engine_kl"),
+            "samples_trained": report.metrics.get("sequences"),
+            "engine_kl": report.metrics.get("engine_kl"),
         }
     return out
 
@@ -330,7 +324,7 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
             "--workspace",
             str(ROOT / "workspace.yaml"),
             "--port",
-            str(local_server_port()),
+            str(free_port()),
         ],
         cwd=ROOT,
         env=env,
@@ -388,7 +382,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="babylon-loop-bench-") as scratch:
         work = Path(scratch)
-        server_args = {"port": local_server_port(), "context": SLOT_CONTEXT_TOKENS, "parallel": args.seats}
+        server_args = {"port": free_port(), "context": SLOT_CONTEXT_TOKENS, "parallel": args.seats}
         if "throughput" in parts:
             try:
                 log("throughput: direct vs through the gateway")
