@@ -10,10 +10,17 @@ Phases, each resumed where it stopped:
 
 1. learn     the arm's cycles through the loop (`babylon learn`'s run_learning_cycles): rollouts by the newest
              checkpoint (the base first) on the plan's rollout hours, the window graph, one GRPO step;
-2. evaluate  the base and the arm's final checkpoint play the held-out markets once (structured output, greedy),
-             market by market; every finished market appended to bench/study/onpolicy-plays.jsonl, which is committed;
-3. report    base, arm, always-HOLD and the scripted archetypes on the same markets: mean P&L, win rate, drawdown,
-             unparseable rate, trades, action mix, cycles and CPU time; the paired interval resamples markets.
+2. evaluate  the base and the arm's final checkpoint play the arm's held-out markets once (structured output, at the
+             block's temperature), market by market; every finished market appended to
+             bench/study/onpolicy-plays.jsonl, which is committed;
+3. report    per held-out block: base, arm, always-HOLD and the scripted archetypes on the same markets: mean P&L,
+             win rate, drawdown, unparseable rate, trades, action mix, cycles and CPU time; the paired interval
+             resamples markets.
+
+Each arm names its held-out block (an arm designed after seeing held-out numbers gets fresh seeds) and the prompt
+version it plays under; an arm of an earlier prompt version is reported from its committed plays, not played again.
+An arm's learning resumes within one checkout (its store lives under --root, not committed); its final adapter and
+every play are committed, so evaluation and the report resume in any checkout.
 
 The numbers are whatever they are: a 135M model and 2 CPU cores bound what this can show.
 """
@@ -50,7 +57,7 @@ def log(message: str) -> None:
 def arm_settings(plan: dict, arm: dict, folder: Path):
     from babylon_assets.settings import Settings
 
-    held_out, rollouts = plan["held_out"], plan["rollouts"]
+    held_out, rollouts = plan[arm.get("held_out", "held_out")], plan["rollouts"]
     return Settings(
         DATABASE_URL=f"sqlite:///{folder / 'study.db'}",
         DAGSTER_HOME=str(folder / "dagster"),
@@ -73,6 +80,7 @@ def arm_settings(plan: dict, arm: dict, folder: Path):
         MIN_ACTIONS=arm["min_actions"],
         MIN_AGENTS=arm["min_agents"],
         TRAIN_SEED=arm["train_seed"],
+        MICRO_BATCH_SIZE=arm.get("micro_batch_size", 4),
         KEEP_CHECKPOINTS=3,
         ROLLOUT_START=rollouts["start"],
         ROLLOUT_SEED=rollouts["seed"],
@@ -254,7 +262,14 @@ def main() -> int:
         from bench.learning_study_report import report
 
         return report(plan)
+    from babylon_assets.core.agent_protocol import PROMPT_VERSION
+
     for arm in plan["arms"]:
+        if arm.get("prompt_version", PROMPT_VERSION) != PROMPT_VERSION:
+            # Played under an earlier prompt: its committed plays are what it reports; playing it again would be
+            # other play (the plan's key includes the prompt version).
+            log(f"{arm['name']}: played under {arm['prompt_version']}, reported from its committed plays")
+            continue
         folder = Path(args.root).resolve() / arm["name"]
         folder.mkdir(parents=True, exist_ok=True)
         adapter = HERE / "adapters" / arm["name"]

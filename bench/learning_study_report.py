@@ -20,8 +20,8 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def rule_plays(plan: dict, policy: str) -> list[dict]:
-    """Always-HOLD or the scripted archetypes on the held-out markets: each seat plays its slot's archetype."""
+def rule_plays(held_out: dict, policy: str) -> list[dict]:
+    """Always-HOLD or the scripted archetypes on a block's held-out markets: each seat plays its slot's archetype."""
     from datetime import timedelta
 
     from babylon_assets.core.agent_protocol import ARCHETYPES, HOLD
@@ -30,7 +30,6 @@ def rule_plays(plan: dict, policy: str) -> list[dict]:
     from babylon_assets.core.window_play import AgentReply, ScriptedAgent, play_window
     from babylon_assets.core.window_time import parse_window_id, window_id_of
 
-    held_out = plan["held_out"]
     archetypes = list(ARCHETYPES)
 
     class HoldAgent:
@@ -83,7 +82,7 @@ def row(name: str, plays: list[dict], base: list[dict] | None, extra: str = "") 
     total = sum(actions.values()) or 1
     mix = ", ".join(f"{a} {c / total:.0%}" for a, c in actions.most_common(3))
     paired = ""
-    if base is not None:
+    if base:
         by_key = {(p["seed"], p["window_id"], p["slot"]): p for p in base}
         pairs = [(by_key[k], p) for p in plays if (k := (p["seed"], p["window_id"], p["slot"])) in by_key]
         result = paired_bootstrap(
@@ -104,26 +103,42 @@ def row(name: str, plays: list[dict], base: list[dict] | None, extra: str = "") 
 
 
 def report(plan: dict) -> int:
+    """One table per held-out block: its arms against the base on the block's markets, with the rule policies."""
     from babylon_assets.core.on_policy import base_version
 
     plays = _lines(PLAYS)
     cycles = _lines(CYCLES)
     base_name = base_version(plan["base_model"])
-    base = [p for p in plays if p["policy"] == base_name]
-    lines = [
-        "| policy | agent-windows | mean P&L | win rate | mean drawdown | unparseable | trades / agent-window | "
-        "action mix (top 3) | paired P&L vs base, 95% CI (markets resampled) | cycles, CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        row(f"base {base_name} (structured)", base, None),
-    ]
-    for arm in plan["arms"]:
-        arm_cycles = [c for c in cycles if c["arm"] == arm["name"]]
-        cpu = sum(c["cpu_seconds"] for c in arm_cycles) / 60
-        arm_plays = [p for p in plays if p["policy"] == f"{arm['name']}-final"]
-        lines.append(row(arm["name"], arm_plays, base, f"{len(arm_cycles)} cycles, {cpu:.0f} CPU-min"))
-    for rule in ("always-HOLD", "scripted archetypes"):
-        lines.append(row(rule, rule_plays(plan, rule), base, "rules"))
-    text = "\n".join(lines)
+    sections = []
+    for block in dict.fromkeys(arm.get("held_out", "held_out") for arm in plan["arms"]):
+        held_out = plan[block]
+        arms = [arm for arm in plan["arms"] if arm.get("held_out", "held_out") == block]
+        # The block's plays are on its seeds, under its arms' plan key (a hash of the seeds, the temperature, the prompt
+        # version and the schema) once they have played: the base's plays of another block are not its base.
+        seeds = set(held_out["seeds"])
+        keys = {p["plan_key"] for arm in arms for p in plays if p["policy"] == f"{arm['name']}-final"}
+        base = [
+            p for p in plays if p["policy"] == base_name and p["seed"] in seeds and (not keys or p["plan_key"] in keys)
+        ]
+        prompt = ", ".join(sorted({arm.get("prompt_version", "prompt-v2") for arm in arms}))
+        lines = [
+            f"### {block}: seeds {held_out['seeds'][0]}-{held_out['seeds'][-1]}, {held_out['windows']} hours each from "
+            f"{held_out['start']}, {held_out['agents']} seats, temperature {held_out['temperature']:g}, {prompt}",
+            "",
+            "| policy | agent-windows | mean P&L | win rate | mean drawdown | unparseable | trades / agent-window | "
+            "action mix (top 3) | paired P&L vs base, 95% CI (markets resampled) | cycles, CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            row(f"base {base_name} (structured)", base, None),
+        ]
+        for arm in arms:
+            arm_cycles = [c for c in cycles if c["arm"] == arm["name"]]
+            cpu = sum(c["cpu_seconds"] for c in arm_cycles) / 60
+            arm_plays = [p for p in plays if p["policy"] == f"{arm['name']}-final" and p["seed"] in seeds]
+            lines.append(row(arm["name"], arm_plays, base, f"{len(arm_cycles)} cycles, {cpu:.0f} CPU-min"))
+        for rule in ("always-HOLD", "scripted archetypes"):
+            lines.append(row(rule, rule_plays(held_out, rule), base, "rules"))
+        sections.append("\n".join(lines))
+    text = "\n\n".join(sections)
     print(text)
     RESULTS.write_text(text + "\n")
     return 0
