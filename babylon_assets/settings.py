@@ -86,8 +86,10 @@ class Settings(BaseSettings):
     KL_COEF: float = Field(default=0.0, ge=0.0)
     CLIP_EPSILON: float = Field(default=0.2, gt=0.0)
     MAX_GRAD_NORM: float = Field(default=1.0, gt=0.0)
-    # Sequences per forward/backward; a step accumulates over all of them, so this bounds memory only.
-    MICRO_BATCH_SIZE: int = Field(default=4, ge=1)
+    # Sequences per forward/backward, at most; a step accumulates over all of them, so this bounds memory only. The
+    # seats of one decision (8 by default) share their prompt up to their identity and go together, the shared part
+    # forwarded once.
+    MICRO_BATCH_SIZE: int = Field(default=8, ge=1)
     MAX_SEQUENCE_TOKENS: int = Field(default=2048, ge=16)
     TRAIN_SEED: int = 0
     TRAIN_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"

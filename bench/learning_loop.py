@@ -9,16 +9,19 @@ Real SmolLM2-135M-Instruct on llama.cpp with `--parallel <seats>` slots, the dec
                the same window through the gateway (recording into a SQLite store), greedy so both passes do the
                same work; alternated --repeats times. Goal: gateway / direct >= 0.9 (decisions per second).
 2. prefix      the window's calls sent again straight to llama-server, one decision of every seat at a time, from
-               cold slots, with the system prompt laid out identity first (as prompt-v1 was) and rules first
-               (prompt-v2): prompt tokens the server reused from its cache / prompt tokens sent; with a slot per
-               seat, and with a quarter as many slots as seats.
+               cold slots, with the prompts laid out identity first (as prompt-v1 was), rules first (prompt-v2)
+               and the identity after the market (prompt-v3): prompt tokens the server reused from its cache /
+               prompt tokens sent; with a slot per seat, and with a quarter as many slots as seats.
 3. cycle       two cycles of `babylon learn` (run_learning_cycles) on a fresh store: rollouts of one window, the
                window graph, one GRPO step on full prompts. The second cycle is the steady state (its rollouts
                export the first checkpoint's adapter and restart the server with it). Each phase's seconds and
                the peak RSS of this process and its children (llama-server included). Goal: a cycle under 180 s.
 4. masking     one step from the base on the cycle's first hour, with the grammar-forced tokens masked from the
                loss and without (same seed, same samples): the step's trained tokens, loss and gradient norm.
-5. sensors     the same loop driven by the sensors under `dagster-daemon` (runs launched in their own processes):
+5. sharing     one step from the base on the cycle's first hour with each micro-batch's shared prompt prefix
+               forwarded once (the default) and with every row forwarded whole (same seed, same samples): seconds,
+               tokens forwarded, peak RSS, and the largest difference between the two updated adapters.
+6. sensors     the same loop driven by the sensors under `dagster-daemon` (runs launched in their own processes):
                from the daemon's start until the new checkpoint has played its first rollout hour.
 
 On 2 shared cores the absolute numbers move with whatever else runs; the ratios are taken within this run.
@@ -48,7 +51,16 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from babylon_assets.core.agent_protocol import RESPONSE_FORMAT, RULES, Observation, agent_identity  # noqa: E402
+from babylon_assets.core.agent_protocol import (  # noqa: E402
+    RESPONSE_FORMAT,
+    RULES,
+    Observation,
+    account_lines,
+    agent_identity,
+    market_lines,
+    observation_prompt,
+    system_prompt,
+)
 from babylon_assets.core.decision_schema import max_answer_tokens, response_format  # noqa: E402
 from babylon_assets.core.window_play import AgentReply  # noqa: E402
 from babylon_assets.db.store import Store  # noqa: E402
@@ -147,22 +159,28 @@ def throughput(server: local_server.ServerState, seats: int, decisions: int, rep
     }
 
 
-def _prompt(layout: str, agent: str, archetype: str) -> str:
-    if layout == "identity first (prompt-v1)":
-        return f"{agent_identity(agent, archetype)}\n{RULES}\n{RESPONSE_FORMAT}"
-    return f"{RULES}\n{RESPONSE_FORMAT}\n{agent_identity(agent, archetype)}"
+LAYOUTS = ("identity first (prompt-v1)", "rules first (prompt-v2)", "identity after the market (prompt-v3)")
+
+
+def _prompts(layout: str, agent: str, archetype: str, observation: Observation) -> tuple[str, str]:
+    """The system and user prompts of one call under a layout of the prompt's versions."""
+    identity = agent_identity(agent, archetype)
+    market, account = "\n".join(market_lines(observation)), "\n".join(account_lines(observation))
+    if layout == LAYOUTS[0]:
+        return f"{identity}\n{RULES}\n{RESPONSE_FORMAT}", f"{market}\n{account}"
+    if layout == LAYOUTS[1]:
+        return f"{RULES}\n{RESPONSE_FORMAT}\n{identity}", f"{market}\n{account}"
+    return system_prompt(), observation_prompt(observation, agent, archetype)
 
 
 def _timings_of_call(client: httpx.Client, base_url: str, layout: str, item: tuple) -> dict:
     """One of the window's calls, sent straight to llama-server with the layout's system prompt: its timings."""
-    agent, archetype, user, observation = item
+    agent, archetype, _, observation = item
     schema = response_format(observation)
+    system, user = _prompts(layout, agent, archetype, observation)
     body = {
         "model": "smollm2",
-        "messages": [
-            {"role": "system", "content": _prompt(layout, agent, archetype)},
-            {"role": "user", "content": user},
-        ],
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
         "temperature": 0.0,
         "max_tokens": max(64, max_answer_tokens(schema["json_schema"]["schema"])),
         "response_format": schema,
@@ -179,7 +197,7 @@ def prefix_cache(server_args: dict, sent: list, seats: int, work: Path) -> dict:
     rounds = [sent[i : i + seats] for i in range(0, len(sent), seats)]
     results: dict = {}
     for slots in (seats, max(1, seats // 4)):
-        for layout in ("identity first (prompt-v1)", "rules first (prompt-v2)"):
+        for layout in LAYOUTS:
             server = local_server.restart(work / "server", **{**server_args, "parallel": slots})
             cached = processed = 0
             started = time.perf_counter()
@@ -298,6 +316,60 @@ def masking(seats: int, decisions: int, work: Path) -> dict:
     return out
 
 
+def sharing(seats: int, decisions: int, work: Path) -> dict:
+    """One GRPO step from the base on the cycle's store, with each micro-batch's shared prompt prefix forwarded once
+    (the default) and with every row forwarded whole, same seed and samples: the step's seconds, the tokens it
+    forwarded, its peak RSS, and how far apart the two updated adapters are."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from babylon_assets.resources.trainer import TrainerResource
+    from babylon_assets.training.run import run_training
+
+    folder = work / "cycle"
+    out: dict = {}
+    adapters = {}
+    for shared in (False, True):
+        label = "shared prefix once" if shared else "every row whole"
+        settings = loop_settings(
+            folder,
+            seats,
+            decisions,
+            ART_PATH=str(work / f"art-share-{'on' if shared else 'off'}"),
+            MODEL_NAME=f"share-{'on' if shared else 'off'}",
+        )
+        store = Store.from_settings(settings)
+        trainer = TrainerResource.from_settings(settings.model_copy(update={"WANDB_MODE": "disabled"}))
+        backend = trainer.backend(store)
+        backend.config = replace(backend.config, share_prefix=shared)
+        rss = PeakRss()
+        rss.phase = label
+        with rss.running():
+            outcome = run_training(store, backend, trainer.options())
+        step = outcome.steps[-1]
+        metrics = step.metrics
+        out[label] = {
+            "step_seconds": round(float(metrics["seconds"]), 1),
+            "total_tokens": int(metrics["total_tokens"]),
+            "forwarded_tokens": int(metrics["forwarded_tokens"]),
+            "sequences": int(metrics["sequences"]),
+            "loss": round(float(metrics["loss"]), 6),
+            "grad_norm": round(float(metrics["grad_norm"]), 6),
+            "peak_rss_gb": rss.peak(label),
+        }
+        adapters[shared] = load_file(str(Path(str(step.checkpoint_path)) / "adapter_model.safetensors"))
+        store.dispose()
+        log(f"  {label}: {out[label]}")
+    whole, once = out["every row whole"], out["shared prefix once"]
+    out["step_seconds_ratio"] = round(once["step_seconds"] / whole["step_seconds"], 3)
+    out["forwarded_tokens_ratio"] = round(once["forwarded_tokens"] / whole["forwarded_tokens"], 3)
+    out["adapter_max_abs_difference"] = max(
+        float((adapters[True][name] - adapters[False][name]).abs().max()) for name in adapters[False]
+    )
+    return out
+
+
 def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dict:
     """The loop under dagster-daemon: its sensors, run queue and runs in their own processes, as under `make ui`."""
     from babylon_assets.orchestration.instance import prepare_dagster_home
@@ -355,7 +427,7 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
     return {name: round(seconds, 1) for name, seconds in marks.items()} | {"timed_out": len(marks) < 2}
 
 
-PARTS = ("throughput", "cycle", "masking", "sensors")
+PARTS = ("throughput", "cycle", "masking", "sharing", "sensors")
 
 
 def main() -> None:
@@ -370,8 +442,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here, after each part")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    if parts - set(PARTS) or ("masking" in parts and "cycle" not in parts):
-        parser.error(f"--parts: some of {','.join(PARTS)} (masking trains on the cycle's store: give cycle too)")
+    if parts - set(PARTS) or (parts & {"masking", "sharing"} and "cycle" not in parts):
+        parser.error(f"--parts: some of {','.join(PARTS)} (masking and sharing train on the cycle's store: give cycle)")
     results: dict = {"seats": args.seats, "decisions": args.decisions, "cores": os.cpu_count()}
 
     def landed(part: str, value: object) -> None:
@@ -400,6 +472,9 @@ def main() -> None:
         if "masking" in parts:
             log("forced tokens masked from the loss, and not")
             landed("masking", masking(args.seats, args.decisions, work))
+        if "sharing" in parts:
+            log("the shared prompt prefix forwarded once, and every row whole")
+            landed("sharing", sharing(args.seats, args.decisions, work))
         if "sensors" in parts:
             log("the sensor-driven loop under dagster dev")
             landed("sensors", sensor_loop(args.seats, args.decisions, work, args.sensor_timeout))

@@ -68,12 +68,20 @@ def build_model(args: argparse.Namespace, device: str):
 
 
 def build_samples(args: argparse.Namespace, vocab: int) -> list:
+    """Random token ids in the shape of the batch; with --shared-prefix-tokens, every --seats consecutive samples
+    begin with the same that many tokens (the seats of one decision: the rules and the market)."""
     rng = random.Random(1)
     samples = []
+    prefixes: dict[int, list[int]] = {}
     for i in range(args.batch):
         prompt = args.prompt_tokens - rng.randrange(0, max(1, args.prompt_tokens // 4))
         response = args.response_tokens - rng.randrange(0, max(1, args.response_tokens // 4))
-        ids = [rng.randrange(100, vocab) for _ in range(prompt + response)]
+        shared = min(args.shared_prefix_tokens, prompt - 1)
+        if i // args.seats not in prefixes:
+            prefixes[i // args.seats] = [rng.randrange(100, vocab) for _ in range(args.shared_prefix_tokens)]
+        ids = prefixes[i // args.seats][:shared] + [
+            rng.randrange(100, vocab) for _ in range(prompt - shared + response)
+        ]
         mask = [False] * prompt + [True] * response
         samples.append(
             grpo.Sample(ids, mask, [float("nan")] * len(ids), advantage=(-1.0) ** i * 0.8, assistant_messages=1)
@@ -176,6 +184,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kl", type=float, default=0.1, help="also time a step with this KL coefficient (0: skip)")
+    parser.add_argument("--shared-prefix-tokens", type=int, default=0, help="the prompt tokens --seats samples share")
+    parser.add_argument("--seats", type=int, default=8, help="samples per shared prefix")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     model = build_model(args, args.device)
@@ -203,6 +213,12 @@ def main() -> None:
         lambda: grpo.grpo_step(model, optimizer, samples, config), args.repeats, args.device
     )
     rows.append(("GRPO step", step_s, step_all, step_mem))
+    if args.shared_prefix_tokens:
+        unshared = grpo.StepConfig(micro_batch_size=args.micro_batch, pad_token_id=0, share_prefix=False)
+        plain_s, plain_all, plain_mem = timed(
+            lambda: grpo.grpo_step(model, optimizer, samples, unshared), args.repeats, args.device
+        )
+        rows.append(("GRPO step, each row its own prefix", plain_s, plain_all, plain_mem))
     if args.kl > 0:
         kl_s, kl_all, kl_mem = timed(
             lambda: grpo.grpo_step(model, optimizer, samples, kl_config, reference=model.disable_adapter),
@@ -222,6 +238,11 @@ def main() -> None:
         f"GRPO step / bare forward+backward = {ratio:.2f}x (goal within 1.2x): {verdict}; "
         f"against the same forward with a plain loss: {step_s / kept_s:.2f}x"
     )
+    if args.shared_prefix_tokens:
+        print(
+            f"GRPO step, the shared prefix forwarded once / each row its own: {step_s / plain_s:.2f}x "
+            "(the bare baselines forward every row whole)"
+        )
     print(
         "peak MB: "
         + (

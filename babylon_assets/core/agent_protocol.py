@@ -27,7 +27,9 @@ ARCHETYPES: dict[str, str] = {
 
 # The prompt's version: play under another version of the system prompt or the observation is other play (an
 # evaluation plan's key includes it). v2 (issue 20): rules first, the agent's identity last (a shared cached prefix).
-PROMPT_VERSION = "prompt-v2"
+# v3: the identity moved from the system prompt into the observation, after the market and before the account, so the
+# seats of one decision share the rules and the whole market (the trainer forwards that prefix once per decision).
+PROMPT_VERSION = "prompt-v3"
 
 RESPONSE_FORMAT = (
     'Answer with exactly one JSON object and nothing else: {"action": "OPEN_LONG" | "OPEN_SHORT" | '
@@ -114,8 +116,9 @@ class Observation:
         return next((p for p in self.positions if p.ticker == ticker), None)
 
 
-# The rules every agent shares come first and the agent's identity last, so that the server's prompt cache reuses the
-# shared prefix across all seats of a window (prompt-v1 began with the agent's name: nothing after it was shared).
+# The rules every agent shares come first and the agent's identity late, so that what the seats of a window share is
+# one prefix: the server's prompt cache and the trainer reuse it (prompt-v1 began with the agent's name: nothing after
+# it was shared; prompt-v2 ended the system prompt with it: the market after it was not shared).
 RULES = (
     "You are a trader in Babylon, a market of fictional companies. Each minute you see prices, news and your "
     "account, and make one decision. Perpetual futures: OPEN_LONG or OPEN_SHORT commits `amount` of cash as margin "
@@ -127,17 +130,17 @@ RULES = (
 
 
 def agent_identity(agent_name: str, archetype: str) -> str:
-    """Who this agent is: the only part of the system prompt that differs between seats."""
+    """Who this agent is: with its account, the only part of the prompts that differs between seats."""
     return f"You are {agent_name}. {ARCHETYPES[archetype]}"
 
 
-def system_prompt(agent_name: str, archetype: str) -> str:
-    """The agent's system prompt: the market's rules and the answer format (shared by every seat), then who it is."""
-    return f"{RULES}\n{RESPONSE_FORMAT}\n{agent_identity(agent_name, archetype)}"
+def system_prompt() -> str:
+    """The system prompt every seat shares: the market's rules and the answer format."""
+    return f"{RULES}\n{RESPONSE_FORMAT}"
 
 
-def observation_prompt(obs: Observation) -> str:
-    """The observation as the user prompt."""
+def market_lines(obs: Observation) -> list[str]:
+    """What every seat at this decision sees alike: the minute, prices, prediction markets and news."""
     lines = [f"Minute {obs.minute:g} of the hour (decision {obs.step + 1} of {obs.steps})."]
     lines.append("Prices (change since open, since last minute, funding per hour):")
     for ticker, price in obs.prices.items():
@@ -152,7 +155,12 @@ def observation_prompt(obs: Observation) -> str:
             held = f" - you hold {market.yes_shares:,.1f} YES / {market.no_shares:,.1f} NO"
         lines.append(f"  [{market.market_id}] {market.question} YES ${market.yes_price:.2f}{held}")
     lines.append("News: " + (" | ".join(obs.news[-5:]) if obs.news else "none"))
-    lines.append(f"Account: cash ${obs.cash:,.2f}, equity ${obs.equity:,.2f}, P&L ${obs.pnl:+,.2f}.")
+    return lines
+
+
+def account_lines(obs: Observation) -> list[str]:
+    """The agent's own account and open positions."""
+    lines = [f"Account: cash ${obs.cash:,.2f}, equity ${obs.equity:,.2f}, P&L ${obs.pnl:+,.2f}."]
     if obs.positions:
         lines.append("Open positions:")
         for p in obs.positions:
@@ -162,7 +170,12 @@ def observation_prompt(obs: Observation) -> str:
             )
     else:
         lines.append("Open positions: none")
-    return "\n".join(lines)
+    return lines
+
+
+def observation_prompt(obs: Observation, agent_name: str, archetype: str) -> str:
+    """The observation as the user prompt: the market, then who the agent is, then its account."""
+    return "\n".join([*market_lines(obs), agent_identity(agent_name, archetype), *account_lines(obs)])
 
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.S)

@@ -194,7 +194,7 @@ def play_window(
         )
         for index, agent in enumerate(agents)
     }
-    prompts = {agent.agent_id: system_prompt(agent.agent_id, agent.archetype) for agent in agents}
+    shared_system_prompt = system_prompt()
     hours_per_step = market.step_seconds / 3600
     equities: dict[str, list[float]] = {agent.agent_id: [] for agent in agents}
     for step in range(market.steps + 1):
@@ -213,16 +213,14 @@ def play_window(
         for index, agent in enumerate(agents):
             decided_at = window_start + timedelta(seconds=step * market.step_seconds + index)
             observation = observe(market, accounts[agent.agent_id], step, decided_at)
-            seen.append((agent, decided_at, observation, observation_prompt(observation)))
+            seen.append(
+                (agent, decided_at, observation, observation_prompt(observation, agent.agent_id, agent.archetype))
+            )
         if concurrency > 1 and len(agents) > 1:
             with ThreadPoolExecutor(max_workers=min(concurrency, len(agents))) as pool:
-                replies = list(
-                    pool.map(lambda item: item[0].respond(prompts[item[0].agent_id], item[3], item[2]), seen)
-                )
+                replies = list(pool.map(lambda item: item[0].respond(shared_system_prompt, item[3], item[2]), seen))
         else:
-            replies = [
-                agent.respond(prompts[agent.agent_id], user, observation) for agent, _, observation, user in seen
-            ]
+            replies = [agent.respond(shared_system_prompt, user, observation) for agent, _, observation, user in seen]
         for (agent, decided_at, observation, user), reply in zip(seen, replies, strict=True):
             account = accounts[agent.agent_id]
             decision, parse_error = parse_or_hold(reply.text)
@@ -236,7 +234,7 @@ def play_window(
                 DecisionRecord(
                     step=step,
                     at=decided_at,
-                    system_prompt=prompts[agent.agent_id],
+                    system_prompt=shared_system_prompt,
                     user_prompt=user,
                     reply=reply,
                     decision=decision,

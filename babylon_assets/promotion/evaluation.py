@@ -101,6 +101,9 @@ class EvaluationPlan:
             # Plays under another prompt or schema (the committed base plays had none) are other plays.
             "prompt_version": PROMPT_VERSION,
             "schema": SCHEMA_VERSION if self.structured else None,
+            # Sampled play draws from the policy's whole distribution, as rollouts do (the trained policy); greedy
+            # play has no sampler to speak of (and its committed plays' key stays what it was).
+            **({"sampler": "neutral"} if self.temperature > 0 else {}),
         }
 
     @property
@@ -200,6 +203,7 @@ def play_policy(
             via_gateway=True,
             evaluation=True,
             structured=plan.structured,
+            neutral_sampler=plan.temperature > 0,
         )
         agents = {slot: LlmAgent(agent_id(plan, policy, slot), archetype, endpoint) for slot, archetype in slots}
         slot_of = {agent.agent_id: slot for slot, agent in agents.items()}

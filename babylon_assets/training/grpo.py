@@ -235,6 +235,9 @@ class StepConfig:
     micro_batch_size: int = 4  # sequences per forward/backward; the step accumulates over all of them
     pad_token_id: int = 0
     importance_weight_cap: float = 2.0  # the truncated importance weight min(pi_old / mu, cap) of on-policy tokens
+    share_prefix: bool = (
+        True  # forward the prompt prefix a micro-batch's rows share once (the same gradient, less work)
+    )
 
 
 @dataclass
@@ -247,7 +250,8 @@ class StepStats:
     grad_norm: float = 0.0
     sequences: int = 0
     trained_tokens: int = 0
-    total_tokens: int = 0
+    total_tokens: int = 0  # the samples' tokens (prompt and response)
+    forwarded_tokens: int = 0  # tokens the model computed: a micro-batch's shared prefix once
     tokens_with_behaviour_logprobs: int = 0
     assistant_messages: int = 0
     messages_with_behaviour_logprobs: int = 0
@@ -278,7 +282,7 @@ class StepStats:
 
     @property
     def tokens_per_second(self) -> float:
-        """Tokens forwarded (prompt and response) per second of the step."""
+        """The samples' tokens (prompt and response) trained on per second of the step."""
         return self.total_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def as_metrics(self) -> dict[str, float]:
@@ -291,6 +295,7 @@ class StepStats:
             "sequences": float(self.sequences),
             "trained_tokens": float(self.trained_tokens),
             "total_tokens": float(self.total_tokens),
+            "forwarded_tokens": float(self.forwarded_tokens),
             "tokens_with_behaviour_logprobs": float(self.tokens_with_behaviour_logprobs),
             "assistant_messages": float(self.assistant_messages),
             "messages_with_behaviour_logprobs": float(self.messages_with_behaviour_logprobs),
@@ -308,21 +313,85 @@ class StepStats:
         }
 
 
-def micro_batches(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
-    """Samples of one behaviour version and similar length together (less padding), in a deterministic order."""
+# A micro-batch's fixed cost in tokens' worth of work (one more forward and backward), so that the partition below does
+# not split rows apart for a few tokens of padding.
+MICRO_BATCH_OVERHEAD_TOKENS = 64
+# A shared prefix shorter than this is not worth a forward of its own.
+MIN_SHARED_PREFIX_TOKENS = 16
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two sequences share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def shareable_prefix(samples: Sequence[Sample]) -> int:
+    """The leading tokens every sample shares that one forward can compute for all: before each sample's first trained
+    token and at least one token short of it (that token's prediction comes from the sample's own part); 0 when it is
+    too short to be worth it or there is nobody to share with."""
+    if len(samples) < 2:
+        return 0
+    shared = len(samples[0].input_ids)
+    for sample in samples[1:]:
+        shared = min(shared, common_prefix_length(samples[0].input_ids, sample.input_ids))
+    for sample in samples:
+        first_trained = next((t for t, trained in enumerate(sample.assistant_mask) if trained), len(sample.input_ids))
+        shared = min(shared, first_trained - 1, len(sample.input_ids) - 1)
+    return shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
+
+
+def _forward_cost(samples: Sequence[Sample], share_prefix: bool) -> int:
+    """Tokens one micro-batch forwards: its shared prefix once, then every row padded to its longest remainder."""
+    shared = shareable_prefix(samples) if share_prefix else 0
+    return MICRO_BATCH_OVERHEAD_TOKENS + shared + len(samples) * max(len(s.input_ids) - shared for s in samples)
+
+
+def _cheapest_partition(ordered: list[Sample], size: int, share_prefix: bool) -> tuple[int, list[list[Sample]]]:
+    """The split of `ordered` into consecutive micro-batches of at most `size` rows that forwards the fewest tokens
+    (dynamic programming over the cut points)."""
+    best: list[tuple[int, int]] = [(0, 0)] + [(0, 0)] * len(
+        ordered
+    )  # (cost of ordered[:i], where its last batch starts)
+    for end in range(1, len(ordered) + 1):
+        best[end] = min(
+            (best[start][0] + _forward_cost(ordered[start:end], share_prefix), start)
+            for start in range(max(0, end - size), end)
+        )
+    chunks: list[list[Sample]] = []
+    end = len(ordered)
+    while end > 0:
+        start = best[end][1]
+        chunks.append(ordered[start:end])
+        end = start
+    return best[-1][0], chunks[::-1]
+
+
+def micro_batches(samples: Sequence[Sample], size: int, share_prefix: bool = True) -> Iterator[list[Sample]]:
+    """Samples of one behaviour version in micro-batches of at most `size` rows, in a deterministic order that forwards
+    the fewest tokens: samples that share a prompt prefix (the seats of one window at one decision see the same
+    rules and market) together, so their prefix is computed once (`collate`), else similar lengths together."""
     by_version: dict[int, list[int]] = {}
     for index, sample in enumerate(samples):
         by_version.setdefault(-1 if sample.behaviour_step is None else sample.behaviour_step, []).append(index)
     for version in sorted(by_version):
-        ordered = sorted(by_version[version], key=lambda i: (-len(samples[i].input_ids), i))
-        for start in range(0, len(ordered), size):
-            yield [samples[i] for i in ordered[start : start + size]]
+        indices = by_version[version]
+        by_length = [samples[i] for i in sorted(indices, key=lambda i: (-len(samples[i].input_ids), i))]
+        orders = [by_length]
+        if share_prefix:
+            orders.append([samples[i] for i in sorted(indices, key=lambda i: (samples[i].input_ids, i))])
+        _, chunks = min((_cheapest_partition(order, size, share_prefix) for order in orders), key=lambda c: c[0])
+        yield from chunks
 
 
 @dataclass(frozen=True)
 class Batch:
     """A left-padded micro-batch: responses end every row, so the logits of the last `keep` positions
-    cover every trained token."""
+    cover every trained token. With `prefix_ids`, the rows' shared leading tokens are left out of the rows and
+    forwarded once; the rows hold what follows them (left-padded, positioned after the prefix)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -333,37 +402,58 @@ class Batch:
     keep: int
     engine_logprobs: torch.Tensor | None = None  # NaN where unknown; None when no row is on-policy
     temperatures: torch.Tensor | None = None  # per row; None when every row is at 1
+    prefix_ids: torch.Tensor | None = None  # [1, shared]: the leading tokens every row shares
+
+    @property
+    def shared_prefix(self) -> int:
+        """How many leading tokens the rows share and forward once."""
+        return 0 if self.prefix_ids is None else int(self.prefix_ids.shape[1])
+
+    @property
+    def forwarded_tokens(self) -> int:
+        """Tokens the model computes for this batch (the shared prefix once)."""
+        return self.shared_prefix + int(self.attention_mask.sum())
+
+    @property
+    def sample_tokens(self) -> int:
+        """Tokens the batch's samples hold (the shared prefix in every row)."""
+        return self.shared_prefix * int(self.input_ids.shape[0]) + int(self.attention_mask.sum())
 
 
-def collate(samples: Sequence[Sample], pad_token_id: int, device: torch.device | str = "cpu") -> Batch:
-    """Left-pad samples into tensors."""
-    length = max(len(s.input_ids) for s in samples)
+def collate(
+    samples: Sequence[Sample], pad_token_id: int, device: torch.device | str = "cpu", share_prefix: bool = True
+) -> Batch:
+    """Left-pad samples into tensors; with `share_prefix`, the leading tokens they all share go into `prefix_ids`."""
+    shared = shareable_prefix(samples) if share_prefix else 0
+    rows = [list(s.input_ids[shared:]) for s in samples]
+    length = max(len(r) for r in rows)
     ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(samples), length), dtype=torch.long)
     mask = torch.zeros((len(samples), length), dtype=torch.bool)
     old = torch.full((len(samples), length), math.nan, dtype=torch.float32)
-    for row, sample in enumerate(samples):
-        n = len(sample.input_ids)
-        ids[row, length - n :] = torch.tensor(sample.input_ids, dtype=torch.long)
+    for row, (sample, kept) in enumerate(zip(samples, rows, strict=True)):
+        n = len(kept)
+        ids[row, length - n :] = torch.tensor(kept, dtype=torch.long)
         attention[row, length - n :] = 1
-        mask[row, length - n :] = torch.tensor(sample.assistant_mask, dtype=torch.bool)
-        old[row, length - n :] = torch.tensor(sample.old_logprobs, dtype=torch.float32)
+        mask[row, length - n :] = torch.tensor(sample.assistant_mask[shared:], dtype=torch.bool)
+        old[row, length - n :] = torch.tensor(sample.old_logprobs[shared:], dtype=torch.float32)
     trained_positions = mask.any(dim=0).nonzero()
     first = int(trained_positions[0]) if len(trained_positions) else length - 1
     first = max(first, 1)
     keep = length - first + 1  # logits at first-1 .. length-1 predict tokens first .. length-1
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    positions = shared + (attention.cumsum(dim=1) - 1).clamp(min=0)
     advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     engine = None
     if any(s.on_policy for s in samples):
         engine = torch.full((len(samples), length), math.nan, dtype=torch.float32)
         for row, sample in enumerate(samples):
             if sample.on_policy:
-                engine[row, length - len(sample.input_ids) :] = torch.tensor(sample.engine_logprobs)
+                engine[row, length - len(rows[row]) :] = torch.tensor(sample.engine_logprobs[shared:])
         engine = engine[:, first:].to(device)
     temperatures = None
     if any(s.temperature != 1.0 for s in samples):
         temperatures = torch.tensor([s.temperature for s in samples], dtype=torch.float32).to(device)
+    prefix = torch.tensor([list(samples[0].input_ids[:shared])], dtype=torch.long).to(device) if shared else None
     return Batch(
         ids.to(device),
         attention.to(device),
@@ -374,6 +464,7 @@ def collate(samples: Sequence[Sample], pad_token_id: int, device: torch.device |
         keep,
         engine,
         temperatures,
+        prefix,
     )
 
 
@@ -385,13 +476,30 @@ def token_logprobs(model: Any, batch: Batch) -> torch.Tensor:
 
 def _token_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(at the rows' temperatures, at temperature 1): the engine reports its logprobs at 1, before temperature."""
-    output = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=batch.keep,
-        use_cache=False,
-    )
+    if batch.prefix_ids is None:
+        output = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=batch.keep,
+            use_cache=False,
+        )
+    else:
+        # The shared prefix once, its keys and values repeated for every row: the gradient through them is the sum of
+        # the rows' (as if each row had computed the prefix itself) for a fraction of the work.
+        prefix = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1)
+        cache = prefix.past_key_values
+        rows = batch.input_ids.shape[0]
+        cache.batch_repeat_interleave(rows)
+        ones = torch.ones((rows, batch.shared_prefix), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
+        output = model(
+            input_ids=batch.input_ids,
+            attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
+            position_ids=batch.position_ids,
+            past_key_values=cache,
+            logits_to_keep=batch.keep,
+            use_cache=True,
+        )
     logits = output.logits[:, :-1, :].float()
     targets = batch.input_ids[:, -(batch.keep - 1) :]
 
@@ -496,8 +604,8 @@ def grpo_step(
     optimizer.zero_grad(set_to_none=True)
     ratio_sum = clipped = weight_sum = capped = kl_sum = 0.0
     ratios: list[torch.Tensor] = []
-    for chunk in micro_batches(samples, config.micro_batch_size):
-        batch = collate(chunk, config.pad_token_id, device)
+    for chunk in micro_batches(samples, config.micro_batch_size, config.share_prefix):
+        batch = collate(chunk, config.pad_token_id, device, config.share_prefix)
         reference_logprobs = None
         if config.kl_coef > 0 and reference is not None:
             with torch.no_grad(), reference():
@@ -539,7 +647,8 @@ def grpo_step(
         weight_sum += float(torch.where(on_policy, parts["weight"], 0.0).sum())
         capped += float((on_policy & (parts["weight"] >= config.importance_weight_cap)).sum())
         kl_sum += float(torch.where(on_policy, parts["engine_kl"], 0.0).sum())
-        stats.total_tokens += int(batch.attention_mask.sum())
+        stats.total_tokens += batch.sample_tokens
+        stats.forwarded_tokens += batch.forwarded_tokens
         stats.micro_batches += 1
     params = [p for p in model.parameters() if p.requires_grad]
     if config.max_grad_norm is not None:
@@ -573,7 +682,7 @@ def sequence_logprob(model: Any, sample: Sample) -> float:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    batch = collate([sample], 0, device)
+    batch = collate([sample], 0, device, share_prefix=False)
     value = float(torch.where(batch.target_mask, token_logprobs(model, batch), 0.0).sum())
     model.train(was_training)
     return value

@@ -150,7 +150,7 @@ def run_training(
                 },
             )
             outcome.wandb_run_id, outcome.wandb_dir = tracked.run_id, tracked.run_dir
-        asyncio.run(_train(store, backend, options, members, records, outcome, tracker, on_step))
+        asyncio.run(_train_then_close(store, backend, options, members, records, outcome, tracker, on_step))
     except BaseException as error:
         records.fail_batch(batch_id, f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=8)}")
         if tracker is not None:
@@ -162,6 +162,15 @@ def run_training(
         if hear_outcome is not None:
             hear_outcome(outcome)
     return outcome
+
+
+async def _train_then_close(store: Store, backend: art.Backend, *args: Any) -> None:
+    try:
+        await _train(store, backend, *args)
+    finally:
+        # The run's trainer goes with it (its model and optimizer freed), so an in-process loop's next run does not
+        # hold two; the next run loads the newest checkpoint again.
+        await backend.close()
 
 
 async def _train(

@@ -108,6 +108,7 @@ class TorchTrainerConfig:
     device: str = "auto"  # auto: the CUDA GPU when there is one, else the CPU
     importance_weight_cap: float = 2.0
     mask_forced_tokens: bool = True
+    share_prefix: bool = True  # forward a micro-batch's shared prompt prefix once (grpo.collate); the same gradient
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchTrainerConfig:
@@ -264,8 +265,9 @@ class TorchBackend:
         return f"{model.name}@{self._latest_step(model) if step is None else step}"
 
     async def close(self) -> None:
-        """Free the models held in memory."""
+        """Free the models held in memory, and give the freed memory back to the system."""
         self._sessions.clear()
+        _release_freed_memory()
 
     async def register(self, model: art.Model) -> None:
         """Give the model this backend's folder and write its model.json (as ART's LocalBackend does); the folder
@@ -574,6 +576,7 @@ class TorchBackend:
                 **asdict(step_config),
                 "pad_token_id": int(session.tokenizer.pad_token_id),
                 "importance_weight_cap": self.config.importance_weight_cap,
+                "share_prefix": self.config.share_prefix,
             }
         )
         behaviour = None if model is None else self._behaviour_policy(session, model)
@@ -675,6 +678,18 @@ class TorchBackend:
         for path in doomed.values():
             shutil.rmtree(path, ignore_errors=True)
         return sorted(doomed)
+
+
+def _release_freed_memory() -> None:
+    """Collect the freed model, then ask glibc to return its free heap pages: without it the resident set of a process
+    that trains again and again (the in-process loop) keeps every step's peak."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:

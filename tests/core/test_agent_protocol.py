@@ -7,7 +7,10 @@ import pytest
 from babylon_assets.core.agent_protocol import (
     ARCHETYPES,
     Decision,
+    Observation,
+    PredictionView,
     UnparseableResponse,
+    observation_prompt,
     parse_decision,
     parse_or_hold,
     system_prompt,
@@ -41,13 +44,34 @@ def test_bad_answers_are_unparseable_with_a_reason(text, problem):
     assert decision.action == "HOLD" and error is not None and error.startswith("unparseable response")
 
 
-def test_the_system_prompt_names_the_agent_its_style_and_the_format():
-    prompt = system_prompt("agent-01", "contrarian")
-    assert "agent-01" in prompt and ARCHETYPES["contrarian"] in prompt and '"action"' in prompt
+def _observation(cash: float) -> Observation:
+    return Observation(
+        minute=1,
+        step=1,
+        steps=3,
+        prices={"NVDX": 101.0},
+        open_prices={"NVDX": 100.0},
+        previous_prices={"NVDX": 100.5},
+        funding_rates={"NVDX": 0.0004},
+        cash=cash,
+        equity=cash,
+        pnl=cash - 10_000,
+        predictions=[PredictionView("pm-1", "Will NVDX close above $102?", 0.4)],
+        news=["Nvidex (NVDX) jumps 3% on a big contract"],
+    )
 
 
-def test_every_seat_shares_the_system_prompt_up_to_its_identity():
-    # The rules and the format come first, so a server's prompt cache reuses them across seats.
-    first, second = system_prompt("agent-01", "contrarian"), system_prompt("agent-02", "momentum")
+def test_the_prompts_name_the_agent_its_style_the_market_and_the_format():
+    system, user = system_prompt(), observation_prompt(_observation(9_000), "agent-01", "contrarian")
+    assert '"action"' in system and "agent-01" not in system
+    assert "agent-01" in user and ARCHETYPES["contrarian"] in user and "NVDX $101.00" in user and "$9,000.00" in user
+
+
+def test_the_seats_of_one_decision_share_everything_up_to_their_identity():
+    # The rules, the format and the market come first, so a server's prompt cache and the trainer reuse them across
+    # the seats of a decision; only who the agent is and its account follow.
+    first = system_prompt() + observation_prompt(_observation(9_000), "agent-01", "contrarian")
+    second = system_prompt() + observation_prompt(_observation(11_000), "agent-02", "momentum")
     shared = len(os.path.commonprefix([first, second]))
-    assert first[:shared].endswith("You are agent-0") and shared > len(first) - 200
+    assert first[:shared].endswith("You are agent-0") and "big contract" in first[:shared]
+    assert len(first) - shared < 200

@@ -64,7 +64,7 @@ def test_every_answer_parses_and_names_an_offered_ticker_or_market(parallel_llm,
     with ThreadPoolExecutor(4) as pool:
         replies = list(
             pool.map(
-                lambda obs: agent.respond(system_prompt("agent-1", "aggressive"), observation_prompt(obs), obs), cases
+                lambda obs: agent.respond(system_prompt(), observation_prompt(obs, "agent-1", "aggressive"), obs), cases
             )
         )
     for observation, reply in zip(cases, replies, strict=True):
@@ -90,7 +90,7 @@ def test_the_gateway_records_the_sampled_token_ids_and_the_schema(tmp_path, para
     with gateway_in_thread(store, upstream) as (url, recorder, key):
         endpoint = LlmEndpoint("openai/policy", url, api_key=key, via_gateway=True, timeout_s=300, retries=0)
         reply = LlmAgent("agent-1", "balanced", endpoint).respond(
-            system_prompt("agent-1", "balanced"), observation_prompt(observation), observation
+            system_prompt(), observation_prompt(observation, "agent-1", "balanced"), observation
         )
         recorder.drain_from_thread(timeout_s=60)
     assert reply.error is None
@@ -117,7 +117,7 @@ def test_a_refused_schema_is_asked_again_without_it_and_the_reply_says_why(tmp_p
     store.upgrade()
     with OpenAICompatibleTestDouble(refuse_schemas) as double:
         direct = LlmAgent("agent-1", "balanced", LlmEndpoint("openai/test-double", double.base_url, retries=0))
-        reply = direct.respond("system", observation_prompt(observation), observation)
+        reply = direct.respond("system", observation_prompt(observation, "agent-2", "balanced"), observation)
         assert [("response_format" in r) for r in double.requests] == [True, False]
         assert reply.error is None and reply.schema is None and parse_decision(reply.text).action == "HOLD"
         assert reply.note and "structured output refused" in reply.note and "not supported" in reply.note
@@ -125,7 +125,9 @@ def test_a_refused_schema_is_asked_again_without_it_and_the_reply_says_why(tmp_p
         # recorded with the reason.
         with gateway_in_thread(store, Upstream("openai/test-double", double.base_url)) as (url, recorder, key):
             endpoint = LlmEndpoint("openai/policy", url, api_key=key, via_gateway=True, retries=0)
-            reply = LlmAgent("agent-2", "balanced", endpoint).respond("s", observation_prompt(observation), observation)
+            reply = LlmAgent("agent-2", "balanced", endpoint).respond(
+                "s", observation_prompt(observation, "agent-2", "balanced"), observation
+            )
             recorder.drain_from_thread(timeout_s=30)
     assert reply.error is None and reply.note
     with store.engine.connect() as connection:
@@ -139,6 +141,6 @@ def test_an_upstream_failure_that_is_not_a_refusal_is_not_asked_again_without_th
     observation = observations()[0]
     with OpenAICompatibleTestDouble(lambda request: ScriptedReply("model overloaded", status=503)) as double:
         agent = LlmAgent("agent-1", "balanced", LlmEndpoint("openai/test-double", double.base_url, retries=0))
-        reply = agent.respond("system", observation_prompt(observation), observation)
+        reply = agent.respond("system", observation_prompt(observation, "agent-2", "balanced"), observation)
     assert reply.error is not None and reply.note is None
     assert all("response_format" in r for r in double.requests)

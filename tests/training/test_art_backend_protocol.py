@@ -54,6 +54,9 @@ class SignatureBoundBackendDouble:
         self._bind("_get_step", model)
         return self.step
 
+    async def close(self) -> None:
+        self._bind("close")
+
     async def train(self, model: Any, trajectory_groups: Any, **kwargs: Any) -> Any:
         groups = list(trajectory_groups)
         self._bind("train", model, groups, **kwargs)
@@ -101,6 +104,7 @@ def test_training_drives_arts_own_backends_by_their_protocol(scored, tmp_path, r
     outcome = run_training(scored, backend, options)  # type: ignore[arg-type]
     trained = [kwargs for method, kwargs in backend.calls if method == "train"]
     assert len(trained) == 2 and all(set(kwargs) == {"learning_rate"} for kwargs in trained)
+    assert backend.calls[-1][0] == "close"  # the run's trainer is closed with it
     assert outcome.model_version == f"{settings.MODEL_NAME}@2"
     assert TrainingRecords(scored).checkpoints()[-1].storagePath == stored_as
 

@@ -121,3 +121,71 @@ def test_a_step_accumulates_micro_batches_into_the_same_update(tiny_model, tiny_
         assert stats.micro_batches == 4 // micro
         updated.append(model.lm_head.weight.detach().clone())
     assert torch.allclose(updated[0], updated[1], atol=1e-6)
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    return get_peft_model(model, config)
+
+
+def _seats(tokenizer):
+    """Two decisions' worth of seats: the seats of one decision share the rules and the market, then differ."""
+    samples = []
+    for market in ("BTC perp at $100.", "BTC perp at $97, ETH perp at $3,100."):
+        for seat, (answer, advantage) in enumerate((("buy", 1.0), ('{"action": "hold"}', -1.0), ("sell BTC", 0.5))):
+            messages = decision(answer)
+            messages[1]["content"] = (
+                f"{market} Prediction markets: none. News: none.\nYou are seat {seat}. Cash $10,000."
+            )
+            samples.append(tokenize_conversation(tokenizer, Conversation(messages), advantage))
+    return samples
+
+
+def test_a_shared_prompt_prefix_is_forwarded_once_with_the_same_logprobs_and_update(tiny_model, tiny_tokenizer):
+    from babylon_assets.training.grpo import micro_batches, shareable_prefix
+
+    samples = _seats(tiny_tokenizer)
+    chunks = list(micro_batches(samples, 8))
+    # The seats of one market go together (their prefix runs to the seat's own line), and nothing is left out.
+    assert sorted(len(c) for c in chunks) == [3, 3] and sum(len(c) for c in chunks) == len(samples)
+    assert all(shareable_prefix(c) > len(tiny_tokenizer(SYSTEM)["input_ids"]) for c in chunks)
+
+    def trained_logprobs(model, share: bool) -> dict[int, list[float]]:
+        """Each sample's trained tokens' logprobs, by the sample's place in `samples`."""
+        values = {}
+        for chunk in micro_batches(samples, 8, share):
+            batch = collate(chunk, tiny_tokenizer.pad_token_id, share_prefix=share)
+            assert (batch.prefix_ids is not None) == share
+            with torch.no_grad():
+                logprobs = token_logprobs(model, batch)
+            for row, sample in enumerate(chunk):
+                values[next(i for i, s in enumerate(samples) if s is sample)] = logprobs[row][batch.target_mask[row]]
+        return values
+
+    updated = []
+    for share in (False, True):
+        model = _lora(load_causal_lm(tiny_model))
+        before = trained_logprobs(model, share)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        config = StepConfig(micro_batch_size=8, max_grad_norm=None, pad_token_id=tiny_tokenizer.pad_token_id)
+        stats = grpo_step(model, optimizer, samples, StepConfig(**{**config.__dict__, "share_prefix": share}))
+        assert stats.total_tokens == sum(len(s.input_ids) for s in samples)
+        if share:
+            assert stats.forwarded_tokens < stats.total_tokens
+        else:
+            assert stats.forwarded_tokens == stats.total_tokens
+        updated.append((before, [p.detach().clone() for p in model.parameters() if p.requires_grad], stats.loss))
+    (plain_before, plain_params, plain_loss), (shared_before, shared_params, shared_loss) = updated
+    assert plain_before.keys() == shared_before.keys() == set(range(len(samples)))
+    for index, logprobs in plain_before.items():
+        assert torch.allclose(logprobs, shared_before[index], atol=1e-5)
+    assert shared_loss == pytest.approx(plain_loss, abs=1e-6)
+    initial = [p.detach() for p in _lora(load_causal_lm(tiny_model)).parameters() if p.requires_grad]
+    assert any(not torch.allclose(a, b) for a, b in zip(plain_params, initial, strict=True))  # the step moved them
+    for plain, shared in zip(plain_params, shared_params, strict=True):
+        assert torch.allclose(plain, shared, atol=1e-6)
