@@ -286,68 +286,65 @@ def cycle(seats: int, decisions: int, work: Path) -> dict:
     return out
 
 
-def masking(seats: int, decisions: int, work: Path) -> dict:
-    """One GRPO step from the base on the cycle's store (its first rollout hour is the base's own play), once with
-    the tokens the grammar forced masked from the loss (MASK_FORCED_TOKENS, the default) and once without, with the
-    same seed and samples: what masking changes in the step."""
+def _step_from_base(work: Path, seats: int, decisions: int, variant: str, rss: PeakRss | None = None, **changes):
+    """One GRPO step from the base on the cycle's store (its first rollout hour is the base's own play), as a model of
+    its own (`variant`: its name and ART folder); `changes` are settings, or the trainer's config fields. The step."""
+    from dataclasses import fields, replace
+
     from babylon_assets.resources.trainer import TrainerResource
     from babylon_assets.training.run import run_training
+    from babylon_assets.training.torch_backend import TorchTrainerConfig
 
-    folder = work / "cycle"
+    config_fields = {f.name for f in fields(TorchTrainerConfig)}
+    settings = loop_settings(
+        work / "cycle",
+        seats,
+        decisions,
+        ART_PATH=str(work / f"art-{variant}"),
+        MODEL_NAME=variant,
+        **{k: v for k, v in changes.items() if k not in config_fields},
+    )
+    store = Store.from_settings(settings)
+    trainer = TrainerResource.from_settings(settings.model_copy(update={"WANDB_MODE": "disabled"}))
+    backend = trainer.backend(store)
+    backend.config = replace(backend.config, **{k: v for k, v in changes.items() if k in config_fields})
+    try:
+        if rss is None:
+            return run_training(store, backend, trainer.options()).steps[-1]
+        rss.phase = variant
+        with rss.running():
+            return run_training(store, backend, trainer.options()).steps[-1]
+    finally:
+        store.dispose()
+
+
+def masking(seats: int, decisions: int, work: Path) -> dict:
+    """One GRPO step from the base with the tokens the grammar forced masked from the loss (MASK_FORCED_TOKENS, the
+    default) and once without, with the same seed and samples: what masking changes in the step."""
     out = {}
     for masked in (True, False):
         label = "masked" if masked else "not masked"
-        settings = loop_settings(
-            folder,
-            seats,
-            decisions,
-            ART_PATH=str(work / f"art-{'on' if masked else 'off'}"),
-            MODEL_NAME=f"mask-{'on' if masked else 'off'}",
-            MASK_FORCED_TOKENS=masked,
-        )
-        store = Store.from_settings(settings)
-        trainer = TrainerResource.from_settings(settings.model_copy(update={"WANDB_MODE": "disabled"}))
-        outcome = run_training(store, trainer.backend(store), trainer.options())
-        metrics = outcome.steps[-1].metrics
+        metrics = _step_from_base(
+            work, seats, decisions, f"mask-{'on' if masked else 'off'}", MASK_FORCED_TOKENS=masked
+        ).metrics
         wanted = ("sequences", "trained_tokens", "forced_tokens_masked", "loss", "policy_loss", "grad_norm")
         out[label] = {name: round(float(metrics[name]), 5) for name in (*wanted, "clipped_fraction") if name in metrics}
-        store.dispose()
         log(f"  {label}: {out[label]}")
     return out
 
 
 def sharing(seats: int, decisions: int, work: Path) -> dict:
-    """One GRPO step from the base on the cycle's store, with each micro-batch's shared prompt prefix forwarded once
-    (the default) and with every row forwarded whole, same seed and samples: the step's seconds, the tokens it
-    forwarded, its peak RSS, and how far apart the two updated adapters are."""
-    from dataclasses import replace
-
+    """One GRPO step from the base with each micro-batch's shared prompt prefix forwarded once (the default) and with
+    every row forwarded whole, same seed and samples: the step's seconds, the tokens it forwarded, its peak RSS, and
+    how far apart the two updated adapters are."""
     from safetensors.torch import load_file
 
-    from babylon_assets.resources.trainer import TrainerResource
-    from babylon_assets.training.run import run_training
-
-    folder = work / "cycle"
     out: dict = {}
     adapters = {}
     for shared in (False, True):
         label = "shared prefix once" if shared else "every row whole"
-        settings = loop_settings(
-            folder,
-            seats,
-            decisions,
-            ART_PATH=str(work / f"art-share-{'on' if shared else 'off'}"),
-            MODEL_NAME=f"share-{'on' if shared else 'off'}",
-        )
-        store = Store.from_settings(settings)
-        trainer = TrainerResource.from_settings(settings.model_copy(update={"WANDB_MODE": "disabled"}))
-        backend = trainer.backend(store)
-        backend.config = replace(backend.config, share_prefix=shared)
         rss = PeakRss()
-        rss.phase = label
-        with rss.running():
-            outcome = run_training(store, backend, trainer.options())
-        step = outcome.steps[-1]
+        step = _step_from_base(work, seats, decisions, f"share-{'on' if shared else 'off'}", rss, share_prefix=shared)
         metrics = step.metrics
         out[label] = {
             "step_seconds": round(float(metrics["seconds"]), 1),
@@ -356,10 +353,9 @@ def sharing(seats: int, decisions: int, work: Path) -> dict:
             "sequences": int(metrics["sequences"]),
             "loss": round(float(metrics["loss"]), 6),
             "grad_norm": round(float(metrics["grad_norm"]), 6),
-            "peak_rss_gb": rss.peak(label),
+            "peak_rss_gb": rss.peak(f"share-{'on' if shared else 'off'}"),
         }
         adapters[shared] = load_file(str(Path(str(step.checkpoint_path)) / "adapter_model.safetensors"))
-        store.dispose()
         log(f"  {label}: {out[label]}")
     whole, once = out["every row whole"], out["shared prefix once"]
     out["step_seconds_ratio"] = round(once["step_seconds"] / whole["step_seconds"], 3)

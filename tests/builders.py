@@ -6,9 +6,27 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from babylon_assets.core.agent_protocol import Observation
 from babylon_assets.core.trajectory import TrajectoryRow
 from babylon_assets.core.window_time import window_id_of
 from babylon_assets.db.engine import naive_utc
+
+
+def observation(cash: float = 100.0, **changes: Any) -> Observation:
+    """An agent's observation of a one-ticker market with nothing held (`changes` set any other field)."""
+    fields: dict[str, Any] = {
+        "minute": 0,
+        "step": 0,
+        "steps": 1,
+        "prices": {"NVDX": 1.0},
+        "open_prices": {"NVDX": 1.0},
+        "previous_prices": {"NVDX": 1.0},
+        "funding_rates": {"NVDX": 0.0},
+        "cash": cash,
+        "equity": cash,
+        "pnl": 0.0,
+    }
+    return Observation(**{**fields, **changes})
 
 
 def llm_call(agent: str = "agent-1", user_prompt: str = "Prices: NVDX $100.", **extra: Any) -> dict[str, Any]:

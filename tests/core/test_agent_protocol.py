@@ -7,7 +7,6 @@ import pytest
 from babylon_assets.core.agent_protocol import (
     ARCHETYPES,
     Decision,
-    Observation,
     PredictionView,
     UnparseableResponse,
     observation_prompt,
@@ -15,6 +14,7 @@ from babylon_assets.core.agent_protocol import (
     parse_or_hold,
     system_prompt,
 )
+from tests.builders import observation
 
 
 def test_a_plain_json_answer_parses():
@@ -44,8 +44,9 @@ def test_bad_answers_are_unparseable_with_a_reason(text, problem):
     assert decision.action == "HOLD" and error is not None and error.startswith("unparseable response")
 
 
-def _observation(cash: float) -> Observation:
-    return Observation(
+def _observation(cash: float):
+    return observation(
+        cash,
         minute=1,
         step=1,
         steps=3,
@@ -53,8 +54,6 @@ def _observation(cash: float) -> Observation:
         open_prices={"NVDX": 100.0},
         previous_prices={"NVDX": 100.5},
         funding_rates={"NVDX": 0.0004},
-        cash=cash,
-        equity=cash,
         pnl=cash - 10_000,
         predictions=[PredictionView("pm-1", "Will NVDX close above $102?", 0.4)],
         news=["Nvidex (NVDX) jumps 3% on a big contract"],

@@ -13,6 +13,7 @@ from babylon_assets.core.decision_schema import (
     max_answer_tokens,
     response_format,
 )
+from tests.builders import observation
 
 OBSERVATION = Observation(
     minute=3,
@@ -69,18 +70,7 @@ def test_an_answer_outside_the_observations_choices_is_refused(answer):
 
 
 def test_choices_follow_the_observation_and_max_tokens_covers_the_longest_answer():
-    bare = Observation(
-        minute=0,
-        step=0,
-        steps=1,
-        prices={"NVDX": 1.0},
-        open_prices={"NVDX": 1.0},
-        previous_prices={"NVDX": 1.0},
-        funding_rates={"NVDX": 0.0},
-        cash=100.0,
-        equity=100.0,
-        pnl=0.0,
-    )
+    bare = observation()
     actions = [branch["properties"]["action"]["enum"] for branch in decision_schema(bare)["anyOf"]]
     assert actions == [["OPEN_LONG", "OPEN_SHORT"], ["HOLD"]]  # nothing held, no market: no CLOSE, no shares
     schema = decision_schema(OBSERVATION)
