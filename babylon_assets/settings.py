@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     CLIP_EPSILON: float = Field(default=0.2, gt=0.0)
     MAX_GRAD_NORM: float = Field(default=1.0, gt=0.0)
     # Sequences per forward/backward, at most; a step accumulates over all of them, so this bounds memory only. The
-    # seats of one decision (8 by default) share their prompt up to their identity and go together, the shared part
-    # forwarded once.
+    # seats of one decision (8 by default) share their prompt up to their identity (or a prediction market one of them
+    # holds shares in) and go together, the shared part forwarded once.
     MICRO_BATCH_SIZE: int = Field(default=8, ge=1)
     MAX_SEQUENCE_TOKENS: int = Field(default=2048, ge=16)
     TRAIN_SEED: int = 0

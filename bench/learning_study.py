@@ -265,7 +265,7 @@ def main() -> int:
     from babylon_assets.core.agent_protocol import PROMPT_VERSION
 
     for arm in plan["arms"]:
-        if arm.get("prompt_version", PROMPT_VERSION) != PROMPT_VERSION:
+        if arm["prompt_version"] != PROMPT_VERSION:
             # Played under an earlier prompt: its committed plays are what it reports; playing it again would be
             # other play (the plan's key includes the prompt version).
             log(f"{arm['name']}: played under {arm['prompt_version']}, reported from its committed plays")

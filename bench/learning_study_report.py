@@ -120,7 +120,7 @@ def report(plan: dict) -> int:
         base = [
             p for p in plays if p["policy"] == base_name and p["seed"] in seeds and (not keys or p["plan_key"] in keys)
         ]
-        prompt = ", ".join(sorted({arm.get("prompt_version", "prompt-v2") for arm in arms}))
+        prompt = ", ".join(sorted({arm["prompt_version"] for arm in arms}))
         lines = [
             f"### {block}: seeds {held_out['seeds'][0]}-{held_out['seeds'][-1]}, {held_out['windows']} hours each from "
             f"{held_out['start']}, {held_out['agents']} seats, temperature {held_out['temperature']:g}, {prompt}",

@@ -93,8 +93,8 @@ def bare_forward_backward(model, samples, micro: int, device: str) -> int:
     """The baseline: a plain causal-LM loss on the same tokens, full logits as `labels=` computes them."""
     tokens = 0
     model.zero_grad(set_to_none=True)
-    for chunk in grpo.micro_batches(samples, micro):
-        batch = grpo.collate(chunk, 0, device)
+    for chunk in grpo.micro_batches(samples, micro, share_prefix=False):
+        batch = grpo.collate(chunk, 0, device, share_prefix=False)
         labels = torch.full_like(batch.input_ids, -100)
         width = batch.keep - 1
         labels[:, -width:] = torch.where(batch.target_mask, batch.input_ids[:, -width:], -100)
@@ -116,8 +116,8 @@ def bare_kept_forward_backward(model, samples, micro: int, device: str) -> int:
     plain mean log-likelihood; the gap to the GRPO step is then our loss, clipping and optimizer step alone."""
     tokens = 0
     model.zero_grad(set_to_none=True)
-    for chunk in grpo.micro_batches(samples, micro):
-        batch = grpo.collate(chunk, 0, device)
+    for chunk in grpo.micro_batches(samples, micro, share_prefix=False):
+        batch = grpo.collate(chunk, 0, device, share_prefix=False)
         logprobs = grpo.token_logprobs(model, batch)
         (-torch.where(batch.target_mask, logprobs, 0.0).sum() / batch.target_mask.sum()).backward()
         tokens += int(batch.attention_mask.sum())

@@ -28,7 +28,8 @@ ARCHETYPES: dict[str, str] = {
 # The prompt's version: play under another version of the system prompt or the observation is other play (an
 # evaluation plan's key includes it). v2 (issue 20): rules first, the agent's identity last (a shared cached prefix).
 # v3: the identity moved from the system prompt into the observation, after the market and before the account, so the
-# seats of one decision share the rules and the whole market (the trainer forwards that prefix once per decision).
+# seats of one decision share the rules and the market (the trainer forwards that prefix once per decision), up to the
+# first prediction market in which a seat holds shares (its holding is written on the market's line).
 PROMPT_VERSION = "prompt-v3"
 
 RESPONSE_FORMAT = (
@@ -140,7 +141,8 @@ def system_prompt() -> str:
 
 
 def market_lines(obs: Observation) -> list[str]:
-    """What every seat at this decision sees alike: the minute, prices, prediction markets and news."""
+    """The minute, prices, prediction markets and news: alike for every seat at this decision, but for the shares a seat
+    holds, which its prediction-market lines show."""
     lines = [f"Minute {obs.minute:g} of the hour (decision {obs.step + 1} of {obs.steps})."]
     lines.append("Prices (change since open, since last minute, funding per hour):")
     for ticker, price in obs.prices.items():

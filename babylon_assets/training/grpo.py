@@ -340,7 +340,8 @@ def shareable_prefix(samples: Sequence[Sample]) -> int:
         shared = min(shared, common_prefix_length(samples[0].input_ids, sample.input_ids))
     for sample in samples:
         first_trained = next((t for t, trained in enumerate(sample.assistant_mask) if trained), len(sample.input_ids))
-        shared = min(shared, first_trained - 1, len(sample.input_ids) - 1)
+        # Two of its own tokens at least: the row's first prediction needs a position before it in the row.
+        shared = min(shared, first_trained - 1, len(sample.input_ids) - 2)
     return shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
 
 
@@ -411,7 +412,8 @@ class Batch:
 
     @property
     def forwarded_tokens(self) -> int:
-        """Tokens the model computes for this batch (the shared prefix once)."""
+        """Tokens one forward of this batch computes: the shared prefix once, padding not counted (a reference or
+        behaviour forward, when the step needs one, computes as many again)."""
         return self.shared_prefix + int(self.attention_mask.sum())
 
     @property

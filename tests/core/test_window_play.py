@@ -80,3 +80,18 @@ def test_decisions_happen_in_simulated_time_inside_the_hour():
     (play,) = play_window(MARKET, [ScriptedAgent("a", "momentum", 3)], window_start=W_START)
     assert play.start == W_START and [d.at.minute for d in play.decisions] == list(range(MARKET.steps))
     assert play.end.hour == 10
+
+
+def test_each_seat_is_told_who_it_is_after_the_market_and_the_seats_share_the_rest():
+    from babylon_assets.core.agent_protocol import ARCHETYPES, system_prompt
+
+    crowd = [ScriptedAgent("a0", "aggressive", seed=3), ScriptedAgent("a1", "contrarian", seed=3)]
+    plays = play_window(MARKET, crowd, window_start=W_START)
+    for play, agent in zip(plays, crowd, strict=True):
+        for record in play.decisions:
+            assert record.system_prompt == system_prompt()
+            market, identity, _ = record.user_prompt.partition(f"You are {agent.agent_id}. ")
+            assert identity and market.startswith("Minute ") and ARCHETYPES[agent.archetype] in record.user_prompt
+    first = [d.user_prompt.split("You are ")[0] for d in plays[0].decisions]
+    second = [d.user_prompt.split("You are ")[0] for d in plays[1].decisions]
+    assert first[0] == second[0]  # nobody holds shares at the first decision: the whole market is shared

@@ -117,7 +117,7 @@ def test_a_refused_schema_is_asked_again_without_it_and_the_reply_says_why(tmp_p
     store.upgrade()
     with OpenAICompatibleTestDouble(refuse_schemas) as double:
         direct = LlmAgent("agent-1", "balanced", LlmEndpoint("openai/test-double", double.base_url, retries=0))
-        reply = direct.respond("system", observation_prompt(observation, "agent-2", "balanced"), observation)
+        reply = direct.respond("system", observation_prompt(observation, "agent-1", "balanced"), observation)
         assert [("response_format" in r) for r in double.requests] == [True, False]
         assert reply.error is None and reply.schema is None and parse_decision(reply.text).action == "HOLD"
         assert reply.note and "structured output refused" in reply.note and "not supported" in reply.note
@@ -141,6 +141,6 @@ def test_an_upstream_failure_that_is_not_a_refusal_is_not_asked_again_without_th
     observation = observations()[0]
     with OpenAICompatibleTestDouble(lambda request: ScriptedReply("model overloaded", status=503)) as double:
         agent = LlmAgent("agent-1", "balanced", LlmEndpoint("openai/test-double", double.base_url, retries=0))
-        reply = agent.respond("system", observation_prompt(observation, "agent-2", "balanced"), observation)
+        reply = agent.respond("system", observation_prompt(observation, "agent-1", "balanced"), observation)
     assert reply.error is not None and reply.note is None
     assert all("response_format" in r for r in double.requests)

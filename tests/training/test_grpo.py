@@ -189,3 +189,52 @@ def test_a_shared_prompt_prefix_is_forwarded_once_with_the_same_logprobs_and_upd
     assert any(not torch.allclose(a, b) for a, b in zip(plain_params, initial, strict=True))  # the step moved them
     for plain, shared in zip(plain_params, shared_params, strict=True):
         assert torch.allclose(plain, shared, atol=1e-6)
+
+
+def test_the_shared_prefix_gives_the_same_step_for_sampled_stale_rows_with_a_reference(tiny_model, tiny_tokenizer):
+    """The on-policy parts through the prefix path: per-row temperatures, the engine's logprobs (importance weight
+    and engine KL), pi_old of an older version (here the base), and the KL reference."""
+    from dataclasses import replace
+
+    samples = []
+    for index, sample in enumerate(_seats(tiny_tokenizer)):
+        engine = [(-0.7 - 0.01 * t if trained else math.nan) for t, trained in enumerate(sample.assistant_mask)]
+        samples.append(replace(sample, engine_logprobs=engine, temperature=0.7 if index % 2 else 1.0, behaviour_step=0))
+    results = []
+    for share in (False, True):
+        model = _lora(load_causal_lm(tiny_model))
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        config = StepConfig(
+            micro_batch_size=8,
+            max_grad_norm=None,
+            kl_coef=0.1,
+            pad_token_id=tiny_tokenizer.pad_token_id,
+            share_prefix=share,
+        )
+        stats = grpo_step(
+            model,
+            optimizer,
+            samples,
+            config,
+            model.disable_adapter,
+            current_step=1,
+            behaviour=lambda step, model=model: model.disable_adapter(),
+        )
+        assert stats.stale_sequences == len(samples) and stats.on_policy_tokens > 0 and stats.kl > 0
+        results.append((stats, [p.detach().clone() for p in model.parameters() if p.requires_grad]))
+    (plain, plain_params), (shared, shared_params) = results
+    for name in ("loss", "kl", "engine_kl", "importance_weight_mean", "mean_ratio", "clipped_fraction"):
+        assert getattr(shared, name) == pytest.approx(getattr(plain, name), abs=1e-6), name
+    for a, b in zip(plain_params, shared_params, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_identical_rows_without_trained_tokens_still_collate(tiny_model, tiny_tokenizer):
+    from dataclasses import replace
+
+    row = tokenize_conversation(tiny_tokenizer, Conversation(decision("hold")), 1.0)
+    untrained = replace(row, assistant_mask=[False] * len(row.input_ids))
+    batch = collate([untrained, untrained], tiny_tokenizer.pad_token_id)
+    assert batch.prefix_ids is not None and batch.keep >= 2
+    logprobs = token_logprobs(load_causal_lm(tiny_model), batch)
+    assert logprobs.shape == batch.target_mask.shape and not batch.target_mask.any()
