@@ -39,11 +39,12 @@ def offline_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def trader_by_archetype(request: dict) -> ScriptedReply:
-    system, prompt = request["messages"][0]["content"], request["messages"][-1]["content"]
+    prompt = request["messages"][-1]["content"]
     ticker = TICKER.search(prompt).group(1)
-    if "decision 1 of" in prompt and ("momentum" in system or "aggressive" in system):
+    identity = prompt[prompt.index("You are ") :]  # who the agent is follows the market in its observation
+    if "decision 1 of" in prompt and ("momentum" in identity or "aggressive" in identity):
         return ScriptedReply(json.dumps({"action": "OPEN_LONG", "ticker": ticker, "amount": 3000, "leverage": 3}))
-    if "decision 1 of" in prompt and "contrarian" in system:
+    if "decision 1 of" in prompt and "contrarian" in identity:
         return ScriptedReply(json.dumps({"action": "OPEN_SHORT", "ticker": ticker, "amount": 3000, "leverage": 3}))
     return ScriptedReply('{"action": "HOLD", "reasoning": "wait"}')
 

@@ -105,8 +105,9 @@ def test_llm_agents_play_through_an_openai_compatible_endpoint(store: Store):
     assert len(double.requests) == 6
     request = double.requests[0]
     assert request["model"] == "test-double" and request["logprobs"] is True
-    system = request["messages"][0]
-    assert system["role"] == "system" and "llm-agent-01-conservative" in system["content"]
+    system, user = request["messages"][0], request["messages"][-1]
+    assert system["role"] == "system" and '"action"' in system["content"]
+    assert user["role"] == "user" and "You are llm-agent-01-conservative." in user["content"]
     assert summary.windows[0].unparseable == 2
     read = store.read_window("2025-01-15T10:00", EligibilityRules(min_actions=3, min_agents=1))
     # the double's replies go round both agents: agent 1 gets replies 0, 2, 1
@@ -149,8 +150,9 @@ def test_concurrent_llm_calls_play_exactly_as_sequential_ones(tmp_path):
     from tests.doubles.openai_compatible import ScriptedReply
 
     def by_agent(request: dict) -> ScriptedReply:  # the answer depends only on who asks and what they see
-        system, prompt = request["messages"][0]["content"], request["messages"][-1]["content"]
-        if "decision 2 of" in prompt and ("momentum" in system or "contrarian" in system):
+        prompt = request["messages"][-1]["content"]
+        identity = prompt[prompt.index("You are ") :]
+        if "decision 2 of" in prompt and ("momentum" in identity or "contrarian" in identity):
             return ScriptedReply('{"action": "OPEN_LONG", "ticker": "NVDX", "amount": 900, "leverage": 4}')
         return ScriptedReply('{"action": "HOLD"}')
 
