@@ -54,6 +54,12 @@ class Agent(Protocol):
     def respond(self, system: str, user: str, observation: Observation) -> AgentReply: ...
 
 
+def seat_name(agent: Agent) -> str:
+    """The name the agent is told it has: its id, unless it plays a seat under another (an evaluation's policies play
+    the same seat under ids of their own, and are told the same name, so that paired play sees the same prompts)."""
+    return str(getattr(agent, "seat_name", None) or agent.agent_id)
+
+
 @dataclass(slots=True)
 class DecisionRecord:
     """One decision: what the agent saw, answered and did, and how it went."""
@@ -214,7 +220,7 @@ def play_window(
             decided_at = window_start + timedelta(seconds=step * market.step_seconds + index)
             observation = observe(market, accounts[agent.agent_id], step, decided_at)
             seen.append(
-                (agent, decided_at, observation, observation_prompt(observation, agent.agent_id, agent.archetype))
+                (agent, decided_at, observation, observation_prompt(observation, seat_name(agent), agent.archetype))
             )
         if concurrency > 1 and len(agents) > 1:
             with ThreadPoolExecutor(max_workers=min(concurrency, len(agents))) as pool:

@@ -82,10 +82,11 @@ def _logprobs_of(choice: Any) -> list[tuple[str, float]] | None:
 class LlmAgent:
     """A trader whose decisions come from a language model."""
 
-    def __init__(self, agent_id: str, archetype: str, endpoint: LlmEndpoint) -> None:
+    def __init__(self, agent_id: str, archetype: str, endpoint: LlmEndpoint, seat_name: str | None = None) -> None:
         self.agent_id = agent_id
         self.archetype = archetype
         self.endpoint = endpoint
+        self.seat_name = seat_name or agent_id  # the name its prompts give it (core.window_play.seat_name)
 
     def start_window(self, window_id: str) -> None:
         """Nothing to reset: the model is stateless between calls."""

@@ -205,7 +205,11 @@ def play_policy(
             structured=plan.structured,
             neutral_sampler=plan.temperature > 0,
         )
-        agents = {slot: LlmAgent(agent_id(plan, policy, slot), archetype, endpoint) for slot, archetype in slots}
+        # Every policy's seat is told the same name (its slot), so the pair of plays of a seat sees the same prompts.
+        agents = {
+            slot: LlmAgent(agent_id(plan, policy, slot), archetype, endpoint, seat_name=f"agent-{slot}")
+            for slot, archetype in slots
+        }
         slot_of = {agent.agent_id: slot for slot, agent in agents.items()}
         for seed, first in todo:
             windows = plan.window_ids(first)
