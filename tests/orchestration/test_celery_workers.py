@@ -43,7 +43,7 @@ WINDOWS = [f"2025-01-15T{hour:02d}:00" for hour in range(10, 14)]
 # The bound on noticing a killed worker: three missed heartbeats of 2 s, the monitoring's 5 s poll, and slack for
 # two busy cores.
 DEATH_NOTICED_WITHIN_S = 90
-ITERATIONS = 6
+ITERATIONS = 20  # enough steps that the kill and the cancel land mid-run however fast a step is
 
 
 def _reachable_or_skip(what: str, check: Callable[[], object]) -> None:
