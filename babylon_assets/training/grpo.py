@@ -235,9 +235,8 @@ class StepConfig:
     micro_batch_size: int = 4  # sequences per forward/backward; the step accumulates over all of them
     pad_token_id: int = 0
     importance_weight_cap: float = 2.0  # the truncated importance weight min(pi_old / mu, cap) of on-policy tokens
-    share_prefix: bool = (
-        True  # forward the prompt prefix a micro-batch's rows share once (the same gradient, less work)
-    )
+    # Forward the prompt prefix a micro-batch's rows share once (the same gradient, less work).
+    share_prefix: bool = True
 
 
 @dataclass
@@ -354,9 +353,8 @@ def _forward_cost(samples: Sequence[Sample], share_prefix: bool) -> int:
 def _cheapest_partition(ordered: list[Sample], size: int, share_prefix: bool) -> tuple[int, list[list[Sample]]]:
     """The split of `ordered` into consecutive micro-batches of at most `size` rows that forwards the fewest tokens
     (dynamic programming over the cut points)."""
-    best: list[tuple[int, int]] = [(0, 0)] + [(0, 0)] * len(
-        ordered
-    )  # (cost of ordered[:i], where its last batch starts)
+    # best[i]: (the cost of ordered[:i], where its last micro-batch starts)
+    best: list[tuple[int, int]] = [(0, 0)] * (len(ordered) + 1)
     for end in range(1, len(ordered) + 1):
         best[end] = min(
             (best[start][0] + _forward_cost(ordered[start:end], share_prefix), start)
