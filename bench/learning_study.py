@@ -175,8 +175,9 @@ def learn(plan: dict, arm: dict, folder: Path, out_of_time) -> Path | None:
     return Path(str(newest.storagePath))
 
 
-def evaluate(plan: dict, arm: dict, folder: Path, checkpoint: Path | None, policy: str, out_of_time) -> bool:
-    """Play the held-out markets with one policy (the base when checkpoint is None), market by market."""
+def evaluate(plan: dict, arm: dict, folder: Path, checkpoint: Path | None, policy: str, out_of_time, markets: int) -> bool:
+    """Play up to `markets` more held-out markets with one policy (the base when checkpoint is None), one at a
+    time; True once the policy has played them all."""
     from babylon_assets.core.paired_stats import PlayResult
     from babylon_assets.db.evaluation_records import EvaluationRecords
     from babylon_assets.db.store import Store
@@ -198,9 +199,9 @@ def evaluate(plan: dict, arm: dict, folder: Path, checkpoint: Path | None, polic
     serve = local_policy_server(
         folder / "eval" / policy.replace("/", "_").replace(":", "_"), plan["base_model"], checkpoint, policy
     )
-    while len(records.plays(held_out.key, policy)) < held_out.agent_windows:
-        if out_of_time():
-            return False
+    for _ in range(markets):
+        if len(records.plays(held_out.key, policy)) >= held_out.agent_windows or out_of_time():
+            break
         began = time.monotonic()
         play_policy(store, held_out, policy, serve, now=datetime.now(UTC), max_markets=1)
         have = {(line["seed"], line["window_id"], line["slot"]) for line in known}
@@ -213,7 +214,7 @@ def evaluate(plan: dict, arm: dict, folder: Path, checkpoint: Path | None, polic
                     handle.write(json.dumps(line) + "\n")
                     known.append(line)
         log(f"evaluate {policy}: {len(records.plays(held_out.key, policy))} plays ({time.monotonic() - began:.0f} s)")
-    return True
+    return len(records.plays(held_out.key, policy)) >= held_out.agent_windows
 
 
 def actions_of(store, trajectory_id: str | None) -> list[str]:
@@ -291,10 +292,16 @@ def main() -> int:
             (adapter / "FINGERPRINT").write_text(fingerprint(checkpoint) + "\n")
         from babylon_assets.core.on_policy import base_version
 
-        for policy, served in ((base_version(plan["base_model"]), None), (f"{arm['name']}-final", checkpoint)):
-            if not evaluate(plan, arm, folder, served, policy, out_of_time):
-                log(f"chunk over ({args.chunk_minutes:g} min) while {policy} plays: run again to go on")
-                return 0
+        # The base and the arm take turns, a market each, so that a chunk that ends mid-evaluation leaves paired
+        # markets behind (both policies on the same seeds), not one policy's markets alone.
+        policies = ((base_version(plan["base_model"]), None), (f"{arm['name']}-final", checkpoint))
+        finished = {policy: False for policy, _ in policies}
+        while not all(finished.values()):
+            for policy, served in policies:
+                if out_of_time():
+                    log(f"chunk over ({args.chunk_minutes:g} min) while {arm['name']} is evaluated: run again to go on")
+                    return 0
+                finished[policy] = evaluate(plan, arm, folder, served, policy, out_of_time, markets=1)
     from bench.learning_study_report import report
 
     return report(plan)
