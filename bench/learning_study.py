@@ -175,7 +175,9 @@ def learn(plan: dict, arm: dict, folder: Path, out_of_time) -> Path | None:
     return Path(str(newest.storagePath))
 
 
-def evaluate(plan: dict, arm: dict, folder: Path, checkpoint: Path | None, policy: str, out_of_time, markets: int) -> bool:
+def evaluate(
+    plan: dict, arm: dict, folder: Path, checkpoint: Path | None, policy: str, out_of_time, markets: int
+) -> bool:
     """Play up to `markets` more held-out markets with one policy (the base when checkpoint is None), one at a
     time; True once the policy has played them all."""
     from babylon_assets.core.paired_stats import PlayResult
