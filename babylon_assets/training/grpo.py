@@ -328,26 +328,34 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _prefix_limit(sample: Sample) -> int:
+    """The most leading tokens of this sample a shared forward may compute: fewer than its first trained token
+    (that token's prediction comes from the sample's own part), and two of its own tokens at least (the row's first
+    prediction needs a position before it in the row)."""
+    first_trained = next((t for t, trained in enumerate(sample.assistant_mask) if trained), len(sample.input_ids))
+    return min(first_trained - 1, len(sample.input_ids) - 2)
+
+
+def _worth_sharing(shared: int, rows: int) -> int:
+    """`shared` when one forward of it for `rows` rows pays, else 0."""
+    return shared if rows >= 2 and shared >= MIN_SHARED_PREFIX_TOKENS else 0
+
+
 def shareable_prefix(samples: Sequence[Sample]) -> int:
-    """The leading tokens every sample shares that one forward can compute for all: before each sample's first trained
-    token and at least one token short of it (that token's prediction comes from the sample's own part); 0 when it is
-    too short to be worth it or there is nobody to share with."""
+    """The leading tokens every sample shares that one forward can compute for all (within each sample's
+    `_prefix_limit`); 0 when it is too short to be worth it or there is nobody to share with."""
     if len(samples) < 2:
         return 0
     shared = len(samples[0].input_ids)
     for sample in samples[1:]:
         shared = min(shared, common_prefix_length(samples[0].input_ids, sample.input_ids))
-    for sample in samples:
-        first_trained = next((t for t, trained in enumerate(sample.assistant_mask) if trained), len(sample.input_ids))
-        # Two of its own tokens at least: the row's first prediction needs a position before it in the row.
-        shared = min(shared, first_trained - 1, len(sample.input_ids) - 2)
-    return shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
+    shared = min([shared, *(_prefix_limit(sample) for sample in samples)])
+    return _worth_sharing(shared, len(samples))
 
 
-def _forward_cost(samples: Sequence[Sample], share_prefix: bool) -> int:
+def _forward_cost(rows: int, longest: int, shared: int) -> int:
     """Tokens one micro-batch forwards: its shared prefix once, then every row padded to its longest remainder."""
-    shared = shareable_prefix(samples) if share_prefix else 0
-    return MICRO_BATCH_OVERHEAD_TOKENS + shared + len(samples) * max(len(s.input_ids) - shared for s in samples)
+    return MICRO_BATCH_OVERHEAD_TOKENS + shared + rows * (longest - shared)
 
 
 def _cheapest_partition(ordered: list[Sample], size: int, share_prefix: bool) -> tuple[int, list[list[Sample]]]:
@@ -356,10 +364,20 @@ def _cheapest_partition(ordered: list[Sample], size: int, share_prefix: bool) ->
     # best[i]: (the cost of ordered[:i], where its last micro-batch starts)
     best: list[tuple[int, int]] = [(0, 0)] * (len(ordered) + 1)
     for end in range(1, len(ordered) + 1):
-        best[end] = min(
-            (best[start][0] + _forward_cost(ordered[start:end], share_prefix), start)
-            for start in range(max(0, end - size), end)
-        )
+        last = ordered[end - 1]
+        # Grow the candidate micro-batch ordered[start:end] leftwards, keeping what shareable_prefix and the padding
+        # need as running values: the common prefix of a set is its common prefix with any one member (`last`).
+        common = _prefix_limit(last) if share_prefix else 0
+        longest = 0
+        candidates = []
+        for start in range(end - 1, max(0, end - size) - 1, -1):
+            sample = ordered[start]
+            longest = max(longest, len(sample.input_ids))
+            if share_prefix and start < end - 1:
+                common = min(common, _prefix_limit(sample), common_prefix_length(last.input_ids, sample.input_ids))
+            shared = _worth_sharing(common, end - start) if share_prefix else 0
+            candidates.append((best[start][0] + _forward_cost(end - start, longest, shared), start))
+        best[end] = min(candidates)
     chunks: list[list[Sample]] = []
     end = len(ordered)
     while end > 0:

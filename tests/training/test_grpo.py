@@ -191,6 +191,45 @@ def test_a_shared_prompt_prefix_is_forwarded_once_with_the_same_logprobs_and_upd
         assert torch.allclose(plain, shared, atol=1e-6)
 
 
+def test_the_micro_batch_partition_is_the_cheapest_split_of_its_order(tiny_tokenizer):
+    """The dynamic programming keeps running values instead of working out each candidate's shared prefix; its answer
+    is still the cheapest consecutive split, costed through shareable_prefix, found here by trying them all."""
+    from dataclasses import replace
+    from itertools import combinations
+
+    from babylon_assets.training.grpo import _cheapest_partition, _forward_cost, shareable_prefix
+
+    seats = _seats(tiny_tokenizer)[:4]
+    # Where the limits bind: a row twice (its shared part stops before its first trained token), the same tokens
+    # with nothing trained (its own limit is further on: the trained twin's must hold for both), and a row under
+    # another system prompt (it shares only the chat template's first few tokens, too few to forward apart).
+    other = decision("buy")
+    other[0]["content"] = "Rules: trade well."
+    untrained = replace(seats[0], assistant_mask=[False] * len(seats[0].input_ids))
+    seats += [seats[0], tokenize_conversation(tiny_tokenizer, Conversation(other), 0.0), untrained]
+    orders = [sorted(seats, key=lambda s: s.input_ids), sorted(seats, key=lambda s: -len(s.input_ids)), seats]
+
+    def cost(chunks, share):
+        return sum(
+            _forward_cost(len(c), max(len(s.input_ids) for s in c), shareable_prefix(c) if share else 0) for c in chunks
+        )
+
+    for ordered in orders:
+        for size in (1, 2, 4, 8):
+            for share in (True, False):
+                total, chunks = _cheapest_partition(ordered, size, share)
+                assert [s for c in chunks for s in c] == ordered and all(len(c) <= size for c in chunks)
+                assert total == cost(chunks, share)
+                splits = []
+                for cuts in range(len(ordered)):
+                    for points in combinations(range(1, len(ordered)), cuts):
+                        bounds = [0, *points, len(ordered)]
+                        candidate = [ordered[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+                        if all(len(c) <= size for c in candidate):
+                            splits.append(cost(candidate, share))
+                assert total == min(splits)
+
+
 def test_the_shared_prefix_gives_the_same_step_for_sampled_stale_rows_with_a_reference(tiny_model, tiny_tokenizer):
     """The on-policy parts through the prefix path: per-row temperatures, the engine's logprobs (importance weight
     and engine KL), pi_old of an older version (here the base), and the KL reference."""
