@@ -120,10 +120,31 @@ def report(plan: dict) -> int:
         base = [
             p for p in plays if p["policy"] == base_name and p["seed"] in seeds and (not keys or p["plan_key"] in keys)
         ]
+        arm_plays = {
+            arm["name"]: [p for p in plays if p["policy"] == f"{arm['name']}-final" and p["seed"] in seeds]
+            for arm in arms
+        }
+        # While a block is still being played, every row is taken on the seeds (5-hour markets) that every policy which
+        # has begun has finished, so that the rows (and the pairs) stand on the same markets.
+        per_market = held_out["windows"] * held_out["agents"]
+        finished = [
+            {seed for seed in seeds if sum(1 for p in some if p["seed"] == seed) >= per_market}
+            for some in (base, *arm_plays.values())
+            if some
+        ]
+        markets = set.intersection(*finished) if finished else set()
+        base = [p for p in base if p["seed"] in markets]
+        played_seeds = f"{len(markets)} of {len(seeds)}"
         prompt = ", ".join(sorted({arm["prompt_version"] for arm in arms}))
+        so_far = (
+            ""
+            if len(markets) == len(seeds)
+            else f" (so far: the {played_seeds} seeds that every policy begun has finished)"
+        )
         lines = [
             f"### {block}: seeds {held_out['seeds'][0]}-{held_out['seeds'][-1]}, {held_out['windows']} hours each from "
-            f"{held_out['start']}, {held_out['agents']} seats, temperature {held_out['temperature']:g}, {prompt}",
+            f"{held_out['start']}, {held_out['agents']} seats, temperature {held_out['temperature']:g}, {prompt}"
+            + so_far,
             "",
             "| policy | agent-windows | mean P&L | win rate | mean drawdown | unparseable | trades / agent-window | "
             "action mix (top 3) | paired P&L vs base, 95% CI (markets resampled) | cycles, CPU |",
@@ -133,10 +154,11 @@ def report(plan: dict) -> int:
         for arm in arms:
             arm_cycles = [c for c in cycles if c["arm"] == arm["name"]]
             cpu = sum(c["cpu_seconds"] for c in arm_cycles) / 60
-            arm_plays = [p for p in plays if p["policy"] == f"{arm['name']}-final" and p["seed"] in seeds]
-            lines.append(row(arm["name"], arm_plays, base, f"{len(arm_cycles)} cycles, {cpu:.0f} CPU-min"))
+            played = [p for p in arm_plays[arm["name"]] if p["seed"] in markets]
+            lines.append(row(arm["name"], played, base, f"{len(arm_cycles)} cycles, {cpu:.0f} CPU-min"))
         for rule in ("always-HOLD", "scripted archetypes"):
-            lines.append(row(rule, rule_plays(held_out, rule), base, "rules"))
+            ruled = [p for p in rule_plays(held_out, rule) if p["seed"] in markets or not finished]
+            lines.append(row(rule, ruled, base, "rules"))
         sections.append("\n".join(lines))
     text = "\n\n".join(sections)
     print(text)
