@@ -177,9 +177,9 @@ def learn(plan: dict, arm: dict, folder: Path, out_of_time) -> Path | None:
 
 def evaluate(
     plan: dict, arm: dict, folder: Path, checkpoint: Path | None, policy: str, out_of_time, markets: int
-) -> bool:
+) -> int:
     """Play up to `markets` more held-out markets with one policy (the base when checkpoint is None), one at a
-    time; True once the policy has played them all."""
+    time; how many markets it still has to play."""
     from babylon_assets.core.paired_stats import PlayResult
     from babylon_assets.db.evaluation_records import EvaluationRecords
     from babylon_assets.db.store import Store
@@ -216,7 +216,8 @@ def evaluate(
                     handle.write(json.dumps(line) + "\n")
                     known.append(line)
         log(f"evaluate {policy}: {len(records.plays(held_out.key, policy))} plays ({time.monotonic() - began:.0f} s)")
-    return len(records.plays(held_out.key, policy)) >= held_out.agent_windows
+    per_market = held_out.windows * held_out.agents
+    return (held_out.agent_windows - len(records.plays(held_out.key, policy)) + per_market - 1) // per_market
 
 
 def actions_of(store, trajectory_id: str | None) -> list[str]:
@@ -294,16 +295,19 @@ def main() -> int:
             (adapter / "FINGERPRINT").write_text(fingerprint(checkpoint) + "\n")
         from babylon_assets.core.on_policy import base_version
 
-        # The base and the arm take turns, a market each, so that a chunk that ends mid-evaluation leaves paired
-        # markets behind (both policies on the same seeds), not one policy's markets alone.
-        policies = ((base_version(plan["base_model"]), None), (f"{arm['name']}-final", checkpoint))
-        finished = {policy: False for policy, _ in policies}
-        while not all(finished.values()):
-            for policy, served in policies:
-                if out_of_time():
-                    log(f"chunk over ({args.chunk_minutes:g} min) while {arm['name']} is evaluated: run again to go on")
-                    return 0
-                finished[policy] = evaluate(plan, arm, folder, served, policy, out_of_time, markets=1)
+        # A market at a time, by the policy that has played fewer (the base on a tie), so that a chunk that ends
+        # mid-evaluation, in any session, leaves paired markets behind (both policies on the same seeds).
+        policies = {base_version(plan["base_model"]): None, f"{arm['name']}-final": checkpoint}
+        left = {
+            policy: evaluate(plan, arm, folder, served, policy, out_of_time, 0) for policy, served in policies.items()
+        }
+        while any(left.values()):
+            if out_of_time():
+                log(f"chunk over ({args.chunk_minutes:g} min) while {arm['name']} is evaluated: run again to go on")
+                return 0
+            order = list(policies)
+            policy = max(order, key=lambda name: (left[name], -order.index(name)))
+            left[policy] = evaluate(plan, arm, folder, policies[policy], policy, out_of_time, 1)
     from bench.learning_study_report import report
 
     return report(plan)

@@ -138,7 +138,7 @@ def report(plan: dict) -> int:
         prompt = ", ".join(sorted({arm["prompt_version"] for arm in arms}))
         so_far = (
             ""
-            if len(markets) == len(seeds)
+            if len(markets) == len(seeds) or not finished
             else f" (so far: the {played_seeds} seeds that every policy begun has finished)"
         )
         lines = [

@@ -363,18 +363,19 @@ def _cheapest_partition(ordered: list[Sample], size: int, share_prefix: bool) ->
     (dynamic programming over the cut points)."""
     # best[i]: (the cost of ordered[:i], where its last micro-batch starts)
     best: list[tuple[int, int]] = [(0, 0)] * (len(ordered) + 1)
+    limits = [_prefix_limit(sample) for sample in ordered] if share_prefix else []
     for end in range(1, len(ordered) + 1):
         last = ordered[end - 1]
         # Grow the candidate micro-batch ordered[start:end] leftwards, keeping what shareable_prefix and the padding
         # need as running values: the common prefix of a set is its common prefix with any one member (`last`).
-        common = _prefix_limit(last) if share_prefix else 0
+        common = limits[end - 1] if share_prefix else 0
         longest = 0
         candidates = []
         for start in range(end - 1, max(0, end - size) - 1, -1):
             sample = ordered[start]
             longest = max(longest, len(sample.input_ids))
             if share_prefix and start < end - 1:
-                common = min(common, _prefix_limit(sample), common_prefix_length(last.input_ids, sample.input_ids))
+                common = min(common, limits[start], common_prefix_length(last.input_ids, sample.input_ids))
             shared = _worth_sharing(common, end - start) if share_prefix else 0
             candidates.append((best[start][0] + _forward_cost(end - start, longest, shared), start))
         best[end] = min(candidates)

@@ -197,7 +197,7 @@ def test_the_micro_batch_partition_is_the_cheapest_split_of_its_order(tiny_token
     from dataclasses import replace
     from itertools import combinations
 
-    from babylon_assets.training.grpo import _cheapest_partition, _forward_cost, shareable_prefix
+    from babylon_assets.training.grpo import _cheapest_partition, _forward_cost, _prefix_limit, shareable_prefix
 
     seats = _seats(tiny_tokenizer)[:4]
     # Where the limits bind: a row twice (its shared part stops before its first trained token), the same tokens
@@ -207,7 +207,12 @@ def test_the_micro_batch_partition_is_the_cheapest_split_of_its_order(tiny_token
     other[0]["content"] = "Rules: trade well."
     untrained = replace(seats[0], assistant_mask=[False] * len(seats[0].input_ids))
     seats += [seats[0], tokenize_conversation(tiny_tokenizer, Conversation(other), 0.0), untrained]
-    orders = [sorted(seats, key=lambda s: s.input_ids), sorted(seats, key=lambda s: -len(s.input_ids)), seats]
+    for sample in seats:
+        first_trained = next((t for t, trained in enumerate(sample.assistant_mask) if trained), len(sample.input_ids))
+        assert _prefix_limit(sample) < first_trained and _prefix_limit(sample) <= len(sample.input_ids) - 2
+    by_ids = sorted(seats, key=lambda s: s.input_ids)
+    # The untrained twin both after its trained twin (the earlier row's limit binds) and before it (the last row's).
+    orders = [by_ids, sorted(seats, key=lambda s: -len(s.input_ids)), seats, [seats[-1], *seats[:-1]]]
 
     def cost(chunks, share):
         return sum(
