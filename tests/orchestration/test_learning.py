@@ -70,10 +70,13 @@ def test_two_on_policy_cycles_on_the_tiny_model(tmp_path, tiny_model, llama_serv
     answers = store.sampled_answers(f"gw-{agent}-{hour}" for agent in seats for hour in (first, second))
     assert len(answers) == 5 * 2 * 2
     assert all(a.constrained and a.temperature == 1.0 and len(a.token_ids) == len(a.logprobs) for a in answers.values())
-    # The second step learned from the newest play (staleness 0) on the engine's own tokens, nothing misaligned.
+    # The second step learned from the newest play (staleness 0) on the engine's own tokens. The tiny random model at
+    # temperature 1 now and then samples a lone byte token inside a string, whose ids do not spell the text the server
+    # returned: that answer fails itself (left out and counted in misaligned_samples_left_out), not the step.
     metrics = reports[1].metrics
     assert metrics["groups_staleness_0"] >= 1 and metrics["groups_excluded_unversioned_play"] == 0
-    assert metrics["on_policy_tokens"] > 0 and metrics["misaligned_samples_left_out"] == 0
+    assert metrics["on_policy_tokens"] > 0 and metrics["on_policy_sequences"] > 0
+    assert metrics["misaligned_samples_left_out"] <= metrics["on_policy_sequences"] / 4
     assert metrics["forced_tokens_masked"] > 0  # the schema's keys and braces are left out of the loss
     assert 0 < metrics["importance_weight_mean"] <= 2.0 and metrics["engine_kl"] >= 0
     for guard in ("policy_top_action_share", "policy_trades_per_agent_window", "reward_std_within_groups"):
