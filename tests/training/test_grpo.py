@@ -282,3 +282,21 @@ def test_identical_rows_without_trained_tokens_still_collate(tiny_model, tiny_to
     assert batch.prefix_ids is not None and batch.keep >= 2
     logprobs = token_logprobs(load_causal_lm(tiny_model), batch)
     assert logprobs.shape == batch.target_mask.shape and not batch.target_mask.any()
+
+
+def test_sampled_tokens_that_do_not_spell_their_answer_are_refused(tiny_tokenizer):
+    """An on-policy answer is trained on the engine's own ids, never re-tokenized: ids whose text is not the
+    recorded answer raise, so the backend leaves that answer out (and counts it) instead of training on a guess."""
+    from babylon_assets.training.grpo import MisalignedTokensError, SampledTokens
+
+    messages = decision('{"action": "HOLD"}')
+    spelled = tuple(tiny_tokenizer(messages[2]["content"], add_special_tokens=False)["input_ids"])
+    other = tuple(tiny_tokenizer('{"action": "SELL"}', add_special_tokens=False)["input_ids"])
+
+    def sampled(ids):
+        return Conversation(messages, sampled={2: SampledTokens(ids, (-0.5,) * len(ids), (True,) * len(ids))})
+
+    sample = tokenize_conversation(tiny_tokenizer, sampled(spelled), 1.0)
+    assert sample.on_policy and sample.trained_tokens == len(spelled)
+    with pytest.raises(MisalignedTokensError):
+        tokenize_conversation(tiny_tokenizer, sampled(other), 1.0)
