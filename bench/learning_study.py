@@ -305,8 +305,7 @@ def main() -> int:
             if out_of_time():
                 log(f"chunk over ({args.chunk_minutes:g} min) while {arm['name']} is evaluated: run again to go on")
                 return 0
-            order = list(policies)
-            policy = max(order, key=lambda name: (left[name], -order.index(name)))
+            policy = max(left, key=left.__getitem__)  # the first of equals: the base
             left[policy] = evaluate(plan, arm, folder, policies[policy], policy, out_of_time, 1)
     from bench.learning_study_report import report
 

@@ -134,12 +134,11 @@ def report(plan: dict) -> int:
         ]
         markets = set.intersection(*finished) if finished else set()
         base = [p for p in base if p["seed"] in markets]
-        played_seeds = f"{len(markets)} of {len(seeds)}"
         prompt = ", ".join(sorted({arm["prompt_version"] for arm in arms}))
         so_far = (
             ""
             if len(markets) == len(seeds) or not finished
-            else f" (so far: the {played_seeds} seeds that every policy begun has finished)"
+            else f" (so far: the {len(markets)} of {len(seeds)} seeds that every policy begun has finished)"
         )
         lines = [
             f"### {block}: seeds {held_out['seeds'][0]}-{held_out['seeds'][-1]}, {held_out['windows']} hours each from "
