@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     EVAL_START: str = "2024-12-01T00:00"
     # 0: greedy decoding, so a policy's play is reproducible and the pair differs only by the policy.
     EVAL_TEMPERATURE: float = Field(default=0.0, ge=0.0)
+    # Above temperature 0, every policy's seat samples each decision with the same sampler seed (common random
+    # numbers): where two policies' distributions agree they answer alike, so the paired difference measures the
+    # policies rather than the dice. Off: each call draws its own seed.
+    EVAL_COMMON_RANDOM_NUMBERS: bool = True
     EVAL_MAX_TOKENS: int = Field(default=160, ge=16)
     EVAL_BOOTSTRAP_RESAMPLES: int = Field(default=10_000, ge=100)
     # Where the policies are served for evaluation and deployment. Empty: local llama.cpp servers (the base

@@ -94,6 +94,8 @@ def arm_settings(plan: dict, arm: dict, folder: Path):
         EVAL_DURATION_MINUTES=held_out["duration_minutes"],
         EVAL_START=held_out["start"],
         EVAL_TEMPERATURE=held_out["temperature"],
+        # Blocks committed before common random numbers existed played a fresh seed a call: their key stays theirs.
+        EVAL_COMMON_RANDOM_NUMBERS=held_out.get("common_random_numbers", False),
         WANDB_MODE="offline",
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from babylon_assets.core.agent_protocol import Observation
 from babylon_assets.core.decision_schema import decision_schema, max_answer_tokens, response_format
+from babylon_assets.core.market import stable_seed
 from babylon_assets.core.window_play import AgentReply
 from babylon_assets.llm.openai_compat import PLACEHOLDER_API_KEY
 
@@ -44,6 +45,9 @@ class LlmEndpoint:
     # Rollouts sample the model's own distribution: llama.cpp's top_k/top_p/min_p and penalties made neutral, so
     # the only change to the model's probabilities is the temperature (which the trainer applies too) and the schema.
     neutral_sampler: bool = False
+    # Paired evaluation: each call's sampler seed is a function of the seat and the decision's time alone, so every
+    # policy that plays the seat draws the same random numbers there (common random numbers).
+    common_random_numbers: bool = False
 
 
 # llama.cpp's defaults cut the tail (top_k 40, top_p 0.95, min_p 0.05); these leave the distribution whole.
@@ -91,8 +95,14 @@ class LlmAgent:
     def start_window(self, window_id: str) -> None:
         """Nothing to reset: the model is stateless between calls."""
 
+    def sampler_seed(self, observation: Observation) -> int:
+        """The seed of this seat's decision at this observation, the same whichever policy answers it."""
+        return stable_seed("sampler", self.seat_name, observation.time, observation.step) % 2**31
+
     def _extra_body(self, observation: Observation, note: str | None) -> dict[str, Any]:
         body: dict[str, Any] = dict(NEUTRAL_SAMPLER) if self.endpoint.neutral_sampler else {}
+        if self.endpoint.common_random_numbers:
+            body["seed"] = self.sampler_seed(observation)
         if self.endpoint.via_gateway:
             body["babylon"] = self._gateway_state(observation, note)
         return body

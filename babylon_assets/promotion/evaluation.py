@@ -56,6 +56,8 @@ class EvaluationPlan:
     max_tokens: int = 160
     step_seconds: int = 60
     structured: bool = True  # answers constrained by the observation's decision schema
+    # Sampled play: each seat's decision drawn with a seed every policy shares (common random numbers).
+    common_random_numbers: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> EvaluationPlan:
@@ -68,6 +70,7 @@ class EvaluationPlan:
             start=parse_window_id(settings.EVAL_START),
             temperature=settings.EVAL_TEMPERATURE,
             max_tokens=settings.EVAL_MAX_TOKENS,
+            common_random_numbers=settings.EVAL_COMMON_RANDOM_NUMBERS,
         )
 
     def markets(self) -> list[tuple[int, datetime]]:
@@ -104,7 +107,14 @@ class EvaluationPlan:
             # Sampled play draws from the policy's whole distribution, as rollouts do (the trained policy); greedy
             # play has no sampler to speak of (and its committed plays' key stays what it was).
             **({"sampler": "neutral"} if self.temperature > 0 else {}),
+            # Seeded play is other play than play with a fresh seed a call (whose committed key stays what it was).
+            **({"sampler_seeds": "common"} if self.seeded else {}),
         }
+
+    @property
+    def seeded(self) -> bool:
+        """Whether sampled play draws each seat's decision with a seed every policy shares."""
+        return self.temperature > 0 and self.common_random_numbers
 
     @property
     def key(self) -> str:
@@ -204,6 +214,7 @@ def play_policy(
             evaluation=True,
             structured=plan.structured,
             neutral_sampler=plan.temperature > 0,
+            common_random_numbers=plan.seeded,
         )
         # Every policy's seat is told the same name (its slot), so the pair of plays of a seat sees the same prompts.
         agents = {

@@ -22,6 +22,7 @@ PROMOTION_SETTINGS = (
     "EVAL_DURATION_MINUTES",
     "EVAL_START",
     "EVAL_TEMPERATURE",
+    "EVAL_COMMON_RANDOM_NUMBERS",
     "EVAL_MAX_TOKENS",
     "EVAL_BOOTSTRAP_RESAMPLES",
     "GATE_MIN_PNL_DELTA",
@@ -44,6 +45,7 @@ class PromotionResource(BuiltFromSettings, ConfigurableResource):  # type: ignor
     eval_duration_minutes: int
     eval_start: str
     eval_temperature: float
+    eval_common_random_numbers: bool
     eval_max_tokens: int
     eval_bootstrap_resamples: int
     gate_min_pnl_delta: float

@@ -144,3 +144,44 @@ def test_an_upstream_failure_that_is_not_a_refusal_is_not_asked_again_without_th
         reply = agent.respond("system", observation_prompt(observation, "agent-1", "balanced"), observation)
     assert reply.error is not None and reply.note is None
     assert all("response_format" in r for r in double.requests)
+
+
+def test_common_random_numbers_give_a_seat_the_same_draw_whichever_policy_asks(tmp_path, parallel_llm) -> None:
+    """Paired evaluation at temperature > 0: a seat's decision is sampled with a seed of its own (the same for every
+    policy that plays the seat), which the gateway records; the same policy asked twice answers the same, and other
+    seats draw other numbers."""
+    store = Store(f"sqlite:///{tmp_path / 'gw.db'}", clock=lambda: NOW)
+    store.upgrade()
+    upstream = Upstream("openai/smollm2", parallel_llm, version="base:smollm2")
+    observation = observations()[0]
+    with gateway_in_thread(store, upstream) as (url, recorder, key):
+        endpoint = LlmEndpoint(
+            "openai/policy",
+            url,
+            api_key=key,
+            via_gateway=True,
+            temperature=1.5,
+            neutral_sampler=True,
+            common_random_numbers=True,
+            timeout_s=300,
+            retries=0,
+        )
+        # Two policies' agents (other ids) in the same seat, and a neighbour at the same table.
+        first, second = (LlmAgent(agent, "balanced", endpoint, seat_name="agent-01") for agent in ("p-01", "q-01"))
+        neighbour = LlmAgent("p-02", "balanced", endpoint, seat_name="agent-02")
+        prompt = observation_prompt(observation, "agent-01", "balanced")
+        # The first call computes the prompt cold, in one large batch, whose sums differ from a cached prompt's in the
+        # last bits: enough to move a draw that lies near a boundary. After it, the server is in the same state for
+        # each call, as two policies' servers are for a seat's call in a paired evaluation.
+        warm_up = first.respond(system_prompt(), prompt, observation)
+        replies = [agent.respond(system_prompt(), prompt, observation) for agent in (first, second, first)]
+        recorder.drain_from_thread(timeout_s=60)
+    assert warm_up.error is None and all(reply.error is None for reply in replies)
+    assert replies[0].text == replies[1].text == replies[2].text
+    assert first.sampler_seed(observation) == second.sampler_seed(observation) != neighbour.sampler_seed(observation)
+    later = observations()[1]
+    assert first.sampler_seed(later) != first.sampler_seed(observation)
+    with store.engine.connect() as connection:
+        recorded = connection.execute(select(LlmCallLog.__table__.c.metadata)).scalars().all()
+    assert {json.loads(m)["sampling"]["seed"] for m in recorded} == {first.sampler_seed(observation)}
+    store.dispose()
