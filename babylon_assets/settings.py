@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     MAX_SEQUENCE_TOKENS: int = Field(default=2048, ge=16)
     TRAIN_SEED: int = 0
     TRAIN_DEVICE: Literal["auto", "cpu", "cuda"] = "auto"
+    # The training forwards' matrix products: bfloat16 under autocast (weights, LoRA, optimizer state and the loss stay
+    # float32) or float32. auto: bfloat16 where the device has it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU
+    # with bf16), else float32.
+    TRAIN_PRECISION: Literal["auto", "float32", "bfloat16"] = "auto"
     KEEP_CHECKPOINTS: int = Field(default=3, ge=1)
     ITERATIONS: int = 10
     WINDOWS_PER_ITERATION: int = 20

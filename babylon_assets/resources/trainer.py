@@ -38,6 +38,7 @@ TRAINING_SETTINGS = (
     "MAX_SEQUENCE_TOKENS",
     "KEEP_CHECKPOINTS",
     "TRAIN_DEVICE",
+    "TRAIN_PRECISION",
     "WANDB_MODE",
     "WANDB_DIR",
     "ON_POLICY",
@@ -71,6 +72,7 @@ class TrainerResource(BuiltFromSettings, ConfigurableResource):  # type: ignore[
     max_sequence_tokens: int
     keep_checkpoints: int
     train_device: str
+    train_precision: str
     wandb_mode: str
     wandb_dir: str
     on_policy: bool

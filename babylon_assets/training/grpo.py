@@ -237,6 +237,9 @@ class StepConfig:
     importance_weight_cap: float = 2.0  # the truncated importance weight min(pi_old / mu, cap) of on-policy tokens
     # Forward the prompt prefix a micro-batch's rows share once (the same gradient, less work).
     share_prefix: bool = True
+    # "bfloat16": the forwards' matrix products in bf16 under autocast (weights, LoRA, optimizer and loss stay
+    # float32); None: everything in float32.
+    autocast: str | None = None
 
 
 @dataclass
@@ -487,38 +490,18 @@ def collate(
     )
 
 
-def token_logprobs(model: Any, batch: Batch) -> torch.Tensor:
+def token_logprobs(model: Any, batch: Batch, autocast: str | None = None) -> torch.Tensor:
     """Log-probability of each of the last keep - 1 tokens under the model at each row's sampling temperature:
     [rows, keep - 1]."""
-    return _token_logprobs(model, batch)[0]
+    return _token_logprobs(model, batch, autocast)[0]
 
 
-def _token_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logprobs(model: Any, batch: Batch, autocast: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(at the rows' temperatures, at temperature 1): the engine reports its logprobs at 1, before temperature."""
-    if batch.prefix_ids is None:
-        output = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            logits_to_keep=batch.keep,
-            use_cache=False,
-        )
-    else:
-        # The shared prefix once, its keys and values repeated for every row: the gradient through them is the sum of
-        # the rows' (as if each row had computed the prefix itself) for a fraction of the work.
-        prefix = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1)
-        cache = prefix.past_key_values
-        rows = batch.input_ids.shape[0]
-        cache.batch_repeat_interleave(rows)
-        ones = torch.ones((rows, batch.shared_prefix), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
-        output = model(
-            input_ids=batch.input_ids,
-            attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
-            position_ids=batch.position_ids,
-            past_key_values=cache,
-            logits_to_keep=batch.keep,
-            use_cache=True,
-        )
+    device = batch.input_ids.device.type
+    dtype = getattr(torch, autocast) if autocast else None
+    with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+        output = _forward(model, batch)
     logits = output.logits[:, :-1, :].float()
     targets = batch.input_ids[:, -(batch.keep - 1) :]
 
@@ -531,6 +514,32 @@ def _token_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tenso
     if batch.temperatures is None:
         return plain, plain
     return gathered(logits / batch.temperatures.view(-1, 1, 1)), plain
+
+
+def _forward(model: Any, batch: Batch) -> Any:
+    if batch.prefix_ids is None:
+        return model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=batch.keep,
+            use_cache=False,
+        )
+    # The shared prefix once, its keys and values repeated for every row: the gradient through them is the sum of
+    # the rows' (as if each row had computed the prefix itself) for a fraction of the work.
+    prefix = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1)
+    cache = prefix.past_key_values
+    rows = batch.input_ids.shape[0]
+    cache.batch_repeat_interleave(rows)
+    ones = torch.ones((rows, batch.shared_prefix), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
+    return model(
+        input_ids=batch.input_ids,
+        attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
+        position_ids=batch.position_ids,
+        past_key_values=cache,
+        logits_to_keep=batch.keep,
+        use_cache=True,
+    )
 
 
 def token_losses(
@@ -628,16 +637,16 @@ def grpo_step(
         reference_logprobs = None
         if config.kl_coef > 0 and reference is not None:
             with torch.no_grad(), reference():
-                reference_logprobs = token_logprobs(model, batch)
+                reference_logprobs = token_logprobs(model, batch, config.autocast)
         trainer_old = trainer_old_plain = None
         version = chunk[0].behaviour_step
         if version is not None and current_step is not None and version != current_step:
             if behaviour is None:
                 raise ValueError(f"samples played by step {version} need the behaviour policy of that step")
             with torch.no_grad(), behaviour(version):
-                trainer_old, trainer_old_plain = _token_logprobs(model, batch)
+                trainer_old, trainer_old_plain = _token_logprobs(model, batch, config.autocast)
             stats.stale_sequences += len(chunk)
-        new, new_plain = _token_logprobs(model, batch)
+        new, new_plain = _token_logprobs(model, batch, config.autocast)
         if trainer_old_plain is None:
             trainer_old_plain = new_plain.detach()
         losses, parts = token_losses(

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from art.types import TrainResult
 
@@ -109,6 +109,7 @@ class TorchTrainerConfig:
     importance_weight_cap: float = 2.0
     mask_forced_tokens: bool = True
     share_prefix: bool = True  # forward a micro-batch's shared prompt prefix once (grpo.collate); the same gradient
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"  # of the forwards' matrix products (TRAIN_PRECISION)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchTrainerConfig:
@@ -129,7 +130,23 @@ class TorchTrainerConfig:
             device=settings.TRAIN_DEVICE,
             importance_weight_cap=settings.IMPORTANCE_WEIGHT_CAP,
             mask_forced_tokens=settings.MASK_FORCED_TOKENS,
+            precision=settings.TRAIN_PRECISION,
         )
+
+    def resolved_autocast(self) -> str | None:
+        """The dtype the forwards' matrix products run in under autocast ("bfloat16"), or None for float32. auto:
+        bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), since
+        elsewhere bf16 is emulated and slower than float32."""
+        import torch
+
+        if self.precision == "float32":
+            return None
+        if self.precision == "bfloat16":
+            return "bfloat16"
+        if self.resolved_device() == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else None
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bfloat16" if native else None
 
     def resolved_device(self) -> str:
         """cpu or cuda."""
@@ -577,6 +594,7 @@ class TorchBackend:
                 "pad_token_id": int(session.tokenizer.pad_token_id),
                 "importance_weight_cap": self.config.importance_weight_cap,
                 "share_prefix": self.config.share_prefix,
+                "autocast": self.config.resolved_autocast(),
             }
         )
         behaviour = None if model is None else self._behaviour_policy(session, model)

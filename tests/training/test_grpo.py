@@ -191,6 +191,31 @@ def test_a_shared_prompt_prefix_is_forwarded_once_with_the_same_logprobs_and_upd
         assert torch.allclose(plain, shared, atol=1e-6)
 
 
+def test_a_bf16_autocast_step_tracks_the_float32_step_and_keeps_float32_weights(tiny_model, tiny_tokenizer):
+    """TRAIN_PRECISION=bfloat16: the forwards' products in bf16, the adapter, its gradient and the optimizer in float32;
+    the logprobs and the update stay close to the float32 step's (the same direction, about the same size)."""
+    samples = _seats(tiny_tokenizer)
+    results = []
+    for autocast in (None, "bfloat16"):
+        model = _lora(load_causal_lm(tiny_model))
+        initial = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        batch = collate(samples, tiny_tokenizer.pad_token_id, share_prefix=False)
+        with torch.no_grad():
+            logprobs = token_logprobs(model, batch, autocast)[batch.target_mask]
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        config = StepConfig(micro_batch_size=8, max_grad_norm=None, pad_token_id=tiny_tokenizer.pad_token_id)
+        grpo_step(model, optimizer, samples, StepConfig(**{**config.__dict__, "autocast": autocast}))
+        trained = [p for p in model.parameters() if p.requires_grad]
+        assert all(p.dtype == torch.float32 for p in trained)
+        update = torch.cat([(p.detach() - q).flatten() for p, q in zip(trained, initial, strict=True)])
+        results.append((logprobs, update))
+    (plain_logprobs, plain_update), (bf16_logprobs, bf16_update) = results
+    assert not torch.equal(plain_logprobs, bf16_logprobs)  # the products did run in bf16
+    assert torch.allclose(plain_logprobs, bf16_logprobs, atol=0.1)
+    assert torch.nn.functional.cosine_similarity(plain_update, bf16_update, dim=0) > 0.95
+    assert bf16_update.norm() == pytest.approx(float(plain_update.norm()), rel=0.1)
+
+
 def test_the_micro_batch_partition_is_the_cheapest_split_of_its_order(tiny_tokenizer):
     """The dynamic programming keeps running values instead of working out each candidate's shared prefix; its answer
     is still the cheapest consecutive split, costed through shareable_prefix, found here by trying them all."""

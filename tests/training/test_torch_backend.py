@@ -303,3 +303,15 @@ def test_an_option_the_torch_backend_does_not_know_is_refused(tmp_path):
     backend = TorchBackend(TorchTrainerConfig.from_settings(Settings()), path=str(tmp_path))
     with pytest.raises(TypeError, match="loss_fn"):
         asyncio.run(backend.train(None, [], learning_rate=1e-4, loss_fn="cispo"))  # type: ignore[arg-type]
+
+
+def test_training_precision_is_bf16_only_where_the_device_has_it_natively(monkeypatch):
+    def config(precision: str) -> TorchTrainerConfig:
+        return TorchTrainerConfig(base_model="tiny", device="cpu", precision=precision)  # type: ignore[arg-type]
+
+    assert config("float32").resolved_autocast() is None
+    assert config("bfloat16").resolved_autocast() == "bfloat16"
+    for avx512_bf16, amx, expected in ((True, False, "bfloat16"), (False, True, "bfloat16"), (False, False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
+        assert config("auto").resolved_autocast() == expected
