@@ -19,8 +19,10 @@ Real SmolLM2-135M-Instruct on llama.cpp with `--parallel <seats>` slots, the dec
 4. masking     one step from the base on the cycle's first hour, with the grammar-forced tokens masked from the
                loss and without (same seed, same samples): the step's trained tokens, loss and gradient norm.
 5. sharing     one step from the base on the cycle's first hour with each micro-batch's shared prompt prefix
-               forwarded once (the default) and with every row forwarded whole (same seed, same samples): seconds,
-               tokens forwarded, peak RSS, and the largest difference between the two updated adapters.
+               forwarded once (the default) and with every row forwarded whole (same seed, same samples, float32):
+               seconds, tokens forwarded, peak RSS, and the largest difference between the two updated adapters.
+   precision   the same step with the forwards in float32 and in bf16 under autocast (TRAIN_PRECISION): seconds,
+               loss, gradient norm, peak RSS and the largest difference between the two updated adapters.
 6. sensors     the same loop driven by the sensors under `dagster-daemon` (runs launched in their own processes):
                from the daemon's start until the new checkpoint has played its first rollout hour.
 
@@ -283,6 +285,9 @@ def cycle(seats: int, decisions: int, work: Path) -> dict:
             "samples_trained": report.metrics.get("sequences"),
             "engine_kl": report.metrics.get("engine_kl"),
         }
+    from babylon_assets.training.torch_backend import TorchTrainerConfig
+
+    out["training precision"] = TorchTrainerConfig.from_settings(settings).resolved_autocast() or "float32"
     return out
 
 
@@ -333,18 +338,17 @@ def masking(seats: int, decisions: int, work: Path) -> dict:
     return out
 
 
-def sharing(seats: int, decisions: int, work: Path) -> dict:
-    """One GRPO step from the base with each micro-batch's shared prompt prefix forwarded once (the default) and with
-    every row forwarded whole, same seed and samples: the step's seconds, the tokens it forwarded, its peak RSS, and
-    how far apart the two updated adapters are."""
+def _compare_steps(seats: int, decisions: int, work: Path, variants: dict[str, tuple[str, dict]]) -> dict:
+    """One GRPO step from the base per variant (label: (model name, changes)), same seed and samples: each step's
+    seconds, the tokens it forwarded, its loss, gradient norm and peak RSS, and how far apart the updated adapters are
+    (the largest absolute difference of any adapter weight between the first variant and each other)."""
     from safetensors.torch import load_file
 
     out: dict = {}
     adapters = {}
-    for shared in (False, True):
-        label = "shared prefix once" if shared else "every row whole"
+    for label, (variant, changes) in variants.items():
         rss = PeakRss()
-        step = _step_from_base(work, seats, decisions, f"share-{'on' if shared else 'off'}", rss, share_prefix=shared)
+        step = _step_from_base(work, seats, decisions, variant, rss, **changes)
         metrics = step.metrics
         out[label] = {
             "step_seconds": round(float(metrics["seconds"]), 1),
@@ -353,17 +357,48 @@ def sharing(seats: int, decisions: int, work: Path) -> dict:
             "sequences": int(metrics["sequences"]),
             "loss": round(float(metrics["loss"]), 6),
             "grad_norm": round(float(metrics["grad_norm"]), 6),
-            "peak_rss_gb": rss.peak(f"share-{'on' if shared else 'off'}"),
+            "peak_rss_gb": rss.peak(variant),
         }
-        adapters[shared] = load_file(str(Path(str(step.checkpoint_path)) / "adapter_model.safetensors"))
+        adapters[label] = load_file(str(Path(str(step.checkpoint_path)) / "adapter_model.safetensors"))
         log(f"  {label}: {out[label]}")
-    whole, once = out["every row whole"], out["shared prefix once"]
-    out["step_seconds_ratio"] = round(once["step_seconds"] / whole["step_seconds"], 3)
-    out["forwarded_tokens_ratio"] = round(once["forwarded_tokens"] / whole["forwarded_tokens"], 3)
-    out["adapter_max_abs_difference"] = max(
-        float((adapters[True][name] - adapters[False][name]).abs().max()) for name in adapters[False]
-    )
+    first, *others = variants
+    for other in others:
+        out[f"{other} / {first}: step seconds"] = round(out[other]["step_seconds"] / out[first]["step_seconds"], 3)
+        out[f"{other} / {first}: forwarded tokens"] = round(
+            out[other]["forwarded_tokens"] / out[first]["forwarded_tokens"], 3
+        )
+        out[f"{other} vs {first}: adapter max abs difference"] = max(
+            float((adapters[other][name] - adapters[first][name]).abs().max()) for name in adapters[first]
+        )
     return out
+
+
+def sharing(seats: int, decisions: int, work: Path) -> dict:
+    """One GRPO step from the base with each micro-batch's shared prompt prefix forwarded once (the default) and with
+    every row forwarded whole, in float32 (where the two are the same sums, but for order)."""
+    return _compare_steps(
+        seats,
+        decisions,
+        work,
+        {
+            "every row whole": ("share-off", {"share_prefix": False, "precision": "float32"}),
+            "shared prefix once": ("share-on", {"share_prefix": True, "precision": "float32"}),
+        },
+    )
+
+
+def precision(seats: int, decisions: int, work: Path) -> dict:
+    """One GRPO step from the base with the forwards in float32 and in bf16 under autocast (TRAIN_PRECISION), the
+    shared prefix forwarded once in both: what bf16 saves, and how far it moves the update."""
+    return _compare_steps(
+        seats,
+        decisions,
+        work,
+        {
+            "float32": ("precision-float32", {"precision": "float32"}),
+            "bfloat16 autocast": ("precision-bfloat16", {"precision": "bfloat16"}),
+        },
+    )
 
 
 def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dict:
@@ -423,7 +458,7 @@ def sensor_loop(seats: int, decisions: int, work: Path, timeout_s: float) -> dic
     return {name: round(seconds, 1) for name, seconds in marks.items()} | {"timed_out": len(marks) < 2}
 
 
-PARTS = ("throughput", "cycle", "masking", "sharing", "sensors")
+PARTS = ("throughput", "cycle", "masking", "sharing", "precision", "sensors")
 
 
 def main() -> None:
@@ -438,8 +473,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here, after each part")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    if parts - set(PARTS) or (parts & {"masking", "sharing"} and "cycle" not in parts):
-        parser.error(f"--parts: some of {','.join(PARTS)} (masking and sharing train on the cycle's store: give cycle)")
+    if parts - set(PARTS) or (parts & {"masking", "sharing", "precision"} and "cycle" not in parts):
+        parser.error(
+            f"--parts: some of {','.join(PARTS)} (masking, sharing and precision train on the cycle's store: "
+            "give cycle)"
+        )
     results: dict = {"seats": args.seats, "decisions": args.decisions, "cores": os.cpu_count()}
 
     def landed(part: str, value: object) -> None:
@@ -471,6 +509,9 @@ def main() -> None:
         if "sharing" in parts:
             log("the shared prompt prefix forwarded once, and every row whole")
             landed("sharing", sharing(args.seats, args.decisions, work))
+        if "precision" in parts:
+            log("the training forwards in float32, and in bf16 under autocast")
+            landed("precision", precision(args.seats, args.decisions, work))
         if "sensors" in parts:
             log("the sensor-driven loop under dagster dev")
             landed("sensors", sensor_loop(args.seats, args.decisions, work, args.sensor_timeout))
