@@ -102,6 +102,17 @@ def row(name: str, plays: list[dict], base: list[dict] | None, extra: str = "") 
     )
 
 
+def alike(name: str, plays: list[dict], base: list[dict]) -> str:
+    """How often a seat's arm and base, drawing the same random numbers, chose the same actions in the same order."""
+    by_key = {(p["seed"], p["window_id"], p["slot"]): p for p in base}
+    pairs = [(by_key[k], p) for p in plays if (k := (p["seed"], p["window_id"], p["slot"])) in by_key]
+    same = sum(1 for b, c in pairs if b.get("actions") == c.get("actions"))
+    return (
+        f"Common random numbers, {name}: the same actions in the same order as the base in {same} of {len(pairs)} "
+        "paired agent-windows (their P&L differences come from amounts, leverage and targets, or are zero)."
+    )
+
+
 def report(plan: dict) -> int:
     """One table per held-out block: its arms against the base on the block's markets, with the rule policies."""
     from babylon_assets.core.on_policy import base_version
@@ -142,7 +153,9 @@ def report(plan: dict) -> int:
         )
         lines = [
             f"### {block}: seeds {held_out['seeds'][0]}-{held_out['seeds'][-1]}, {held_out['windows']} hours each from "
-            f"{held_out['start']}, {held_out['agents']} seats, temperature {held_out['temperature']:g}, {prompt}"
+            f"{held_out['start']}, {held_out['agents']} seats, temperature {held_out['temperature']:g}"
+            + (", common random numbers" if held_out.get("common_random_numbers") else "")
+            + f", {prompt}"
             + so_far,
             "",
             "| policy | agent-windows | mean P&L | win rate | mean drawdown | unparseable | trades / agent-window | "
@@ -158,6 +171,14 @@ def report(plan: dict) -> int:
         for rule in ("always-HOLD", "scripted archetypes"):
             ruled = [p for p in rule_plays(held_out, rule) if p["seed"] in markets or not finished]
             lines.append(row(rule, ruled, base, "rules"))
+        if held_out.get("common_random_numbers"):
+            lines += [
+                "",
+                *(
+                    alike(arm["name"], [p for p in arm_plays[arm["name"]] if p["seed"] in markets], base)
+                    for arm in arms
+                ),
+            ]
         sections.append("\n".join(lines))
     text = "\n\n".join(sections)
     print(text)
