@@ -325,12 +325,12 @@ def _step_from_base(work: Path, seats: int, decisions: int, variant: str, rss: P
 
 def masking(seats: int, decisions: int, work: Path) -> dict:
     """One GRPO step from the base with the tokens the grammar forced masked from the loss (MASK_FORCED_TOKENS, the
-    default) and once without, with the same seed and samples: what masking changes in the step."""
+    default) and once without, with the same seed and samples, in float32: what masking changes in the step."""
     out = {}
     for masked in (True, False):
         label = "masked" if masked else "not masked"
         metrics = _step_from_base(
-            work, seats, decisions, f"mask-{'on' if masked else 'off'}", MASK_FORCED_TOKENS=masked
+            work, seats, decisions, f"mask-{'on' if masked else 'off'}", MASK_FORCED_TOKENS=masked, precision="float32"
         ).metrics
         wanted = ("sequences", "trained_tokens", "forced_tokens_masked", "loss", "policy_loss", "grad_norm")
         out[label] = {name: round(float(metrics[name]), 5) for name in (*wanted, "clipped_fraction") if name in metrics}

@@ -81,6 +81,8 @@ def arm_settings(plan: dict, arm: dict, folder: Path):
         MIN_AGENTS=arm["min_agents"],
         TRAIN_SEED=arm["train_seed"],
         MICRO_BATCH_SIZE=arm.get("micro_batch_size", 4),
+        # Every arm so far trained in float32 (TRAIN_PRECISION came later): an arm trains as its plan says.
+        TRAIN_PRECISION=arm.get("trainer_precision", "float32"),
         KEEP_CHECKPOINTS=3,
         ROLLOUT_START=rollouts["start"],
         ROLLOUT_SEED=rollouts["seed"],

@@ -71,6 +71,12 @@ def rule_plays(held_out: dict, policy: str) -> list[dict]:
     return plays
 
 
+def _pairs(plays: list[dict], base: list[dict]) -> list[tuple[dict, dict]]:
+    """(base, policy) plays of the same seat on the same market."""
+    by_key = {(p["seed"], p["window_id"], p["slot"]): p for p in base}
+    return [(by_key[k], p) for p in plays if (k := (p["seed"], p["window_id"], p["slot"])) in by_key]
+
+
 def row(name: str, plays: list[dict], base: list[dict] | None, extra: str = "") -> str:
     from babylon_assets.core.paired_stats import paired_bootstrap
 
@@ -83,8 +89,7 @@ def row(name: str, plays: list[dict], base: list[dict] | None, extra: str = "") 
     mix = ", ".join(f"{a} {c / total:.0%}" for a, c in actions.most_common(3))
     paired = ""
     if base:
-        by_key = {(p["seed"], p["window_id"], p["slot"]): p for p in base}
-        pairs = [(by_key[k], p) for p in plays if (k := (p["seed"], p["window_id"], p["slot"])) in by_key]
+        pairs = _pairs(plays, base)
         result = paired_bootstrap(
             [c["final_pnl"] - b["final_pnl"] for b, c in pairs],
             resamples=10_000,
@@ -104,8 +109,7 @@ def row(name: str, plays: list[dict], base: list[dict] | None, extra: str = "") 
 
 def alike(name: str, plays: list[dict], base: list[dict]) -> str:
     """How often a seat's arm and base, drawing the same random numbers, chose the same actions in the same order."""
-    by_key = {(p["seed"], p["window_id"], p["slot"]): p for p in base}
-    pairs = [(by_key[k], p) for p in plays if (k := (p["seed"], p["window_id"], p["slot"])) in by_key]
+    pairs = _pairs(plays, base)
     same = sum(1 for b, c in pairs if b.get("actions") == c.get("actions"))
     return (
         f"Common random numbers, {name}: the same actions in the same order as the base in {same} of {len(pairs)} "

@@ -28,6 +28,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+# The dtype of the training forwards' products under autocast; None: float32 throughout.
+Autocast = Literal["bfloat16"] | None
+
 Message = dict[str, Any]
 
 
@@ -237,9 +240,9 @@ class StepConfig:
     importance_weight_cap: float = 2.0  # the truncated importance weight min(pi_old / mu, cap) of on-policy tokens
     # Forward the prompt prefix a micro-batch's rows share once (the same gradient, less work).
     share_prefix: bool = True
-    # "bfloat16": the forwards' matrix products in bf16 under autocast (weights, LoRA, optimizer and loss stay
-    # float32); None: everything in float32.
-    autocast: str | None = None
+    # "bfloat16": the decoder's matrix products in bf16 under autocast (the weights, the LoRA adapter, the optimizer,
+    # the output head's logits and the loss stay float32); None: everything in float32.
+    autocast: Autocast = None
 
 
 @dataclass
@@ -490,19 +493,20 @@ def collate(
     )
 
 
-def token_logprobs(model: Any, batch: Batch, autocast: str | None = None) -> torch.Tensor:
+def token_logprobs(model: Any, batch: Batch, autocast: Autocast = None) -> torch.Tensor:
     """Log-probability of each of the last keep - 1 tokens under the model at each row's sampling temperature:
     [rows, keep - 1]."""
     return _token_logprobs(model, batch, autocast)[0]
 
 
-def _token_logprobs(model: Any, batch: Batch, autocast: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logprobs(model: Any, batch: Batch, autocast: Autocast = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(at the rows' temperatures, at temperature 1): the engine reports its logprobs at 1, before temperature."""
-    device = batch.input_ids.device.type
     dtype = getattr(torch, autocast) if autocast else None
-    with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-        output = _forward(model, batch)
-    logits = output.logits[:, :-1, :].float()
+    with torch.autocast(device_type=batch.input_ids.device.type, dtype=dtype, enabled=dtype is not None):
+        hidden = _last_hidden(model.get_decoder(), batch)
+    # The output head outside autocast: logits of 15-30 rounded to bf16 (steps of 0.125) would move each logprob by up
+    # to 0.06, and the ratio, the importance weight and the KL are differences of logprobs. On kept positions only.
+    logits = model.get_output_embeddings()(hidden[:, -batch.keep : -1, :].float()).float()
     targets = batch.input_ids[:, -(batch.keep - 1) :]
 
     def gathered(scaled: torch.Tensor) -> torch.Tensor:
@@ -516,30 +520,28 @@ def _token_logprobs(model: Any, batch: Batch, autocast: str | None = None) -> tu
     return gathered(logits / batch.temperatures.view(-1, 1, 1)), plain
 
 
-def _forward(model: Any, batch: Batch) -> Any:
+def _last_hidden(decoder: Any, batch: Batch) -> torch.Tensor:
+    """The decoder's last hidden states of the batch's rows (after the final norm)."""
     if batch.prefix_ids is None:
-        return model(
+        return decoder(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-            logits_to_keep=batch.keep,
             use_cache=False,
-        )
+        ).last_hidden_state
     # The shared prefix once, its keys and values repeated for every row: the gradient through them is the sum of
     # the rows' (as if each row had computed the prefix itself) for a fraction of the work.
-    prefix = model(input_ids=batch.prefix_ids, use_cache=True, logits_to_keep=1)
-    cache = prefix.past_key_values
+    cache = decoder(input_ids=batch.prefix_ids, use_cache=True).past_key_values
     rows = batch.input_ids.shape[0]
     cache.batch_repeat_interleave(rows)
     ones = torch.ones((rows, batch.shared_prefix), dtype=batch.attention_mask.dtype, device=batch.input_ids.device)
-    return model(
+    return decoder(
         input_ids=batch.input_ids,
         attention_mask=torch.cat([ones, batch.attention_mask], dim=1),
         position_ids=batch.position_ids,
         past_key_values=cache,
-        logits_to_keep=batch.keep,
         use_cache=True,
-    )
+    ).last_hidden_state
 
 
 def token_losses(

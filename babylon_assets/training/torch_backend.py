@@ -33,6 +33,7 @@ from babylon_assets.core.advantages import group_advantages
 from babylon_assets.core.on_policy import PolicyVersions, base_version, chosen_tokens
 from babylon_assets.training.art_trajectories import TOKEN_ID_PREFIX
 from babylon_assets.training.grpo import (
+    Autocast,
     Conversation,
     MisalignedTokensError,
     Sample,
@@ -109,7 +110,9 @@ class TorchTrainerConfig:
     importance_weight_cap: float = 2.0
     mask_forced_tokens: bool = True
     share_prefix: bool = True  # forward a micro-batch's shared prompt prefix once (grpo.collate); the same gradient
-    precision: Literal["auto", "float32", "bfloat16"] = "float32"  # of the forwards' matrix products (TRAIN_PRECISION)
+    # The forwards' matrix products (TRAIN_PRECISION, whose default is auto): a config built by hand (the tests, the
+    # benches' baselines) computes in float32 unless it says otherwise, so its numbers do not depend on the CPU.
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchTrainerConfig:
@@ -133,7 +136,7 @@ class TorchTrainerConfig:
             precision=settings.TRAIN_PRECISION,
         )
 
-    def resolved_autocast(self) -> str | None:
+    def resolved_autocast(self) -> Autocast:
         """The dtype the forwards' matrix products run in under autocast ("bfloat16"), or None for float32. auto:
         bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), since
         elsewhere bf16 is emulated and slower than float32."""
@@ -144,7 +147,8 @@ class TorchTrainerConfig:
         if self.precision == "bfloat16":
             return "bfloat16"
         if self.resolved_device() == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else None
+            # Pre-Ampere GPUs emulate bf16 (slower than float32): only a native one counts.
+            return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else None
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
         return "bfloat16" if native else None
 
@@ -374,6 +378,7 @@ class TorchBackend:
             kl_coef=self.config.kl_coef if kl_penalty_coef is None else kl_penalty_coef,
             max_grad_norm=self.config.max_grad_norm,
             micro_batch_size=self.config.micro_batch_size,
+            autocast=self.config.resolved_autocast(),
         )
         async with self._lock:
             return await asyncio.to_thread(
@@ -410,7 +415,11 @@ class TorchBackend:
             rates = [rates] * len(batches)
         if len(rates) < len(batches):
             raise ValueError(f"{len(rates)} learning rates for {len(batches)} SFT batches")
-        step_config = StepConfig(max_grad_norm=self.config.max_grad_norm, micro_batch_size=self.config.micro_batch_size)
+        step_config = StepConfig(
+            max_grad_norm=self.config.max_grad_norm,
+            micro_batch_size=self.config.micro_batch_size,
+            autocast=self.config.resolved_autocast(),
+        )
         for chunk, learning_rate in zip(batches, rates, strict=False):
             async with self._lock:
                 result = await asyncio.to_thread(self._sft_sync, model, chunk, step_config, float(learning_rate))
@@ -594,7 +603,6 @@ class TorchBackend:
                 "pad_token_id": int(session.tokenizer.pad_token_id),
                 "importance_weight_cap": self.config.importance_weight_cap,
                 "share_prefix": self.config.share_prefix,
-                "autocast": self.config.resolved_autocast(),
             }
         )
         behaviour = None if model is None else self._behaviour_policy(session, model)

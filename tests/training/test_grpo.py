@@ -206,7 +206,7 @@ def test_a_bf16_autocast_step_tracks_the_float32_step_and_keeps_float32_weights(
         config = StepConfig(micro_batch_size=8, max_grad_norm=None, pad_token_id=tiny_tokenizer.pad_token_id)
         grpo_step(model, optimizer, samples, StepConfig(**{**config.__dict__, "autocast": autocast}))
         trained = [p for p in model.parameters() if p.requires_grad]
-        assert all(p.dtype == torch.float32 for p in trained)
+        assert all(p.dtype == torch.float32 for p in trained)  # autocast, not a bf16 copy of the model
         update = torch.cat([(p.detach() - q).flatten() for p, q in zip(trained, initial, strict=True)])
         results.append((logprobs, update))
     (plain_logprobs, plain_update), (bf16_logprobs, bf16_update) = results

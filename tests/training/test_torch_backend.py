@@ -306,8 +306,8 @@ def test_an_option_the_torch_backend_does_not_know_is_refused(tmp_path):
 
 
 def test_training_precision_is_bf16_only_where_the_device_has_it_natively(monkeypatch):
-    def config(precision: str) -> TorchTrainerConfig:
-        return TorchTrainerConfig(base_model="tiny", device="cpu", precision=precision)  # type: ignore[arg-type]
+    def config(precision: str, device: str = "cpu") -> TorchTrainerConfig:
+        return TorchTrainerConfig(base_model="tiny", device=device, precision=precision)  # type: ignore[arg-type]
 
     assert config("float32").resolved_autocast() is None
     assert config("bfloat16").resolved_autocast() == "bfloat16"
@@ -315,3 +315,8 @@ def test_training_precision_is_bf16_only_where_the_device_has_it_natively(monkey
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
         assert config("auto").resolved_autocast() == expected
+    # A GPU that only emulates bf16 (before Ampere) trains in float32.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert config("auto", device="cuda").resolved_autocast() is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert config("auto", device="cuda").resolved_autocast() == "bfloat16"
